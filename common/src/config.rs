@@ -1,0 +1,125 @@
+//! Command-line / environment configuration shared by the binaries.
+//!
+//! Each binary flattens the groups it needs into one clap struct, read once at start-up.
+//! Every flag has an environment fallback (`SURGE_*`, plus the conventional `DATABASE_URL`
+//! and `AMQP_URL`), and the defaults run the embedded setup: memory broker, SQLite file.
+//! URLs may carry passwords: use [`redact_url`] before logging one.
+
+use std::time::Duration;
+
+use crate::broker::BrokerKind;
+use crate::retry::RetryPolicy;
+
+/// Which broker to use and how to reach it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    /// Broker backend.
+    #[arg(long, env = "SURGE_BROKER", value_enum, default_value = "memory")]
+    pub broker: BrokerKind,
+    /// RabbitMQ URL (with `--broker rabbitmq`).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// Kafka bootstrap servers, comma separated (with `--broker kafka`).
+    #[arg(long, env = "SURGE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Queue (RabbitMQ) or topic (Kafka) name; retry and dead-letter names derive from it.
+    #[arg(long, env = "SURGE_QUEUE", default_value = "surge.jobs")]
+    pub queue: String,
+    /// Partitions of the Kafka topic when Surge creates it.
+    #[arg(long, env = "SURGE_KAFKA_PARTITIONS", default_value_t = 6)]
+    pub kafka_partitions: i32,
+}
+
+/// Where results are stored.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://FILE` (created if missing) or `postgres://…`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://surge.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+}
+
+/// Log output.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log format.
+    #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How failing jobs are retried.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetryArgs {
+    /// Attempts in all before a retryable failure is dead-lettered.
+    #[arg(long, env = "SURGE_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Delay before the first retry, in milliseconds (doubles each time, with jitter).
+    #[arg(long, env = "SURGE_RETRY_BASE_MS", default_value_t = 200)]
+    pub retry_base_ms: u64,
+    /// Longest delay between retries, in milliseconds.
+    #[arg(long, env = "SURGE_RETRY_MAX_MS", default_value_t = 30_000)]
+    pub retry_max_ms: u64,
+}
+
+impl RetryArgs {
+    /// The policy these flags describe.
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts.max(1),
+            base_delay: Duration::from_millis(self.retry_base_ms),
+            max_delay: Duration::from_millis(self.retry_max_ms.max(self.retry_base_ms)),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, safe to log.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres:***@127.0.0.1/test"
+        );
+        assert_eq!(redact_url("sqlite://surge.db"), "sqlite://surge.db");
+    }
+}

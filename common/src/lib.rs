@@ -1,0 +1,23 @@
+//! Everything Surge's binaries share.
+//!
+//! - [`job`]: the job a client submits, its kinds and their validated payloads.
+//! - [`broker`]: the [`broker::Broker`] trait (publish, consume, stats), the
+//!   [`broker::Delivery`] every consumer settles exactly once, and its backends:
+//!   [`broker::memory`] (in-process, not durable), [`broker::rabbitmq`] (lapin) and
+//!   [`broker::kafka`] (rdkafka).
+//! - [`storage`]: the results table (SQLite by default, PostgreSQL by URL), keyed by job id
+//!   so a redelivered job never writes a second row.
+//! - [`config`]: clap argument groups with `SURGE_*` environment fallbacks.
+//! - [`telemetry`]: `tracing` set-up, text or JSON.
+//! - [`retry`]: the backoff policy (backon) used for job retries and reconnects.
+//! - [`clock`]: wall-clock helpers for timestamps that cross processes.
+//! - [`testing`]: how tests find real services (and fail in CI when one is missing).
+
+pub mod broker;
+pub mod clock;
+pub mod config;
+pub mod job;
+pub mod retry;
+pub mod storage;
+pub mod telemetry;
+pub mod testing;

@@ -1,0 +1,241 @@
+//! The results table, on SQLite (default, embedded) or PostgreSQL (by URL).
+//!
+//! One row per job id. A redelivered job (the worker died after committing but before
+//! acking) finds its row present: the insert becomes an update that only counts the extra
+//! delivery and never touches the stored result — so results are effectively-once even
+//! though delivery is at-least-once.
+//!
+//! Both databases go through sqlx's `Any` driver with portable SQL (`$n` placeholders work
+//! on both), so there is one set of queries and one set of embedded migrations.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use uuid::Uuid;
+
+/// Errors from the results store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database refused or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The embedded migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A stored row did not decode.
+    #[error("corrupt row for job {job_id}: {message}")]
+    Corrupt {
+        /// The row's job id.
+        job_id: String,
+        /// What did not decode.
+        message: String,
+    },
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    /// The handler returned a result.
+    Succeeded,
+    /// The job failed permanently or ran out of attempts.
+    Dead,
+}
+
+impl JobStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Dead => "dead",
+        }
+    }
+
+    fn parse(s: &str) -> Option<JobStatus> {
+        match s {
+            "succeeded" => Some(JobStatus::Succeeded),
+            "dead" => Some(JobStatus::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// A job's final outcome, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobResult {
+    /// The job.
+    pub job_id: Uuid,
+    /// Its kind's wire name.
+    pub kind: String,
+    /// How it ended.
+    pub status: JobStatus,
+    /// The handler's result, when it succeeded.
+    pub result: Option<Value>,
+    /// The last error, when dead.
+    pub error: Option<String>,
+    /// The attempt that settled it (1-based).
+    pub attempts: u32,
+    /// How many times a terminal result was written: more than 1 means redelivered.
+    pub deliveries: u32,
+    /// Which worker wrote it.
+    pub worker: String,
+    /// When the ingress accepted it (µs since the epoch).
+    pub enqueued_at_us: i64,
+    /// When the handler started (µs since the epoch).
+    pub started_at_us: i64,
+    /// When the handler finished (µs since the epoch).
+    pub finished_at_us: i64,
+}
+
+/// Whether [`Storage::record`] wrote a new row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// First result for this job.
+    New,
+    /// The job already had a result (a redelivery); only its delivery count changed.
+    Duplicate,
+}
+
+/// Connection pool to the results database.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pool: AnyPool,
+}
+
+const COLUMNS: &str = "job_id, kind, status, result, error, attempts, deliveries, worker, \
+                       enqueued_at_us, started_at_us, finished_at_us";
+
+impl Storage {
+    /// Connects (creating a SQLite file if needed) and runs the embedded migrations.
+    pub async fn connect(url: &str) -> Result<Storage, StorageError> {
+        sqlx::any::install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        let url = if is_sqlite && !url.contains("mode=") {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}mode=rwc")
+        } else {
+            url.to_owned()
+        };
+        // SQLite serialises writers anyway; one connection avoids SQLITE_BUSY storms.
+        let max_connections = if is_sqlite { 1 } else { 16 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&url)
+            .await?;
+        if is_sqlite {
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+        }
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Storage { pool })
+    }
+
+    /// The underlying pool, for tests and reports.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Stores a job's final result, once per job id (see the module docs).
+    pub async fn record(&self, r: &JobResult) -> Result<Recorded, StorageError> {
+        let result = r.result.as_ref().map(|v| v.to_string());
+        let done = sqlx::query(
+            "INSERT INTO job_results (job_id, kind, status, result, error, attempts, deliveries, \
+             worker, enqueued_at_us, started_at_us, finished_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9, $10) \
+             ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(r.job_id.to_string())
+        .bind(r.kind.clone())
+        .bind(r.status.as_str())
+        .bind(result)
+        .bind(r.error.clone())
+        .bind(i64::from(r.attempts))
+        .bind(r.worker.clone())
+        .bind(r.enqueued_at_us)
+        .bind(r.started_at_us)
+        .bind(r.finished_at_us)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(Recorded::New);
+        }
+        sqlx::query("UPDATE job_results SET deliveries = deliveries + 1 WHERE job_id = $1")
+            .bind(r.job_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(Recorded::Duplicate)
+    }
+
+    /// The stored result of one job.
+    pub async fn get(&self, job_id: Uuid) -> Result<Option<JobResult>, StorageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM job_results WHERE job_id = $1"
+        ))
+        .bind(job_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    /// The stored results of the given jobs (missing ones are simply absent).
+    pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<JobResult>, StorageError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {COLUMNS} FROM job_results WHERE job_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.push(decode(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of stored results.
+    pub async fn count(&self) -> Result<u64, StorageError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_results")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+fn decode(row: &AnyRow) -> Result<JobResult, StorageError> {
+    let job_id: String = row.try_get("job_id")?;
+    let corrupt = |message: String| StorageError::Corrupt {
+        job_id: job_id.clone(),
+        message,
+    };
+    let id = Uuid::parse_str(&job_id).map_err(|e| corrupt(e.to_string()))?;
+    let status: String = row.try_get("status")?;
+    let status = JobStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?;
+    let result: Option<String> = row.try_get("result")?;
+    let result = result
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| corrupt(e.to_string()))?;
+    let attempts: i64 = row.try_get("attempts")?;
+    let deliveries: i64 = row.try_get("deliveries")?;
+    Ok(JobResult {
+        job_id: id,
+        kind: row.try_get("kind")?,
+        status,
+        result,
+        error: row.try_get("error")?,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        deliveries: u32::try_from(deliveries).unwrap_or(u32::MAX),
+        worker: row.try_get("worker")?,
+        enqueued_at_us: row.try_get("enqueued_at_us")?,
+        started_at_us: row.try_get("started_at_us")?,
+        finished_at_us: row.try_get("finished_at_us")?,
+    })
+}

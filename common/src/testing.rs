@@ -1,0 +1,63 @@
+//! Helpers for tests that need real services (RabbitMQ, Kafka, PostgreSQL).
+//!
+//! A test asks for a service by environment variable. With the variable set, the test runs
+//! against it (and fails if it is unreachable). Without it, the test fails when `CI=true`
+//! — in CI a missing service is an error, never a skip — and otherwise prints a loud
+//! notice naming the variable and skips.
+
+use uuid::Uuid;
+
+/// RabbitMQ URL for tests, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+pub const AMQP_URL_VAR: &str = "SURGE_TEST_AMQP_URL";
+/// Kafka bootstrap servers for tests, e.g. `127.0.0.1:9092`.
+pub const KAFKA_BROKERS_VAR: &str = "SURGE_TEST_KAFKA_BROKERS";
+/// PostgreSQL URL for tests, e.g. `postgres://postgres@127.0.0.1:5432/test`.
+pub const POSTGRES_URL_VAR: &str = "SURGE_TEST_POSTGRES_URL";
+
+/// Whether this run is CI (`CI=true` or `CI=1`).
+pub fn in_ci() -> bool {
+    matches!(
+        std::env::var("CI").as_deref(),
+        Ok("true") | Ok("1") | Ok("TRUE")
+    )
+}
+
+/// The value of `var`, or `None` (skip) outside CI. Panics in CI when it is missing.
+pub fn service(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.trim().is_empty() => Some(value),
+        _ if in_ci() => panic!("CI=true but {var} is not set: this test needs {what}"),
+        _ => {
+            eprintln!(
+                "\n!!!!! SKIPPED: this test needs {what}; set {var} to run it \
+                 (scripts/test.sh sets it for you) !!!!!\n"
+            );
+            None
+        }
+    }
+}
+
+/// A name no other test run uses, e.g. `surge-test-<prefix>-<uuid>`.
+pub fn unique_name(prefix: &str) -> String {
+    format!("surge-test-{prefix}-{}", Uuid::new_v4().simple())
+}
+
+/// Creates a fresh PostgreSQL database next to `base_url`'s and returns its URL.
+pub async fn fresh_postgres_database(base_url: &str) -> Result<String, sqlx::Error> {
+    use sqlx::Connection;
+    let name = format!("surge_test_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(base_url).await?;
+    sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str()).await?;
+    admin.close().await?;
+    let (prefix, _) = base_url
+        .split_once('?')
+        .map_or((base_url, ""), |(p, q)| (p, q));
+    let cut = prefix.rfind('/').map_or(prefix.len(), |i| i);
+    let authority_ends = prefix.find("://").map_or(0, |i| i + 3);
+    let url = if cut > authority_ends {
+        format!("{}/{name}", &prefix[..cut])
+    } else {
+        format!("{prefix}/{name}")
+    };
+    Ok(url)
+}
