@@ -10,6 +10,7 @@
 //! - [`config`]: clap argument groups with `SURGE_*` environment fallbacks.
 //! - [`telemetry`]: `tracing` set-up, text or JSON.
 //! - [`retry`]: the backoff policy (backon) used for job retries and reconnects.
+//! - [`shutdown`]: the SIGTERM / Ctrl-C future binaries stop on.
 //! - [`clock`]: wall-clock helpers for timestamps that cross processes.
 //! - [`testing`]: how tests find real services (and fail in CI when one is missing).
 
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod job;
 pub mod retry;
+pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 pub mod testing;

@@ -1,1 +1,23 @@
+//! Surge's HTTP ingress.
+//!
+//! It validates a job, publishes it, and answers `202 Accepted` only once the broker has
+//! taken responsibility for it (publisher confirm / delivery report). Bad input is answered
+//! with a JSON error naming the field, and nothing is published.
+//!
+//! - [`app`]: the router with its middleware (request ids, request logging) — tests call it
+//!   directly.
+//! - [`routes`]: the handlers (`/jobs`, `/jobs/batch`, `/jobs/{id}`, `/healthz`, `/readyz`).
+//! - [`body`]: the JSON body extractor (content type, size limit, syntax, field errors).
+//! - [`error`]: [`error::ApiError`], the one place errors become HTTP responses.
+//! - [`state`]: what handlers share (broker, storage, limits).
+//! - [`config`]: the binary's command line.
 
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod state;
+
+pub use app::app;
+pub use state::{AppState, Limits};

@@ -1,1 +1,19 @@
+//! Surge's worker: consumes jobs with bounded concurrency, runs them, commits each result,
+//! and only then acks.
+//!
+//! - [`handlers`]: what each job kind does, and whether a failure is worth retrying.
+//! - [`runner`]: the consume loop — capacity bound, result commit, settle, reconnects,
+//!   graceful shutdown.
+//! - [`stats`]: live counters (in flight, peak, processed…) for progress and reports.
+//! - [`config`]: the binary's command line.
+//!
+//! Many worker processes may consume one queue or consumer group; results are keyed by job
+//! id, so a job redelivered to a second worker never produces a second row.
 
+pub mod config;
+pub mod handlers;
+pub mod runner;
+pub mod stats;
+
+pub use runner::{Worker, WorkerOptions};
+pub use stats::WorkerStats;

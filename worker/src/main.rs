@@ -1,1 +1,36 @@
-fn main() {}
+//! `surge-worker` binary: parse flags, connect, run until SIGTERM / Ctrl-C.
+
+use anyhow::Context;
+use clap::Parser;
+use surge_common::broker::BrokerKind;
+use surge_common::config::redact_url;
+use surge_common::storage::Storage;
+use surge_worker::config::WorkerArgs;
+use surge_worker::Worker;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = WorkerArgs::parse();
+    surge_common::telemetry::init(args.telemetry.log_format);
+    if args.broker.broker == BrokerKind::Memory {
+        anyhow::bail!(
+            "the memory broker lives inside one process, so a separate worker cannot reach it: \
+             use --broker rabbitmq or --broker kafka (surge-producer runs embedded workers \
+             for the memory broker)"
+        );
+    }
+    let storage = Storage::connect(&args.database.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "opening the results database {}",
+                redact_url(&args.database.database_url)
+            )
+        })?;
+    let broker = surge_common::broker::connect(&args.broker)
+        .await
+        .context("connecting to the broker")?;
+    let worker = Worker::new(broker, storage, args.options());
+    worker.run(surge_common::shutdown::signal()).await?;
+    Ok(())
+}

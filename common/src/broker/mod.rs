@@ -74,6 +74,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A short name for logs and reports (`memory`, `rabbitmq`, `kafka`).
     fn name(&self) -> &'static str;
+
+    /// Deletes the queues / topics this broker declared, with everything in them. For
+    /// tests and demos that use names of their own; never call it on a production queue.
+    async fn delete_topology(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 /// How a backend settles one delivery. Implemented by each backend; users call the

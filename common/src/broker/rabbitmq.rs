@@ -25,7 +25,7 @@ use backon::Retryable;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -357,6 +357,18 @@ impl Broker for RabbitMqBroker {
 
     fn name(&self) -> &'static str {
         "rabbitmq"
+    }
+
+    async fn delete_topology(&self) -> Result<(), BrokerError> {
+        let link = self.inner.link().await?;
+        let inner = &self.inner;
+        for name in [&inner.queue, &inner.retry_queue, &inner.dead_queue] {
+            link.publisher
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,126 @@
+//! [`ApiError`]: every error a handler returns, and its one HTTP mapping.
+//!
+//! Body: `{"error": {"code": "...", "message": "...", "field": "..."?}}`. Client errors
+//! say exactly what is wrong; server errors are opaque to the client and logged once.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use surge_common::broker::BrokerError;
+use surge_common::job::InvalidJob;
+use surge_common::storage::StorageError;
+
+/// An error answered to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON (syntax error, truncated, not UTF-8): 400.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The request is well-formed JSON but not a valid job: 422, naming the field.
+    #[error(transparent)]
+    Invalid(#[from] InvalidJob),
+    /// The body is larger than allowed: 413.
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The batch has more jobs than allowed: 413.
+    #[error("batch of {size} jobs is larger than the limit of {limit}")]
+    BatchTooLarge {
+        /// Jobs in the request.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The body is not declared as JSON: 415.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// A path parameter is malformed: 400.
+    #[error("{field}: {message}")]
+    BadPath {
+        /// The parameter.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Nothing stored under this id: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The broker cannot take jobs right now: 503 with `Retry-After`.
+    #[error("the broker is unavailable; retry shortly")]
+    BrokerUnavailable(#[source] BrokerError),
+    /// Anything else: 500, logged, opaque to the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Unavailable(_) | BrokerError::Rejected(_) => {
+                ApiError::BrokerUnavailable(e)
+            }
+            BrokerError::Config(message) => ApiError::Internal(format!("broker config: {message}")),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        ApiError::Internal(format!("storage: {e}"))
+    }
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_job"),
+            ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BatchTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::BadPath { .. } => (StatusCode::BAD_REQUEST, "bad_path"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BrokerUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
+            }
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            ApiError::Invalid(e) => Some(e.field.clone()),
+            ApiError::BadPath { field, .. } => Some((*field).to_owned()),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        match &self {
+            ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            ApiError::BrokerUnavailable(source) => {
+                tracing::warn!(error = %source, "publish failed: broker unavailable")
+            }
+            _ => {}
+        }
+        let mut error = json!({ "code": code, "message": self.to_string() });
+        if let Some(field) = self.field() {
+            error["field"] = json!(field);
+        }
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,8 @@
+//! Request handlers.
+//!
+//! - [`jobs`]: `POST /jobs`, `POST /jobs/batch`, `GET /jobs/{id}`.
+//! - [`health`]: `GET /healthz` (the process answers), `GET /readyz` (broker and database
+//!   reachable).
+
+pub mod health;
+pub mod jobs;

@@ -1,0 +1,295 @@
+//! The consume loop.
+//!
+//! For each delivery: take one of `capacity` permits (so at most `capacity` jobs run at
+//! once in this process, whatever the broker sends), run the handler, then
+//! - success → commit the result row, then ack;
+//! - retryable failure with attempts left → schedule a retry after a backoff delay;
+//! - permanent failure or attempts exhausted → commit a `dead` row, then dead-letter.
+//!
+//! A job is never acked before its row is committed: when the database stays unreachable
+//! the delivery is released and the broker redelivers it later. The broker connection is
+//! re-opened with backoff when the delivery stream breaks. On shutdown the loop stops
+//! taking deliveries, lets in-flight jobs finish for a grace period, and releases the rest.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::Retryable;
+use futures::StreamExt;
+use surge_common::broker::{Broker, BrokerError, ConsumeOptions, Deliveries, Delivery};
+use surge_common::clock::now_micros;
+use surge_common::retry::{reconnect, RetryPolicy};
+use surge_common::storage::{JobResult, JobStatus, Recorded, Storage};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::handlers::{self, JobError};
+use crate::stats::WorkerStats;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Most jobs this worker runs at once (also the broker prefetch).
+    pub capacity: u16,
+    /// Consumer group (Kafka) / informational (others).
+    pub group: String,
+    /// This worker's name, stored with each result.
+    pub worker_id: String,
+    /// Retry policy for retryable failures.
+    pub retry: RetryPolicy,
+    /// How long in-flight jobs may run on after shutdown is requested.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            capacity: 200,
+            group: "surge-workers".into(),
+            worker_id: default_worker_id(),
+            retry: RetryPolicy::default(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `<hostname>-<pid>`, a name that tells replicas apart.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Why the worker stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The broker is misconfigured; reconnecting will not help.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// A worker bound to one broker and one results store.
+pub struct Worker {
+    broker: Arc<dyn Broker>,
+    storage: Storage,
+    options: WorkerOptions,
+    stats: Arc<WorkerStats>,
+}
+
+/// What a job task needs, shared by all of them.
+struct JobContext {
+    storage: Storage,
+    options: WorkerOptions,
+    stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    /// A worker; call [`Worker::run`] to start it.
+    pub fn new(broker: Arc<dyn Broker>, storage: Storage, options: WorkerOptions) -> Self {
+        Worker {
+            broker,
+            storage,
+            options,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Live counters of this worker.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Consumes until `shutdown` completes, then drains in-flight jobs (see module docs).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), WorkerError> {
+        let capacity = self.options.capacity.max(1);
+        let permits = Arc::new(Semaphore::new(usize::from(capacity)));
+        let context = Arc::new(JobContext {
+            storage: self.storage.clone(),
+            options: self.options.clone(),
+            stats: self.stats.clone(),
+        });
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        let mut failures = 0usize;
+        tracing::info!(
+            broker = self.broker.name(),
+            capacity,
+            worker = %self.options.worker_id,
+            "worker started"
+        );
+        'connect: loop {
+            let mut deliveries = tokio::select! {
+                _ = &mut shutdown => break 'connect,
+                opened = self.open(capacity) => match opened {
+                    Ok(stream) => stream,
+                    Err(BrokerError::Config(message)) => {
+                        return Err(BrokerError::Config(message).into());
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, "cannot consume yet");
+                        self.pause(failures, &mut shutdown).await;
+                        continue 'connect;
+                    }
+                },
+            };
+            loop {
+                while tasks.try_join_next().is_some() {}
+                let permit = tokio::select! {
+                    _ = &mut shutdown => break 'connect,
+                    permit = permits.clone().acquire_owned() => {
+                        permit.expect("the capacity semaphore is never closed")
+                    }
+                };
+                let next = tokio::select! {
+                    _ = &mut shutdown => break 'connect,
+                    next = deliveries.next() => next,
+                };
+                match next {
+                    Some(Ok(delivery)) => {
+                        failures = 0;
+                        tasks.spawn(process(delivery, permit, context.clone()));
+                    }
+                    Some(Err(e)) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, "delivery stream broke; reconnecting");
+                        break;
+                    }
+                    None => {
+                        failures += 1;
+                        tracing::warn!("delivery stream ended; reconnecting");
+                        break;
+                    }
+                }
+            }
+            drop(deliveries);
+            self.pause(failures, &mut shutdown).await;
+        }
+        let in_flight = tasks.len();
+        tracing::info!(in_flight, "shutting down: draining in-flight jobs");
+        let grace = self.options.shutdown_grace;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "grace period over: releasing unfinished jobs for redelivery"
+            );
+            tasks.shutdown().await;
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+
+    async fn open(&self, capacity: u16) -> Result<Deliveries, BrokerError> {
+        self.broker
+            .consume(ConsumeOptions {
+                group: self.options.group.clone(),
+                prefetch: capacity,
+            })
+            .await
+    }
+
+    /// Waits a growing delay before reconnecting, or until shutdown.
+    async fn pause(&self, failures: usize, shutdown: &mut (impl Future<Output = ()> + Unpin)) {
+        let exponent = u32::try_from(failures.min(6)).unwrap_or(6);
+        let delay = Duration::from_millis(100 * 2u64.pow(exponent)).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown => {},
+            _ = tokio::time::sleep(delay) => {},
+        }
+    }
+}
+
+/// Runs one delivery to its settlement. Holds one capacity permit throughout.
+async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<JobContext>) {
+    let span = tracing::info_span!(
+        "job",
+        job_id = %delivery.job.id,
+        kind = %delivery.job.kind,
+        attempt = delivery.attempt
+    );
+    async move {
+        let _permit = permit;
+        let started_at_us = now_micros();
+        let outcome = {
+            let _in_flight = context.stats.start();
+            handlers::handle(&delivery.job, delivery.attempt).await
+        };
+        let finished_at_us = now_micros();
+        let row = |status: JobStatus, result, error| JobResult {
+            job_id: delivery.job.id,
+            kind: delivery.job.kind.to_string(),
+            status,
+            result,
+            error,
+            attempts: delivery.attempt,
+            deliveries: 1,
+            worker: context.options.worker_id.clone(),
+            enqueued_at_us: delivery.job.enqueued_at_us,
+            started_at_us,
+            finished_at_us,
+        };
+        let settled = match outcome {
+            Ok(value) => {
+                let row = row(JobStatus::Succeeded, Some(value), None);
+                if !commit(&context, &row).await {
+                    return; // dropping the delivery releases it for redelivery
+                }
+                context.stats.succeeded();
+                tracing::debug!("succeeded");
+                delivery.ack().await
+            }
+            Err(JobError::Retryable(message))
+                if context.options.retry.allows_another(delivery.attempt) =>
+            {
+                let after = context.options.retry.delay_after(delivery.attempt);
+                tracing::info!(error = %message, ?after, "attempt failed; retrying");
+                context.stats.retried();
+                delivery.retry(after).await
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                let row = row(JobStatus::Dead, None, Some(reason.clone()));
+                if !commit(&context, &row).await {
+                    return;
+                }
+                tracing::warn!(error = %reason, "job dead-lettered");
+                context.stats.dead();
+                delivery.dead_letter(&reason).await
+            }
+        };
+        if let Err(e) = settled {
+            // The broker will redeliver; the stored row makes the repeat harmless.
+            tracing::warn!(error = %e, "settling failed; the job will be redelivered");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Commits `row`, retrying a failing database with backoff. `false`: give the job back.
+async fn commit(context: &JobContext, row: &JobResult) -> bool {
+    let stored = (|| context.storage.record(row))
+        .retry(reconnect(6))
+        .notify(|e, after| tracing::warn!(error = %e, ?after, "result commit failed; retrying"))
+        .await;
+    match stored {
+        Ok(Recorded::New) => true,
+        Ok(Recorded::Duplicate) => {
+            context.stats.duplicate();
+            tracing::info!("redelivered job already had a result; acking");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "result not committed; releasing the job");
+            false
+        }
+    }
+}

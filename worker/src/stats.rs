@@ -1,0 +1,77 @@
+//! Live counters of one worker, shared with progress displays and reports.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters updated by the runner as jobs move through it.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
+    succeeded: AtomicU64,
+    retried: AtomicU64,
+    dead: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+/// A point-in-time copy of [`WorkerStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Jobs being handled right now.
+    pub in_flight: u64,
+    /// The most jobs ever handled at once.
+    pub peak_in_flight: u64,
+    /// Jobs whose result was committed and acked.
+    pub succeeded: u64,
+    /// Attempts that failed retryably and were scheduled again.
+    pub retried: u64,
+    /// Jobs dead-lettered.
+    pub dead: u64,
+    /// Redelivered jobs that already had a stored result.
+    pub duplicates: u64,
+}
+
+/// Marks one job in flight until dropped.
+pub struct InFlight<'a>(&'a WorkerStats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl WorkerStats {
+    /// Counts a job as in flight for as long as the guard lives.
+    pub fn start(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(self)
+    }
+
+    pub(crate) fn succeeded(&self) {
+        self.succeeded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dead(&self) {
+        self.dead.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn duplicate(&self) {
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            in_flight: self.in_flight.load(Ordering::SeqCst),
+            peak_in_flight: self.peak_in_flight.load(Ordering::SeqCst),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+        }
+    }
+}
