@@ -61,3 +61,9 @@ pub async fn fresh_postgres_database(base_url: &str) -> Result<String, sqlx::Err
     };
     Ok(url)
 }
+
+/// A URL for a fresh SQLite file in the temp folder.
+pub fn temp_sqlite_url() -> String {
+    let path = std::env::temp_dir().join(format!("{}.db", unique_name("sqlite")));
+    format!("sqlite://{}", path.display())
+}

@@ -67,13 +67,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// The JSON path of the field a data error is about. serde reports a missing or unknown
-/// field at its parent's path, naming the field in backticks in the message.
+/// The JSON path of the field a data error is about. serde reports a missing field at its
+/// parent's path, naming the field in backticks in the message.
 fn field_of(path: &str, message: &str) -> String {
     let parent = if path == "." { "" } else { path };
-    let named = ["missing field `", "unknown field `"]
-        .iter()
-        .find_map(|prefix| message.strip_prefix(prefix))
+    let named = message
+        .strip_prefix("missing field `")
         .and_then(|rest| rest.split('`').next());
     match named {
         Some(name) if parent.is_empty() => name.to_owned(),

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: start the services, check formatting and lints,
+# then run every test against real PostgreSQL, RabbitMQ and Kafka (Tansu).
+#
+# With CI=true a test whose service is missing fails; without CI it skips loudly. This
+# script sets the service variables itself, so run this way nothing is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/services.sh
+
+export SURGE_TEST_AMQP_URL="${SURGE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export SURGE_TEST_POSTGRES_URL="${SURGE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+export SURGE_TEST_KAFKA_BROKERS="${SURGE_TEST_KAFKA_BROKERS:-127.0.0.1:9092}"
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
