@@ -32,6 +32,9 @@ pub struct WorkerArgs {
     /// Name stored with each result (default: hostname-pid).
     #[arg(long, env = "SURGE_WORKER_ID")]
     pub worker_id: Option<String>,
+    /// Most results committed in one database transaction (group commit).
+    #[arg(long, env = "SURGE_WRITE_BATCH", default_value_t = 256)]
+    pub write_batch: usize,
     /// Seconds in-flight jobs may run on after SIGTERM/SIGINT.
     #[arg(long, env = "SURGE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -46,6 +49,7 @@ impl WorkerArgs {
             worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
             retry: self.retry.policy(),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            write_batch: self.write_batch,
         }
     }
 }

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use surge_common::broker::{Broker, BrokerError, ConsumeOptions, Deliveries, Delivery};
 use surge_common::clock::now_micros;
 use surge_common::retry::{reconnect, RetryPolicy};
+use surge_common::storage::batch::ResultWriter;
 use surge_common::storage::{JobResult, JobStatus, Recorded, Storage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -41,6 +42,8 @@ pub struct WorkerOptions {
     pub retry: RetryPolicy,
     /// How long in-flight jobs may run on after shutdown is requested.
     pub shutdown_grace: Duration,
+    /// Most results committed together (group commit; see `ResultWriter`).
+    pub write_batch: usize,
 }
 
 impl Default for WorkerOptions {
@@ -51,6 +54,7 @@ impl Default for WorkerOptions {
             worker_id: default_worker_id(),
             retry: RetryPolicy::default(),
             shutdown_grace: Duration::from_secs(30),
+            write_batch: 256,
         }
     }
 }
@@ -84,7 +88,7 @@ pub struct Worker {
 
 /// What a job task needs, shared by all of them.
 struct JobContext {
-    storage: Storage,
+    writer: ResultWriter,
     options: WorkerOptions,
     stats: Arc<WorkerStats>,
 }
@@ -110,7 +114,7 @@ impl Worker {
         let capacity = self.options.capacity.max(1);
         let permits = Arc::new(Semaphore::new(usize::from(capacity)));
         let context = Arc::new(JobContext {
-            storage: self.storage.clone(),
+            writer: ResultWriter::spawn(self.storage.clone(), self.options.write_batch),
             options: self.options.clone(),
             stats: self.stats.clone(),
         });
@@ -276,7 +280,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
 
 /// Commits `row`, retrying a failing database with backoff. `false`: give the job back.
 async fn commit(context: &JobContext, row: &JobResult) -> bool {
-    let stored = (|| context.storage.record(row))
+    let stored = (|| context.writer.record(row.clone()))
         .retry(reconnect(6))
         .notify(|e, after| tracing::warn!(error = %e, ?after, "result commit failed; retrying"))
         .await;

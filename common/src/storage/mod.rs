@@ -7,6 +7,12 @@
 //!
 //! Both databases go through sqlx's `Any` driver with portable SQL (`$n` placeholders work
 //! on both), so there is one set of queries and one set of embedded migrations.
+//!
+//! Writes come one at a time ([`Storage::record`]) or many per statement and commit
+//! ([`Storage::record_many`]); [`batch::ResultWriter`] gathers concurrent workers' rows
+//! into such batches (group commit).
+
+pub mod batch;
 
 use std::time::Duration;
 
@@ -103,6 +109,10 @@ pub struct Storage {
     pool: AnyPool,
 }
 
+/// Rows per INSERT statement: 10 parameters each stays far below SQLite's and
+/// PostgreSQL's parameter limits.
+const ROWS_PER_STATEMENT: usize = 500;
+
 const COLUMNS: &str = "job_id, kind, status, result, error, attempts, deliveries, worker, \
                        enqueued_at_us, started_at_us, finished_at_us";
 
@@ -140,33 +150,73 @@ impl Storage {
 
     /// Stores a job's final result, once per job id (see the module docs).
     pub async fn record(&self, r: &JobResult) -> Result<Recorded, StorageError> {
-        let result = r.result.as_ref().map(|v| v.to_string());
-        let done = sqlx::query(
-            "INSERT INTO job_results (job_id, kind, status, result, error, attempts, deliveries, \
-             worker, enqueued_at_us, started_at_us, finished_at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9, $10) \
-             ON CONFLICT (job_id) DO NOTHING",
-        )
-        .bind(r.job_id.to_string())
-        .bind(r.kind.clone())
-        .bind(r.status.as_str())
-        .bind(result)
-        .bind(r.error.clone())
-        .bind(i64::from(r.attempts))
-        .bind(r.worker.clone())
-        .bind(r.enqueued_at_us)
-        .bind(r.started_at_us)
-        .bind(r.finished_at_us)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 1 {
-            return Ok(Recorded::New);
+        let outcome = self.record_many(std::slice::from_ref(r)).await?;
+        Ok(outcome[0])
+    }
+
+    /// Stores many results in one transaction: one multi-row insert that skips ids already
+    /// present, then one update counting the extra delivery of those. Returns, per input
+    /// row and in order, whether it was new. Rows for the same id in one call count as
+    /// a first write and duplicates.
+    pub async fn record_many(&self, rows: &[JobResult]) -> Result<Vec<Recorded>, StorageError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
         }
-        sqlx::query("UPDATE job_results SET deliveries = deliveries + 1 WHERE job_id = $1")
-            .bind(r.job_id.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(Recorded::Duplicate)
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = std::collections::HashSet::new();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p: Vec<String> = (1..=10).map(|c| format!("${}", i * 10 + c)).collect();
+                    format!(
+                        "({}, {}, {}, {}, {}, {}, 1, {}, {}, {}, {})",
+                        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO job_results ({COLUMNS}) VALUES {} \
+                 ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                query = query
+                    .bind(r.job_id.to_string())
+                    .bind(r.kind.clone())
+                    .bind(r.status.as_str())
+                    .bind(r.result.as_ref().map(|v| v.to_string()))
+                    .bind(r.error.clone())
+                    .bind(i64::from(r.attempts))
+                    .bind(r.worker.clone())
+                    .bind(r.enqueued_at_us)
+                    .bind(r.started_at_us)
+                    .bind(r.finished_at_us);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let id: String = row.try_get("job_id")?;
+                inserted.insert(id);
+            }
+        }
+        let mut outcome = Vec::with_capacity(rows.len());
+        let mut repeated = Vec::new();
+        for r in rows {
+            // The first row of an id that was inserted is new; any other is a repeat.
+            if inserted.remove(&r.job_id.to_string()) {
+                outcome.push(Recorded::New);
+            } else {
+                outcome.push(Recorded::Duplicate);
+                repeated.push(r.job_id.to_string());
+            }
+        }
+        for id in repeated {
+            sqlx::query("UPDATE job_results SET deliveries = deliveries + 1 WHERE job_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     /// The stored result of one job.

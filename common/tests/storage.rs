@@ -1,0 +1,80 @@
+//! The results table on SQLite and PostgreSQL: one row per job id, repeats counted, batches
+//! all-or-nothing per commit, the group-commit writer answering every caller.
+
+use serde_json::json;
+use surge_common::storage::batch::ResultWriter;
+use surge_common::storage::{JobResult, JobStatus, Recorded, Storage};
+use surge_common::testing::{self, POSTGRES_URL_VAR};
+use uuid::Uuid;
+
+fn row(id: Uuid, worker: &str) -> JobResult {
+    JobResult {
+        job_id: id,
+        kind: "echo".into(),
+        status: JobStatus::Succeeded,
+        result: Some(json!({ "worker": worker })),
+        error: None,
+        attempts: 1,
+        deliveries: 1,
+        worker: worker.into(),
+        enqueued_at_us: 1,
+        started_at_us: 2,
+        finished_at_us: 3,
+    }
+}
+
+async fn behaves(storage: Storage) {
+    // Single writes: a repeat keeps the first result and counts the delivery.
+    let id = Uuid::now_v7();
+    assert_eq!(storage.record(&row(id, "a")).await.unwrap(), Recorded::New);
+    assert_eq!(
+        storage.record(&row(id, "b")).await.unwrap(),
+        Recorded::Duplicate
+    );
+    let stored = storage.get(id).await.unwrap().unwrap();
+    assert_eq!(stored.worker, "a");
+    assert_eq!(stored.result, Some(json!({"worker": "a"})));
+    assert_eq!(stored.deliveries, 2);
+    assert_eq!(storage.get(Uuid::now_v7()).await.unwrap(), None);
+
+    // A batch larger than one statement, with one id already stored and one repeated.
+    let mut ids: Vec<Uuid> = (0..1200).map(|_| Uuid::now_v7()).collect();
+    let mut rows: Vec<JobResult> = ids.iter().map(|&id| row(id, "batch")).collect();
+    rows.push(row(id, "batch"));
+    rows.push(row(ids[7], "batch-again"));
+    let outcome = storage.record_many(&rows).await.unwrap();
+    assert!(outcome[..1200].iter().all(|r| *r == Recorded::New));
+    assert_eq!(outcome[1200..], [Recorded::Duplicate, Recorded::Duplicate]);
+    assert_eq!(storage.count().await.unwrap(), 1201);
+    assert_eq!(storage.get(id).await.unwrap().unwrap().deliveries, 3);
+    assert_eq!(storage.get(ids[7]).await.unwrap().unwrap().deliveries, 2);
+    ids.push(id);
+    assert_eq!(storage.get_many(&ids).await.unwrap().len(), 1201);
+
+    // The group-commit writer: many concurrent callers, each answered for its own row.
+    let writer = ResultWriter::spawn(storage.clone(), 64);
+    let fresh: Vec<Uuid> = (0..500).map(|_| Uuid::now_v7()).collect();
+    let answers = futures::future::join_all(fresh.iter().map(|&id| {
+        let writer = writer.clone();
+        async move { writer.record(row(id, "writer")).await }
+    }))
+    .await;
+    assert!(answers.iter().all(|a| matches!(a, Ok(Recorded::New))));
+    assert_eq!(storage.count().await.unwrap(), 1701);
+    let repeat = writer.record(row(fresh[0], "writer")).await.unwrap();
+    assert_eq!(repeat, Recorded::Duplicate);
+}
+
+#[tokio::test]
+async fn sqlite() {
+    behaves(Storage::connect(&testing::temp_sqlite_url()).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres() {
+    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let url = testing::fresh_postgres_database(&base).await.unwrap();
+    behaves(Storage::connect(&url).await.unwrap()).await;
+}
