@@ -9,6 +9,7 @@
 //!   so a redelivered job never writes a second row.
 //! - [`config`]: clap argument groups with `SURGE_*` environment fallbacks.
 //! - [`telemetry`]: `tracing` set-up, text or JSON.
+//! - [`metrics`]: the Prometheus series Surge exports, and the recorder.
 //! - [`retry`]: the backoff policy (backon) used for job retries and reconnects.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future binaries stop on.
 //! - [`clock`]: wall-clock helpers for timestamps that cross processes.
@@ -18,6 +19,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod job;
+pub mod metrics;
 pub mod retry;
 pub mod shutdown;
 pub mod storage;

@@ -10,7 +10,7 @@ use tower_http::LatencyUnit;
 use tracing::Level;
 
 use crate::error::ApiError;
-use crate::routes::{health, jobs};
+use crate::routes::{health, jobs, metrics};
 use crate::state::AppState;
 
 /// The request id header, set when the client did not send one and echoed back.
@@ -19,6 +19,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole HTTP API. Every request gets an `X-Request-Id` and one log line with method,
 /// path, status and latency.
 pub fn app(state: AppState) -> Router {
+    surge_common::metrics::install();
     let trace = TraceLayer::new_for_http()
         .make_span_with(|request: &Request<_>| {
             let request_id = request
@@ -45,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs/{id}", get(jobs::status))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .fallback(no_such_route)
         .with_state(state)
         .layer(

@@ -104,6 +104,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        metrics::counter!(surge_common::metrics::JOBS_REJECTED, "reason" => code).increment(1);
         match &self {
             ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
             ApiError::BrokerUnavailable(source) => {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use surge_common::broker::BrokerKind;
 use surge_common::config::{BrokerArgs, DatabaseArgs, RetryArgs, TelemetryArgs};
 
 use crate::runner::{default_worker_id, WorkerOptions};
@@ -35,6 +36,10 @@ pub struct WorkerArgs {
     /// Most results committed in one database transaction (group commit).
     #[arg(long, env = "SURGE_WRITE_BATCH", default_value_t = 256)]
     pub write_batch: usize,
+    /// Serve `GET /metrics` (Prometheus) and `GET /healthz` on this address, e.g.
+    /// `0.0.0.0:9090`. Off by default (replicas on one host would collide).
+    #[arg(long, env = "SURGE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Seconds in-flight jobs may run on after SIGTERM/SIGINT.
     #[arg(long, env = "SURGE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -50,6 +55,10 @@ impl WorkerArgs {
             retry: self.retry.policy(),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             write_batch: self.write_batch,
+            max_replicas: match self.broker.broker {
+                BrokerKind::Kafka => u32::try_from(self.broker.kafka_partitions).ok(),
+                _ => None,
+            },
         }
     }
 }

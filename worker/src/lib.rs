@@ -4,12 +4,14 @@
 //! - [`handlers`]: what each job kind does, and whether a failure is worth retrying.
 //! - [`runner`]: the consume loop — capacity bound, result commit, settle, reconnects,
 //!   graceful shutdown.
+//! - [`autoscale`]: the `surge_desired_workers` signal from backlog and drain rate.
 //! - [`stats`]: live counters (in flight, peak, processed…) for progress and reports.
 //! - [`config`]: the binary's command line.
 //!
 //! Many worker processes may consume one queue or consumer group; results are keyed by job
 //! id, so a job redelivered to a second worker never produces a second row.
 
+pub mod autoscale;
 pub mod config;
 pub mod handlers;
 pub mod runner;

@@ -30,6 +30,24 @@ async fn main() -> anyhow::Result<()> {
     let broker = surge_common::broker::connect(&args.broker)
         .await
         .context("connecting to the broker")?;
+    surge_common::metrics::install();
+    if let Some(address) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the metrics address {address}"))?;
+        tracing::info!(%address, "serving /metrics and /healthz");
+        tokio::spawn(async move {
+            let routes = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(|| async { surge_common::metrics::render() }),
+                )
+                .route("/healthz", axum::routing::get(|| async { "ok" }));
+            if let Err(e) = axum::serve(listener, routes).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
     let worker = Worker::new(broker, storage, args.options());
     worker.run(surge_common::shutdown::signal()).await?;
     Ok(())

@@ -19,6 +19,7 @@ use backon::Retryable;
 use futures::StreamExt;
 use surge_common::broker::{Broker, BrokerError, ConsumeOptions, Deliveries, Delivery};
 use surge_common::clock::now_micros;
+use surge_common::metrics as m;
 use surge_common::retry::{reconnect, RetryPolicy};
 use surge_common::storage::batch::ResultWriter;
 use surge_common::storage::{JobResult, JobStatus, Recorded, Storage};
@@ -26,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::autoscale::desired_replicas;
 use crate::handlers::{self, JobError};
 use crate::stats::WorkerStats;
 
@@ -44,6 +46,8 @@ pub struct WorkerOptions {
     pub shutdown_grace: Duration,
     /// Most results committed together (group commit; see `ResultWriter`).
     pub write_batch: usize,
+    /// Upper bound for the desired-replicas signal (Kafka: the partition count).
+    pub max_replicas: Option<u32>,
 }
 
 impl Default for WorkerOptions {
@@ -55,6 +59,7 @@ impl Default for WorkerOptions {
             retry: RetryPolicy::default(),
             shutdown_grace: Duration::from_secs(30),
             write_batch: 256,
+            max_replicas: None,
         }
     }
 }
@@ -119,6 +124,14 @@ impl Worker {
             stats: self.stats.clone(),
         });
         let mut tasks = JoinSet::new();
+        m::install();
+        metrics::gauge!(m::CAPACITY).increment(f64::from(capacity));
+        let signal = tokio::spawn(autoscale_signal(
+            self.broker.clone(),
+            self.stats.clone(),
+            capacity,
+            self.options.max_replicas,
+        ));
         tokio::pin!(shutdown);
         let mut failures = 0usize;
         tracing::info!(
@@ -187,6 +200,8 @@ impl Worker {
             );
             tasks.shutdown().await;
         }
+        signal.abort();
+        metrics::gauge!(m::CAPACITY).decrement(f64::from(capacity));
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -211,6 +226,40 @@ impl Worker {
     }
 }
 
+/// Every 5 s: refresh the backlog gauge and the desired-replicas signal.
+async fn autoscale_signal(
+    broker: Arc<dyn Broker>,
+    stats: Arc<WorkerStats>,
+    capacity: u16,
+    max_replicas: Option<u32>,
+) {
+    const EVERY: Duration = Duration::from_secs(5);
+    const TARGET_DRAIN: Duration = Duration::from_secs(30);
+    let mut ticker = tokio::time::interval(EVERY);
+    let mut settled_before = 0u64;
+    loop {
+        ticker.tick().await;
+        let now = stats.snapshot();
+        let settled = now.succeeded + now.dead;
+        let rate = settled.saturating_sub(settled_before) as f64 / EVERY.as_secs_f64();
+        settled_before = settled;
+        let Ok(Ok(broker_stats)) = tokio::time::timeout(EVERY, broker.stats()).await else {
+            continue;
+        };
+        let backlog = broker_stats.backlog.unwrap_or(0);
+        metrics::gauge!(m::BACKLOG).set(backlog as f64);
+        let desired = desired_replicas(
+            backlog,
+            now.in_flight,
+            rate,
+            capacity,
+            TARGET_DRAIN,
+            max_replicas,
+        );
+        metrics::gauge!(m::DESIRED_WORKERS).set(f64::from(desired));
+    }
+}
+
 /// Runs one delivery to its settlement. Holds one capacity permit throughout.
 async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<JobContext>) {
     let span = tracing::info_span!(
@@ -227,6 +276,8 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             handlers::handle(&delivery.job, delivery.attempt).await
         };
         let finished_at_us = now_micros();
+        metrics::histogram!(m::JOB_SECONDS)
+            .record((finished_at_us - started_at_us) as f64 / 1_000_000.0);
         let row = |status: JobStatus, result, error| JobResult {
             job_id: delivery.job.id,
             kind: delivery.job.kind.to_string(),
@@ -247,6 +298,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                     return; // dropping the delivery releases it for redelivery
                 }
                 context.stats.succeeded();
+                record_end_to_end(delivery.job.enqueued_at_us);
                 tracing::debug!("succeeded");
                 delivery.ack().await
             }
@@ -266,6 +318,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                 }
                 tracing::warn!(error = %reason, "job dead-lettered");
                 context.stats.dead();
+                record_end_to_end(delivery.job.enqueued_at_us);
                 delivery.dead_letter(&reason).await
             }
         };
@@ -276,6 +329,12 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
     }
     .instrument(span)
     .await
+}
+
+/// Records the time from acceptance at the ingress until now (the result is committed).
+fn record_end_to_end(enqueued_at_us: i64) {
+    let seconds = (now_micros() - enqueued_at_us).max(0) as f64 / 1_000_000.0;
+    metrics::histogram!(m::END_TO_END_SECONDS).record(seconds);
 }
 
 /// Commits `row`, retrying a failing database with backoff. `false`: give the job back.

@@ -1,6 +1,9 @@
-//! Live counters of one worker, shared with progress displays and reports.
+//! Live counters of one worker, shared with progress displays and reports, and mirrored
+//! into the Prometheus series of `surge_common::metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use surge_common::metrics as m;
 
 /// Counters updated by the runner as jobs move through it.
 #[derive(Debug, Default)]
@@ -36,6 +39,7 @@ pub struct InFlight<'a>(&'a WorkerStats);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!(m::JOBS_IN_FLIGHT).decrement(1.0);
     }
 }
 
@@ -44,23 +48,28 @@ impl WorkerStats {
     pub fn start(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        metrics::gauge!(m::JOBS_IN_FLIGHT).increment(1.0);
         InFlight(self)
     }
 
     pub(crate) fn succeeded(&self) {
         self.succeeded.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::JOBS_PROCESSED, "outcome" => "succeeded").increment(1);
     }
 
     pub(crate) fn retried(&self) {
         self.retried.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::JOBS_PROCESSED, "outcome" => "retried").increment(1);
     }
 
     pub(crate) fn dead(&self) {
         self.dead.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::JOBS_PROCESSED, "outcome" => "dead").increment(1);
     }
 
     pub(crate) fn duplicate(&self) {
         self.duplicates.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::JOBS_DUPLICATE).increment(1);
     }
 
     /// The counters now.

@@ -7,6 +7,7 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 use surge_common::job::{InvalidJob, Job, JobRequest};
+use surge_common::metrics as m;
 use surge_common::storage::JobResult;
 use uuid::Uuid;
 
@@ -38,7 +39,7 @@ pub async fn submit(
     JsonBody(request): JsonBody<JobRequest>,
 ) -> Result<Response, ApiError> {
     let job = request.into_job()?;
-    state.broker.publish(std::slice::from_ref(&job)).await?;
+    publish(&state, std::slice::from_ref(&job)).await?;
     let accepted = Accepted::of(&job);
     let location = HeaderValue::from_str(&accepted.status_url)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -67,9 +68,18 @@ pub async fn submit_batch(
         .enumerate()
         .map(|(i, request)| request.into_job().map_err(|e| e.under(&format!("[{i}]"))))
         .collect::<Result<Vec<Job>, InvalidJob>>()?;
-    state.broker.publish(&jobs).await?;
+    publish(&state, &jobs).await?;
     let accepted: Vec<Accepted> = jobs.iter().map(Accepted::of).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({ "jobs": accepted }))).into_response())
+}
+
+/// Publishes and records the publish latency and the accepted count.
+async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
+    let started = std::time::Instant::now();
+    state.broker.publish(jobs).await?;
+    metrics::histogram!(m::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
+    metrics::counter!(m::JOBS_ACCEPTED).increment(jobs.len() as u64);
+    Ok(())
 }
 
 /// `GET /jobs/{id}`: the stored outcome of a job.
