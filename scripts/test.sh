@@ -17,5 +17,7 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== docker-compose.yml, Dockerfile and deploy/ manifests"
+bash scripts/check-deploy.sh
 echo "== cargo test"
 cargo test --workspace --locked
