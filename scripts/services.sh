@@ -52,7 +52,10 @@ timeout 120 rabbitmqctl -q await_startup >/dev/null 2>&1 || { log "RabbitMQ did 
 # A previous fault test may have left the app stopped while the node runs.
 rabbitmqctl -q start_app >/dev/null 2>&1 || true
 
+# --- Headless Chromium (the dashboard's browser test) -----------------------------------
+bash scripts/chromium.sh
+
 # --- Kafka protocol (Tansu) -----------------------------------------------------------
 bash scripts/tansu.sh
 
-log "PostgreSQL, RabbitMQ and Tansu are up"
+log "PostgreSQL, RabbitMQ, Tansu and Chromium are ready"

@@ -59,6 +59,7 @@ impl Stack {
             broker,
             storage,
             limits: Limits::default(),
+            live: Default::default(),
         };
         let mut stopped = stopped.clone();
         let server = tokio::spawn(async move {

@@ -241,6 +241,9 @@ pub struct Job {
     pub key: Option<String>,
     /// When the ingress accepted the job (µs since the epoch).
     pub enqueued_at_us: i64,
+    /// W3C trace context of the request that submitted the job (see [`crate::trace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Job {
@@ -252,7 +255,16 @@ impl Job {
             payload,
             key,
             enqueued_at_us: crate::clock::now_micros(),
+            traceparent: None,
         }
+    }
+
+    /// The trace id of the job's trace context, when it has a valid one.
+    pub fn trace_id(&self) -> Option<String> {
+        self.traceparent
+            .as_deref()
+            .and_then(crate::trace::TraceContext::parse)
+            .map(|ctx| ctx.trace_id())
     }
 
     /// The key that picks a partition: the client's key, else the job id.

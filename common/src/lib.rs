@@ -13,6 +13,7 @@
 //! - [`retry`]: the backoff policy (backon) used for job retries and reconnects.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future binaries stop on.
 //! - [`clock`]: wall-clock helpers for timestamps that cross processes.
+//! - [`trace`]: W3C `traceparent` carried from the request to the worker.
 //! - [`testing`]: how tests find real services (and fail in CI when one is missing).
 
 pub mod broker;
@@ -25,3 +26,4 @@ pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 pub mod testing;
+pub mod trace;

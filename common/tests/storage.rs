@@ -78,3 +78,95 @@ async fn postgres() {
     let url = testing::fresh_postgres_database(&base).await.unwrap();
     behaves(Storage::connect(&url).await.unwrap()).await;
 }
+
+/// Heartbeats upsert per worker; the dashboard's queries count, rate and rank results.
+async fn heartbeats_and_live_figures(storage: Storage) {
+    use surge_common::storage::heartbeat::{Heartbeat, RecentLatency, ResultTotals};
+
+    let beat = |id: &str, in_flight: u64, last_seen_us: i64| Heartbeat {
+        worker_id: id.into(),
+        capacity: 50,
+        in_flight,
+        succeeded: 7,
+        dead: 1,
+        started_at_us: 1_000,
+        last_seen_us,
+    };
+    storage
+        .upsert_heartbeat(&beat("a", 3, 10_000))
+        .await
+        .unwrap();
+    storage
+        .upsert_heartbeat(&beat("b", 1, 20_000))
+        .await
+        .unwrap();
+    storage
+        .upsert_heartbeat(&beat("a", 5, 30_000))
+        .await
+        .unwrap();
+    storage
+        .upsert_heartbeat(&beat("old", 0, 100))
+        .await
+        .unwrap();
+    let listed = storage.heartbeats(5_000, 10).await.unwrap();
+    assert_eq!(listed, vec![beat("a", 5, 30_000), beat("b", 1, 20_000)]);
+    assert_eq!(storage.heartbeats(0, 1).await.unwrap().len(), 1);
+    assert_eq!(storage.prune_heartbeats(5_000).await.unwrap(), 1);
+    assert_eq!(storage.heartbeats(0, 10).await.unwrap().len(), 2);
+
+    assert_eq!(
+        storage.result_totals().await.unwrap(),
+        ResultTotals::default()
+    );
+    assert_eq!(
+        storage.recent_latency(0, 10).await.unwrap(),
+        RecentLatency::default()
+    );
+    // 100 results finished at 1..=100 s, each taking i ms end to end; one dead.
+    let rows: Vec<JobResult> = (1..=100i64)
+        .map(|i| {
+            let mut r = row(Uuid::now_v7(), "w");
+            r.finished_at_us = i * 1_000_000;
+            r.started_at_us = r.finished_at_us - 10;
+            r.enqueued_at_us = r.finished_at_us - i * 1_000;
+            if i == 100 {
+                r.status = JobStatus::Dead;
+            }
+            r
+        })
+        .collect();
+    storage.record_many(&rows).await.unwrap();
+    assert_eq!(
+        storage.result_totals().await.unwrap(),
+        ResultTotals {
+            succeeded: 99,
+            dead: 1
+        }
+    );
+    assert_eq!(storage.finished_since(91_000_000).await.unwrap(), 10);
+    let all = storage.recent_latency(0, 1000).await.unwrap();
+    assert_eq!(
+        (all.samples, all.p50_us, all.p99_us),
+        (100, Some(50_000), Some(99_000))
+    );
+    // Bounded to the latest rows: results 91..=100.
+    let latest = storage.recent_latency(0, 10).await.unwrap();
+    assert_eq!(
+        (latest.samples, latest.p50_us, latest.p99_us),
+        (10, Some(95_000), Some(100_000))
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_sqlite() {
+    heartbeats_and_live_figures(Storage::connect(&testing::temp_sqlite_url()).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn heartbeats_postgres() {
+    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let url = testing::fresh_postgres_database(&base).await.unwrap();
+    heartbeats_and_live_figures(Storage::connect(&url).await.unwrap()).await;
+}

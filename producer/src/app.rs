@@ -9,6 +9,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
 use tracing::Level;
 
+use crate::dashboard;
 use crate::error::ApiError;
 use crate::routes::{health, jobs, metrics};
 use crate::state::AppState;
@@ -32,6 +33,7 @@ pub fn app(state: AppState) -> Router {
                 method = %request.method(),
                 path = %request.uri().path(),
                 request_id = %request_id,
+                trace_id = tracing::field::Empty,
             )
         })
         .on_request(())
@@ -47,6 +49,9 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
+        .route("/", get(dashboard::page))
+        .route("/api/dashboard", get(dashboard::api))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(no_such_route)
         .with_state(state)
         .layer(

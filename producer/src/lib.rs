@@ -7,15 +7,19 @@
 //! - [`app`]: the router with its middleware (request ids, request logging) — tests call it
 //!   directly.
 //! - [`routes`]: the handlers (`/jobs`, `/jobs/batch`, `/jobs/{id}`, `/healthz`, `/readyz`).
+//! - [`dashboard`]: the live dashboard page (`GET /`) and its JSON (`GET /api/dashboard`).
 //! - [`body`]: the JSON body extractor (content type, size limit, syntax, field errors).
 //! - [`error`]: [`error::ApiError`], the one place errors become HTTP responses.
+//! - [`openapi`]: `GET /openapi.json`, generated from the handlers.
 //! - [`state`]: what handlers share (broker, storage, limits).
 //! - [`config`]: the binary's command line.
 
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod dashboard;
 pub mod error;
+pub mod openapi;
 pub mod routes;
 pub mod state;
 

@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         broker,
         storage,
         limits: args.limits(),
+        live: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

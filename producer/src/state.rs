@@ -5,6 +5,8 @@ use std::sync::Arc;
 use surge_common::broker::Broker;
 use surge_common::storage::Storage;
 
+use crate::dashboard::live::Live;
+
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -32,4 +34,19 @@ pub struct AppState {
     pub storage: Storage,
     /// Request limits.
     pub limits: Limits,
+    /// The dashboard's live counters (accepts, accept latency, the last minute); a fresh
+    /// `Default::default()` for each server.
+    pub live: Arc<Live>,
+}
+
+impl AppState {
+    /// State for one server, with fresh dashboard counters.
+    pub fn new(broker: Arc<dyn Broker>, storage: Storage, limits: Limits) -> AppState {
+        AppState {
+            broker,
+            storage,
+            limits,
+            live: Arc::default(),
+        }
+    }
 }

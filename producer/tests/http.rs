@@ -253,6 +253,7 @@ async fn bad_input_on_the_memory_broker() {
         broker: Arc::new(MemoryBroker::new()),
         storage,
         limits: LIMITS,
+        live: Default::default(),
     };
     bad_input_publishes_nothing(state).await;
 }
@@ -271,6 +272,7 @@ async fn rabbit_and_postgres(limits: Limits) -> Option<(AppState, Arc<RabbitMqBr
         broker: broker.clone(),
         storage,
         limits,
+        live: Default::default(),
     };
     Some((state, broker, amqp))
 }
@@ -347,6 +349,7 @@ async fn a_job_is_persisted_exactly_once_and_202_means_the_broker_has_it() {
         broker: consumer_broker.clone(),
         storage: storage.clone(),
         limits: Limits::default(),
+        live: Default::default(),
     };
     let mut ids = vec![single.body["id"].as_str().unwrap().to_owned()];
     ids.extend(
@@ -382,6 +385,7 @@ async fn health_and_readiness() {
         broker: Arc::new(MemoryBroker::new()),
         storage,
         limits: LIMITS,
+        live: Default::default(),
     };
     let health = call(
         &state,

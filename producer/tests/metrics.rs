@@ -53,6 +53,7 @@ async fn metrics_after_a_burst_add_up() {
         broker: broker.clone(),
         storage: storage.clone(),
         limits: Limits::default(),
+        live: Default::default(),
     };
     let worker = Worker::new(
         broker.clone(),

@@ -5,6 +5,7 @@
 //! - [`runner`]: the consume loop — capacity bound, result commit, settle, reconnects,
 //!   graceful shutdown.
 //! - [`autoscale`]: the `surge_desired_workers` signal from backlog and drain rate.
+//! - [`heartbeat`]: the worker's row in `worker_heartbeats`, upserted every second.
 //! - [`stats`]: live counters (in flight, peak, processed…) for progress and reports.
 //! - [`config`]: the binary's command line.
 //!
@@ -14,6 +15,7 @@
 pub mod autoscale;
 pub mod config;
 pub mod handlers;
+pub mod heartbeat;
 pub mod runner;
 pub mod stats;
 

@@ -132,6 +132,12 @@ impl Worker {
             capacity,
             self.options.max_replicas,
         ));
+        let heartbeat = crate::heartbeat::spawn(
+            self.storage.clone(),
+            self.stats.clone(),
+            self.options.worker_id.clone(),
+            capacity,
+        );
         tokio::pin!(shutdown);
         let mut failures = 0usize;
         tracing::info!(
@@ -201,6 +207,7 @@ impl Worker {
             tasks.shutdown().await;
         }
         signal.abort();
+        heartbeat.stop();
         metrics::gauge!(m::CAPACITY).decrement(f64::from(capacity));
         tracing::info!("worker stopped");
         Ok(())
@@ -266,7 +273,8 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
         "job",
         job_id = %delivery.job.id,
         kind = %delivery.job.kind,
-        attempt = delivery.attempt
+        attempt = delivery.attempt,
+        trace_id = delivery.job.trace_id().unwrap_or_default(),
     );
     async move {
         let _permit = permit;

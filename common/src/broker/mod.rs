@@ -188,6 +188,8 @@ pub mod headers {
     pub const JOB_ID: &str = "x-surge-job-id";
     /// The job kind.
     pub const JOB_KIND: &str = "x-surge-job-kind";
+    /// W3C trace context (also inside the job body, which is what the worker reads).
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 /// Connects the backend `args` names. For `memory`, a fresh in-process queue.

@@ -247,6 +247,9 @@ fn attempt_headers(job: &Job, attempt: u32) -> FieldTable {
     table.insert(headers::ATTEMPT.into(), AMQPValue::LongUInt(attempt));
     table.insert(headers::JOB_ID.into(), text(&job.id.to_string()));
     table.insert(headers::JOB_KIND.into(), text(job.kind.as_str()));
+    if let Some(traceparent) = &job.traceparent {
+        table.insert(headers::TRACEPARENT.into(), text(traceparent));
+    }
     table
 }
 

@@ -13,6 +13,7 @@
 //! into such batches (group commit).
 
 pub mod batch;
+pub mod heartbeat;
 
 use std::time::Duration;
 

@@ -12,11 +12,18 @@ use crate::state::AppState;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process runs", content_type = "application/json")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: 200 when the broker and the database answer within 2 s, else 503.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Broker and database reachable", content_type = "application/json"),
+        (status = 503, description = "Not ready: broker or database unreachable", content_type = "application/json"),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let broker = tokio::time::timeout(PROBE_TIMEOUT, state.broker.stats()).await;
     let database = tokio::time::timeout(PROBE_TIMEOUT, state.storage.count()).await;

@@ -10,6 +10,8 @@ use surge_common::metrics as m;
 use crate::state::AppState;
 
 /// Renders every Surge series of this process.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok(Ok(stats)) = tokio::time::timeout(Duration::from_secs(1), state.broker.stats()).await
     {
