@@ -239,6 +239,7 @@ mod tests {
             enqueued_at_us: 0,
             started_at_us: start,
             finished_at_us: end,
+            job: None,
         }
     }
 

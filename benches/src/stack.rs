@@ -55,12 +55,7 @@ impl Stack {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
-        let state = AppState {
-            broker,
-            storage,
-            limits: Limits::default(),
-            live: Default::default(),
-        };
+        let state = AppState::new(broker, storage, Limits::default());
         let mut stopped = stopped.clone();
         let server = tokio::spawn(async move {
             let until = async move {

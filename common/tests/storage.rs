@@ -20,6 +20,7 @@ fn row(id: Uuid, worker: &str) -> JobResult {
         enqueued_at_us: 1,
         started_at_us: 2,
         finished_at_us: 3,
+        job: None,
     }
 }
 

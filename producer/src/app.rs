@@ -46,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs", post(jobs::submit))
         .route("/jobs/batch", post(jobs::submit_batch))
         .route("/jobs/{id}", get(jobs::status))
+        .route("/jobs/{id}/replay", post(jobs::replay))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))

@@ -19,6 +19,27 @@ pub struct ProducerArgs {
     /// Most jobs in one `POST /jobs/batch`.
     #[arg(long, env = "SURGE_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
+    /// Answer 503 (with Retry-After from the drain rate) once this many jobs wait in the
+    /// broker. Off when absent.
+    #[arg(long, env = "SURGE_MAX_BACKLOG")]
+    pub max_backlog: Option<u64>,
+    /// Jobs per second each client (API key, else address) may submit; 429 beyond. Off
+    /// when absent.
+    #[arg(long, env = "SURGE_CLIENT_RATE")]
+    pub client_rate: Option<std::num::NonZeroU32>,
+    /// Burst allowance of the per-client rate (default: the rate).
+    #[arg(long, env = "SURGE_CLIENT_BURST")]
+    pub client_burst: Option<std::num::NonZeroU32>,
+    /// API keys for the job endpoints, comma separated. Off when absent.
+    #[arg(long, env = "SURGE_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+    /// File with one API key per line (added to --api-keys).
+    #[arg(long, env = "SURGE_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// After SIGTERM, answer 503 on /readyz and new jobs for this long before closing, so
+    /// load balancers stop sending traffic; in-flight requests always finish.
+    #[arg(long, env = "SURGE_DRAIN_DELAY_MS", default_value_t = 0)]
+    pub drain_delay_ms: u64,
     /// With `--broker memory`: capacity of the workers run inside this process (the memory
     /// broker cannot be reached by other processes).
     #[arg(long, env = "SURGE_EMBEDDED_CAPACITY", default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
@@ -38,6 +59,25 @@ pub struct ProducerArgs {
 }
 
 impl ProducerArgs {
+    /// The admission settings these flags describe.
+    pub fn admission(&self) -> crate::admission::AdmissionConfig {
+        crate::admission::AdmissionConfig {
+            max_backlog: self.max_backlog,
+            client_rate: self.client_rate,
+            client_burst: self.client_burst,
+        }
+    }
+
+    /// The API keys from `--api-keys` and `--api-keys-file`.
+    pub fn api_keys(&self) -> std::io::Result<crate::auth::ApiKeys> {
+        let mut list = self.api_keys.clone().unwrap_or_default();
+        if let Some(path) = &self.api_keys_file {
+            list.push('\n');
+            list.push_str(&std::fs::read_to_string(path)?);
+        }
+        Ok(crate::auth::ApiKeys::parse(&list))
+    }
+
     /// The request limits these flags describe.
     pub fn limits(&self) -> Limits {
         Limits {

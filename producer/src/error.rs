@@ -48,6 +48,35 @@ pub enum ApiError {
     /// Nothing stored under this id: 404.
     #[error("{0}")]
     NotFound(String),
+    /// A header is malformed: 400, naming it.
+    #[error("{field}: {message}")]
+    BadHeader {
+        /// The header.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// No or a wrong API key: 401.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// This client is over its rate: 429 with `Retry-After`.
+    #[error("too many jobs from this client; retry after {} s", .0.as_secs())]
+    RateLimited(std::time::Duration),
+    /// The backlog bound is reached: 503 with `Retry-After` from the drain rate.
+    #[error("backlog is full; retry after {} s", .0.as_secs())]
+    Overloaded(std::time::Duration),
+    /// The ingress is shutting down: 503.
+    #[error("shutting down; retry against another instance")]
+    ShuttingDown,
+    /// The Idempotency-Key was used with a different request: 422.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
+    /// A request with this Idempotency-Key is still being published: 409.
+    #[error("a request with this Idempotency-Key is in progress; retry shortly")]
+    IdempotencyKeyInProgress,
+    /// The job is not dead, so it cannot be replayed: 409.
+    #[error("{0}")]
+    NotDead(String),
     /// The broker cannot take jobs right now: 503 with `Retry-After`.
     #[error("the broker is unavailable; retry shortly")]
     BrokerUnavailable(#[source] BrokerError),
@@ -85,6 +114,18 @@ impl ApiError {
             }
             ApiError::BadPath { .. } => (StatusCode::BAD_REQUEST, "bad_path"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            ApiError::IdempotencyKeyInProgress => {
+                (StatusCode::CONFLICT, "idempotency_key_in_progress")
+            }
+            ApiError::NotDead(_) => (StatusCode::CONFLICT, "not_dead"),
             ApiError::BrokerUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
             }
@@ -95,7 +136,12 @@ impl ApiError {
     fn field(&self) -> Option<String> {
         match self {
             ApiError::Invalid(e) => Some(e.field.clone()),
-            ApiError::BadPath { field, .. } => Some((*field).to_owned()),
+            ApiError::BadPath { field, .. } | ApiError::BadHeader { field, .. } => {
+                Some((*field).to_owned())
+            }
+            ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyInProgress => {
+                Some("Idempotency-Key".to_owned())
+            }
             _ => None,
         }
     }
@@ -117,10 +163,22 @@ impl IntoResponse for ApiError {
             error["field"] = json!(field);
         }
         let mut response = (status, Json(json!({ "error": error }))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        let retry_after = match &self {
+            ApiError::RateLimited(wait) | ApiError::Overloaded(wait) => Some(wait.as_secs().max(1)),
+            ApiError::BrokerUnavailable(_)
+            | ApiError::ShuttingDown
+            | ApiError::IdempotencyKeyInProgress => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -6,6 +6,8 @@
 //!
 //! - [`app`]: the router with its middleware (request ids, request logging) — tests call it
 //!   directly.
+//! - [`admission`]: the backlog bound (503) and per-client token buckets (429).
+//! - [`auth`]: optional API keys for the job endpoints.
 //! - [`routes`]: the handlers (`/jobs`, `/jobs/batch`, `/jobs/{id}`, `/healthz`, `/readyz`).
 //! - [`dashboard`]: the live dashboard page (`GET /`) and its JSON (`GET /api/dashboard`).
 //! - [`body`]: the JSON body extractor (content type, size limit, syntax, field errors).
@@ -14,7 +16,9 @@
 //! - [`state`]: what handlers share (broker, storage, limits).
 //! - [`config`]: the binary's command line.
 
+pub mod admission;
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod dashboard;

@@ -46,20 +46,33 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
-    let state = AppState {
-        broker,
-        storage,
-        limits: args.limits(),
-        live: Default::default(),
-    };
+    let api_keys = args.api_keys().context("reading the API keys file")?;
+    if api_keys.enabled() {
+        tracing::info!("API keys required on the job endpoints");
+    }
+    let state = AppState::new(broker, storage, args.limits())
+        .with_admission(args.admission())
+        .with_api_keys(api_keys);
+    let draining = state.draining.clone();
+    let drain_delay = std::time::Duration::from_millis(args.drain_delay_ms);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(address = %listener.local_addr()?, "surge-producer listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(surge_common::shutdown::signal())
-        .await
-        .context("serving HTTP")?;
+    let shutdown = async move {
+        surge_common::shutdown::signal().await;
+        // Not ready, refuse new jobs; then stop accepting connections and let in-flight
+        // requests (publishes awaiting their confirm) finish.
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(drain_delay).await;
+    };
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving HTTP")?;
     let _ = stop.send(true);
     if let Some(worker) = embedded {
         worker.await.context("embedded worker panicked")??;

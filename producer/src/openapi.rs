@@ -51,6 +51,7 @@ pub struct ErrorDetail {
         jobs::submit,
         jobs::submit_batch,
         jobs::status,
+        jobs::replay,
         health::healthz,
         health::readyz,
         metrics::metrics,

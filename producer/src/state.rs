@@ -1,10 +1,13 @@
 //! What request handlers share.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use surge_common::broker::Broker;
 use surge_common::storage::Storage;
 
+use crate::admission::{Admission, AdmissionConfig};
+use crate::auth::ApiKeys;
 use crate::dashboard::live::Live;
 
 /// Request limits.
@@ -26,27 +29,49 @@ impl Default for Limits {
 }
 
 /// Shared by every handler; cheap to clone.
+/// Shared by every handler; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     /// Where jobs are published.
     pub broker: Arc<dyn Broker>,
-    /// Where results are read from.
+    /// Where results and job states are read and written.
     pub storage: Storage,
     /// Request limits.
     pub limits: Limits,
-    /// The dashboard's live counters (accepts, accept latency, the last minute); a fresh
-    /// `Default::default()` for each server.
+    /// Counters for the live dashboard.
     pub live: Arc<Live>,
+    /// Backlog bound and per-client rate limits.
+    pub admission: Arc<Admission>,
+    /// API keys for the job endpoints (none: open).
+    pub api_keys: ApiKeys,
+    /// Set on SIGTERM: `/readyz` answers 503 and new jobs are refused while in-flight
+    /// requests finish.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl AppState {
-    /// State for one server, with fresh dashboard counters.
+    /// State for one server: no admission limits, no API keys.
     pub fn new(broker: Arc<dyn Broker>, storage: Storage, limits: Limits) -> AppState {
         AppState {
             broker,
             storage,
             limits,
             live: Arc::default(),
+            admission: Arc::default(),
+            api_keys: ApiKeys::default(),
+            draining: Arc::default(),
         }
+    }
+
+    /// The same state with admission control.
+    pub fn with_admission(mut self, config: AdmissionConfig) -> AppState {
+        self.admission = Arc::new(Admission::new(config));
+        self
+    }
+
+    /// The same state requiring one of `keys` on the job endpoints.
+    pub fn with_api_keys(mut self, keys: ApiKeys) -> AppState {
+        self.api_keys = keys;
+        self
     }
 }

@@ -249,12 +249,7 @@ async fn bad_input_publishes_nothing(state: AppState) {
 #[tokio::test]
 async fn bad_input_on_the_memory_broker() {
     let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
-    let state = AppState {
-        broker: Arc::new(MemoryBroker::new()),
-        storage,
-        limits: LIMITS,
-        live: Default::default(),
-    };
+    let state = AppState::new(Arc::new(MemoryBroker::new()), storage, LIMITS);
     bad_input_publishes_nothing(state).await;
 }
 
@@ -268,12 +263,7 @@ async fn rabbit_and_postgres(limits: Limits) -> Option<(AppState, Arc<RabbitMqBr
             .await
             .unwrap(),
     );
-    let state = AppState {
-        broker: broker.clone(),
-        storage,
-        limits,
-        live: Default::default(),
-    };
+    let state = AppState::new(broker.clone(), storage, limits);
     Some((state, broker, amqp))
 }
 
@@ -286,7 +276,8 @@ async fn bad_input_on_rabbitmq() {
     broker.delete_topology().await.unwrap();
 }
 
-/// Polls `GET /jobs/{id}` until it answers 200 (or 30 s pass).
+/// Polls `GET /jobs/{id}` (200 from acceptance on: queued, running…) until the job has
+/// its result (or 30 s pass).
 async fn wait_for_result(state: &AppState, id: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -297,10 +288,10 @@ async fn wait_for_result(state: &AppState, id: &str) -> Value {
                 .unwrap(),
         )
         .await;
-        if response.status == StatusCode::OK {
+        assert_eq!(response.status, StatusCode::OK, "{}", response.body);
+        if matches!(response.body["status"].as_str(), Some("succeeded" | "dead")) {
             return response.body;
         }
-        assert_eq!(response.status, StatusCode::NOT_FOUND, "{}", response.body);
         assert!(
             tokio::time::Instant::now() < deadline,
             "job {id} never got a result"
@@ -345,12 +336,7 @@ async fn a_job_is_persisted_exactly_once_and_202_means_the_broker_has_it() {
     let running = tokio::spawn(worker.run(async {
         let _ = stopped.await;
     }));
-    let state = AppState {
-        broker: consumer_broker.clone(),
-        storage: storage.clone(),
-        limits: Limits::default(),
-        live: Default::default(),
-    };
+    let state = AppState::new(consumer_broker.clone(), storage.clone(), Limits::default());
     let mut ids = vec![single.body["id"].as_str().unwrap().to_owned()];
     ids.extend(
         batch.body["jobs"]
@@ -381,12 +367,7 @@ async fn a_job_is_persisted_exactly_once_and_202_means_the_broker_has_it() {
 #[tokio::test]
 async fn health_and_readiness() {
     let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
-    let state = AppState {
-        broker: Arc::new(MemoryBroker::new()),
-        storage,
-        limits: LIMITS,
-        live: Default::default(),
-    };
+    let state = AppState::new(Arc::new(MemoryBroker::new()), storage, LIMITS);
     let health = call(
         &state,
         Request::get("/healthz").body(Body::empty()).unwrap(),

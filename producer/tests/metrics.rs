@@ -49,12 +49,7 @@ async fn post(state: &AppState, body: serde_json::Value) -> StatusCode {
 async fn metrics_after_a_burst_add_up() {
     let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
     let broker = Arc::new(MemoryBroker::new());
-    let state = AppState {
-        broker: broker.clone(),
-        storage: storage.clone(),
-        limits: Limits::default(),
-        live: Default::default(),
-    };
+    let state = AppState::new(broker.clone(), storage.clone(), Limits::default());
     let worker = Worker::new(
         broker.clone(),
         storage,

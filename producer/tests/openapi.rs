@@ -70,6 +70,7 @@ async fn the_document_and_the_router_agree() {
         "POST /jobs",
         "POST /jobs/batch",
         "GET /jobs/{id}",
+        "POST /jobs/{id}/replay",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",

@@ -21,7 +21,8 @@ use surge_common::broker::{Broker, BrokerError, ConsumeOptions, Deliveries, Deli
 use surge_common::clock::now_micros;
 use surge_common::metrics as m;
 use surge_common::retry::{reconnect, RetryPolicy};
-use surge_common::storage::batch::ResultWriter;
+use surge_common::storage::batch::{ResultWriter, StageWriter};
+use surge_common::storage::lifecycle::{Stage, StageUpdate};
 use surge_common::storage::{JobResult, JobStatus, Recorded, Storage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -94,6 +95,7 @@ pub struct Worker {
 /// What a job task needs, shared by all of them.
 struct JobContext {
     writer: ResultWriter,
+    stages: StageWriter,
     options: WorkerOptions,
     stats: Arc<WorkerStats>,
 }
@@ -120,6 +122,7 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(usize::from(capacity)));
         let context = Arc::new(JobContext {
             writer: ResultWriter::spawn(self.storage.clone(), self.options.write_batch),
+            stages: StageWriter::spawn(self.storage.clone(), self.options.write_batch),
             options: self.options.clone(),
             stats: self.stats.clone(),
         });
@@ -279,6 +282,17 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
     async move {
         let _permit = permit;
         let started_at_us = now_micros();
+        let stage = |stage: Stage, attempt: u32, error: Option<String>| StageUpdate {
+            job_id: delivery.job.id,
+            kind: delivery.job.kind.to_string(),
+            stage,
+            attempt,
+            error,
+            at_us: now_micros(),
+        };
+        context
+            .stages
+            .record(stage(Stage::Running, delivery.attempt, None));
         let outcome = {
             let _in_flight = context.stats.start();
             handlers::handle(&delivery.job, delivery.attempt).await
@@ -298,6 +312,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             enqueued_at_us: delivery.job.enqueued_at_us,
             started_at_us,
             finished_at_us,
+            job: (status == JobStatus::Dead).then(|| delivery.job.clone()),
         };
         let settled = match outcome {
             Ok(value) => {
@@ -316,6 +331,11 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                 let after = context.options.retry.delay_after(delivery.attempt);
                 tracing::info!(error = %message, ?after, "attempt failed; retrying");
                 context.stats.retried();
+                context.stages.record(stage(
+                    Stage::Retrying,
+                    delivery.attempt.saturating_add(1),
+                    Some(message),
+                ));
                 delivery.retry(after).await
             }
             Err(error) => {

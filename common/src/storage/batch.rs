@@ -71,3 +71,36 @@ impl ResultWriter {
         }
     }
 }
+
+/// Hands stage changes (`running`, `retrying`) to a background task that writes them in
+/// batches. Fire-and-forget: stages are advisory, so a full queue or a failed write drops
+/// updates (logged) rather than slowing jobs down. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StageWriter {
+    queue: mpsc::Sender<super::lifecycle::StageUpdate>,
+}
+
+impl StageWriter {
+    /// Starts the writer task on the current runtime. It stops when every clone is dropped.
+    pub fn spawn(storage: Storage, max_batch: usize) -> StageWriter {
+        let max_batch = max_batch.max(1);
+        let (queue, mut incoming) = mpsc::channel(max_batch * 16);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(max_batch);
+            while incoming.recv_many(&mut batch, max_batch).await > 0 {
+                if let Err(e) = storage.record_stages(&batch).await {
+                    tracing::warn!(error = %e, dropped = batch.len(), "stage updates not stored");
+                }
+                batch.clear();
+            }
+        });
+        StageWriter { queue }
+    }
+
+    /// Queues `update` for the next batch; drops it when the queue is full.
+    pub fn record(&self, update: super::lifecycle::StageUpdate) {
+        if self.queue.try_send(update).is_err() {
+            tracing::debug!("stage update dropped: writer busy");
+        }
+    }
+}

@@ -14,6 +14,8 @@
 
 pub mod batch;
 pub mod heartbeat;
+pub mod idempotency;
+pub mod lifecycle;
 
 use std::time::Duration;
 
@@ -93,6 +95,8 @@ pub struct JobResult {
     pub started_at_us: i64,
     /// When the handler finished (µs since the epoch).
     pub finished_at_us: i64,
+    /// The job itself, kept on `dead` rows so it can be replayed.
+    pub job: Option<crate::job::Job>,
 }
 
 /// Whether [`Storage::record`] wrote a new row.
@@ -110,12 +114,13 @@ pub struct Storage {
     pool: AnyPool,
 }
 
-/// Rows per INSERT statement: 10 parameters each stays far below SQLite's and
+/// Rows per INSERT statement: 11 parameters each stays far below SQLite's and
 /// PostgreSQL's parameter limits.
 const ROWS_PER_STATEMENT: usize = 500;
 
-const COLUMNS: &str = "job_id, kind, status, result, error, attempts, deliveries, worker, \
-                       enqueued_at_us, started_at_us, finished_at_us";
+pub(crate) const COLUMNS: &str =
+    "job_id, kind, status, result, error, attempts, deliveries, worker, \
+                       enqueued_at_us, started_at_us, finished_at_us, job";
 
 impl Storage {
     /// Connects (creating a SQLite file if needed) and runs the embedded migrations.
@@ -168,10 +173,10 @@ impl Storage {
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let p: Vec<String> = (1..=10).map(|c| format!("${}", i * 10 + c)).collect();
+                    let p: Vec<String> = (1..=11).map(|c| format!("${}", i * 11 + c)).collect();
                     format!(
-                        "({}, {}, {}, {}, {}, {}, 1, {}, {}, {}, {})",
-                        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
+                        "({}, {}, {}, {}, {}, {}, 1, {}, {}, {}, {}, {})",
+                        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10]
                     )
                 })
                 .collect();
@@ -192,7 +197,12 @@ impl Storage {
                     .bind(r.worker.clone())
                     .bind(r.enqueued_at_us)
                     .bind(r.started_at_us)
-                    .bind(r.finished_at_us);
+                    .bind(r.finished_at_us)
+                    .bind(
+                        r.job
+                            .as_ref()
+                            .map(|j| String::from_utf8_lossy(&j.encode()).into_owned()),
+                    );
             }
             for row in query.fetch_all(&mut *tx).await? {
                 let id: String = row.try_get("job_id")?;
@@ -260,7 +270,7 @@ impl Storage {
     }
 }
 
-fn decode(row: &AnyRow) -> Result<JobResult, StorageError> {
+pub(crate) fn decode(row: &AnyRow) -> Result<JobResult, StorageError> {
     let job_id: String = row.try_get("job_id")?;
     let corrupt = |message: String| StorageError::Corrupt {
         job_id: job_id.clone(),
@@ -276,6 +286,7 @@ fn decode(row: &AnyRow) -> Result<JobResult, StorageError> {
         .map_err(|e| corrupt(e.to_string()))?;
     let attempts: i64 = row.try_get("attempts")?;
     let deliveries: i64 = row.try_get("deliveries")?;
+    let job: Option<String> = row.try_get("job")?;
     Ok(JobResult {
         job_id: id,
         kind: row.try_get("kind")?,
@@ -288,5 +299,9 @@ fn decode(row: &AnyRow) -> Result<JobResult, StorageError> {
         enqueued_at_us: row.try_get("enqueued_at_us")?,
         started_at_us: row.try_get("started_at_us")?,
         finished_at_us: row.try_get("finished_at_us")?,
+        job: job
+            .map(|s| crate::job::Job::decode(s.as_bytes()))
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?,
     })
 }

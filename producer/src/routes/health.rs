@@ -18,7 +18,8 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: 200 when the broker and the database answer within 2 s, else 503.
+/// `GET /readyz`: 200 when the broker and the database answer within 2 s and the ingress
+/// is not shutting down, else 503.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Broker and database reachable", content_type = "application/json"),
@@ -33,7 +34,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         Ok(Ok(stats)) => json!(stats.backlog),
         _ => Value::Null,
     };
-    let status = if broker_ok && database_ok {
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let status = if broker_ok && database_ok && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -42,6 +44,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "status": if status == StatusCode::OK { "ready" } else { "not ready" },
         "broker": { "kind": state.broker.name(), "reachable": broker_ok, "backlog": backlog },
         "database": { "reachable": database_ok },
+        "draining": draining,
     });
     (status, Json(body))
 }

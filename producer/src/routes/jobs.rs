@@ -1,20 +1,32 @@
 //! Job submission and lookup.
 
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use surge_common::job::{InvalidJob, Job, JobRequest};
 use surge_common::metrics as m;
+use surge_common::storage::idempotency::Claim;
+use surge_common::storage::lifecycle::Lifecycle;
 use surge_common::storage::JobResult;
 use surge_common::trace::TraceContext;
 use uuid::Uuid;
 
+use crate::admission::Refusal;
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// How long the ingress waits to mark accepted jobs `queued` before answering anyway.
+const QUEUED_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const TRACEPARENT: &str = "traceparent";
 
@@ -52,19 +64,72 @@ pub struct BatchAccepted {
         (status = 400, description = "Malformed JSON", body = crate::openapi::ErrorBody),
         (status = 413, description = "Body too large", body = crate::openapi::ErrorBody),
         (status = 415, description = "Not application/json", body = crate::openapi::ErrorBody),
-        (status = 422, description = "Invalid job; `field` names the culprit", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Broker unavailable; nothing accepted; see Retry-After", body = crate::openapi::ErrorBody),
-    ))]
+        (status = 400, description = "Malformed Idempotency-Key header", body = crate::openapi::ErrorBody),
+        (status = 401, description = "API keys are configured and none or a wrong one was sent", body = crate::openapi::ErrorBody),
+        (status = 409, description = "A request with this Idempotency-Key is still in progress", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid job; `field` names the culprit; or Idempotency-Key reused with another body", body = crate::openapi::ErrorBody),
+        (status = 429, description = "This client is over its rate; see Retry-After", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Backlog full, shutting down, or broker unavailable; nothing accepted; see Retry-After", body = crate::openapi::ErrorBody),
+    ),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a client's retry of this POST safe: same key and body, same job")))]
 pub async fn submit(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<JobRequest>,
 ) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
     let trace = trace_context(&headers);
+    let request_hash = idempotency_key.as_ref().map(|_| request_hash(&request));
     let mut job = request.into_job()?;
     job.traceparent = Some(trace.child().header());
-    publish(&state, std::slice::from_ref(&job)).await?;
-    let accepted = Accepted::of(&job);
+    admit(&state, peer, &headers, 1).await?;
+    if let (Some(key), Some(hash)) = (&idempotency_key, &request_hash) {
+        match state
+            .storage
+            .claim_idempotency_key(key, hash, job.id)
+            .await?
+        {
+            Claim::Claimed => {}
+            Claim::Existing {
+                job_id,
+                request_hash,
+                done,
+            } => {
+                if &request_hash != hash {
+                    return Err(ApiError::IdempotencyKeyReused);
+                }
+                if !done {
+                    return Err(ApiError::IdempotencyKeyInProgress);
+                }
+                let mut response = accepted_response(job_id)?;
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return Ok(response);
+            }
+        }
+    }
+    let published = publish(&state, std::slice::from_ref(&job)).await;
+    if let Some(key) = &idempotency_key {
+        let settled = match published {
+            Ok(()) => state.storage.complete_idempotency_key(key).await,
+            Err(_) => state.storage.release_idempotency_key(key).await,
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, "idempotency key not updated");
+        }
+    }
+    published?;
+    accepted_response(job.id)
+}
+
+/// `202 Accepted` with the job's id, status URL and `Location`.
+fn accepted_response(id: Uuid) -> Result<Response, ApiError> {
+    let accepted = Accepted {
+        id,
+        status_url: format!("/jobs/{id}"),
+    };
     let location = HeaderValue::from_str(&accepted.status_url)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
@@ -80,11 +145,14 @@ pub async fn submit(
         (status = 400, description = "Malformed JSON", body = crate::openapi::ErrorBody),
         (status = 413, description = "Body or batch too large", body = crate::openapi::ErrorBody),
         (status = 415, description = "Not application/json", body = crate::openapi::ErrorBody),
+        (status = 401, description = "API keys are configured and none or a wrong one was sent", body = crate::openapi::ErrorBody),
         (status = 422, description = "Invalid job, e.g. `field` = `[3].kind`; none accepted", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Broker unavailable; none accepted", body = crate::openapi::ErrorBody),
+        (status = 429, description = "This client is over its rate; see Retry-After", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Backlog full, shutting down, or broker unavailable; none accepted", body = crate::openapi::ErrorBody),
     ))]
 pub async fn submit_batch(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     JsonBody(requests): JsonBody<Vec<JobRequest>>,
 ) -> Result<Response, ApiError> {
@@ -108,6 +176,8 @@ pub async fn submit_batch(
             Ok(job)
         })
         .collect::<Result<Vec<Job>, InvalidJob>>()?;
+    let count = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
+    admit(&state, peer, &headers, count).await?;
     publish(&state, &jobs).await?;
     let accepted = BatchAccepted {
         jobs: jobs.iter().map(Accepted::of).collect(),
@@ -127,39 +197,169 @@ fn trace_context(headers: &HeaderMap) -> TraceContext {
     trace
 }
 
-/// Publishes and records the publish latency and the accepted count.
+/// The `Idempotency-Key` header, validated: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = |message: &str| ApiError::BadHeader {
+        field: "Idempotency-Key",
+        message: message.to_owned(),
+    };
+    let key = value.to_str().map_err(|_| bad("must be visible ASCII"))?;
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("must be 1 to 255 visible ASCII characters"));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// SHA-256 of the request in a canonical form (object keys sorted), so the same job
+/// written with other spacing or key order counts as the same request.
+fn request_hash(request: &JobRequest) -> String {
+    let canonical = json!({ "kind": request.kind, "payload": request.payload, "key": request.key });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// The checks every submission passes before anything is published: the ingress is not
+/// shutting down, the client is authenticated (when keys are configured), within its
+/// rate, and the backlog has room.
+async fn admit(
+    state: &AppState,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+    jobs: u32,
+) -> Result<(), ApiError> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::ShuttingDown);
+    }
+    let key = state
+        .api_keys
+        .authenticate(headers)
+        .map_err(ApiError::Unauthorized)?;
+    // Rate limits are per API key, else per client address.
+    let client = match (key, peer) {
+        (Some(key), _) => format!("key:{}", hex::encode(Sha256::digest(key.as_bytes()))),
+        (None, Some(Extension(ConnectInfo(address)))) => address.ip().to_string(),
+        (None, None) => "anonymous".to_owned(),
+    };
+    state
+        .admission
+        .admit(state.broker.as_ref(), &client, jobs)
+        .await
+        .map_err(|refusal| match refusal {
+            Refusal::Overloaded(wait) => ApiError::Overloaded(wait),
+            Refusal::RateLimited(wait) => ApiError::RateLimited(wait),
+        })
+}
+
+/// Checks the API key on read-only job endpoints.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    state
+        .api_keys
+        .authenticate(headers)
+        .map(drop)
+        .map_err(ApiError::Unauthorized)
+}
+
+/// Publishes; on success records metrics, counts the jobs for admission control and marks
+/// them `queued` (best effort: the job is already safe in the broker).
 async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
     state.broker.publish(jobs).await?;
+    state.admission.accepted(jobs.len() as u64);
+    match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.storage.mark_queued(jobs)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not mark jobs queued"),
+        Err(_) => tracing::warn!("marking jobs queued timed out"),
+    }
     metrics::histogram!(m::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
     metrics::counter!(m::JOBS_ACCEPTED).increment(jobs.len() as u64);
     state.live.accepted(jobs.len(), started.elapsed());
     Ok(())
 }
 
-/// `GET /jobs/{id}`: the stored outcome of a job.
+/// `GET /jobs/{id}`: where a job is in its life.
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "The job id returned by POST /jobs")),
     responses(
-        (status = 200, description = "The job's outcome: status succeeded or dead, result, error, attempts",
+        (status = 200, description = "status: queued | running | retrying (with attempt and last error) | succeeded (with result) | dead (with error)",
             content_type = "application/json"),
         (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No result yet (queued or running) or unknown id", body = crate::openapi::ErrorBody),
+        (status = 401, description = "API key missing or wrong", body = crate::openapi::ErrorBody),
+        (status = 404, description = "Unknown job id", body = crate::openapi::ErrorBody),
     ))]
 pub async fn status(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|e| ApiError::BadPath {
+    authenticate(&state, &headers)?;
+    let id = parse_id(&id)?;
+    match state.storage.lifecycle(id).await? {
+        Some(Lifecycle::Finished(result)) => Ok(Json(describe(&result))),
+        Some(Lifecycle::Pending(stage)) => Ok(Json(json!({
+            "id": stage.job_id,
+            "kind": stage.kind,
+            "status": stage.stage.as_str(),
+            "attempt": stage.attempt,
+            "error": stage.error,
+            "updated_at_us": stage.at_us,
+        }))),
+        None => Err(ApiError::NotFound(format!("no job {id}"))),
+    }
+}
+
+/// `POST /jobs/{id}/replay`: publish a dead job again, as a fresh first attempt.
+#[utoipa::path(post, path = "/jobs/{id}/replay", tag = "jobs",
+    params(("id" = String, Path, description = "A dead job's id")),
+    responses(
+        (status = 202, description = "Published again; its status is queued", body = Accepted),
+        (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),
+        (status = 401, description = "API key missing or wrong", body = crate::openapi::ErrorBody),
+        (status = 404, description = "Unknown job id", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The job is not dead", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Broker unavailable; the job stays dead", body = crate::openapi::ErrorBody),
+    ))]
+pub async fn replay(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers)?;
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::ShuttingDown);
+    }
+    let id = parse_id(&id)?;
+    let Some(dead) = state.storage.take_dead(id).await? else {
+        return match state.storage.lifecycle(id).await? {
+            None => Err(ApiError::NotFound(format!("no job {id}"))),
+            Some(_) => Err(ApiError::NotDead(format!(
+                "job {id} is not dead; only dead jobs can be replayed"
+            ))),
+        };
+    };
+    let Some(mut job) = dead.job.clone() else {
+        state.storage.record(&dead).await?;
+        return Err(ApiError::NotDead(format!(
+            "job {id} died before replay was possible (its body was not kept)"
+        )));
+    };
+    job.enqueued_at_us = surge_common::clock::now_micros();
+    if let Err(e) = publish(&state, std::slice::from_ref(&job)).await {
+        // Put the dead row back so the job is not lost from view.
+        if let Err(restore) = state.storage.record(&dead).await {
+            tracing::error!(error = %restore, job_id = %id, "could not restore the dead row");
+        }
+        return Err(e);
+    }
+    accepted_response(id)
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|e| ApiError::BadPath {
         field: "id",
         message: format!("not a job id (UUID): {e}"),
-    })?;
-    match state.storage.get(id).await? {
-        Some(result) => Ok(Json(describe(&result))),
-        None => Err(ApiError::NotFound(format!(
-            "no result for job {id}: it is still queued or running, or the id is unknown"
-        ))),
-    }
+    })
 }
 
 fn describe(r: &JobResult) -> Value {

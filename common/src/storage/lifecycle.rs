@@ -1,0 +1,206 @@
+//! A job's life before it has a result — queued, running, retrying — and the way back from
+//! the dead letters.
+//!
+//! The ingress marks a job `queued` once the broker confirmed it; workers mark it `running`
+//! and `retrying`. These rows are advisory (a lost one only makes `GET /jobs/{id}` less
+//! precise), so workers write them in the background; the terminal outcome lives in
+//! `job_results` and always wins.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{decode, JobResult, JobStatus, Storage, StorageError, COLUMNS};
+use crate::clock::now_micros;
+use crate::job::Job;
+
+/// A state before the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Accepted, not yet picked up.
+    Queued,
+    /// A worker is running it.
+    Running,
+    /// An attempt failed; another is scheduled.
+    Retrying,
+}
+
+impl Stage {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queued => "queued",
+            Stage::Running => "running",
+            Stage::Retrying => "retrying",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Stage> {
+        [Stage::Queued, Stage::Running, Stage::Retrying]
+            .into_iter()
+            .find(|stage| stage.as_str() == s)
+    }
+}
+
+/// One job's non-terminal state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageUpdate {
+    /// The job.
+    pub job_id: Uuid,
+    /// Its kind's wire name.
+    pub kind: String,
+    /// Where it is.
+    pub stage: Stage,
+    /// The attempt running, or about to run.
+    pub attempt: u32,
+    /// The last error, when retrying.
+    pub error: Option<String>,
+    /// When this was observed (µs since the epoch).
+    pub at_us: i64,
+}
+
+/// What `GET /jobs/{id}` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lifecycle {
+    /// Not finished yet.
+    Pending(StageUpdate),
+    /// Finished (succeeded or dead).
+    Finished(JobResult),
+}
+
+impl Storage {
+    /// Marks freshly accepted jobs `queued`, unless a worker already got further.
+    pub async fn mark_queued(&self, jobs: &[Job]) -> Result<(), StorageError> {
+        let at_us = now_micros();
+        for chunk in jobs.chunks(500) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "(${}, ${}, 'queued', 1, NULL, ${})",
+                        i * 3 + 1,
+                        i * 3 + 2,
+                        i * 3 + 3
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
+                 VALUES {} ON CONFLICT (job_id) DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for job in chunk {
+                query = query
+                    .bind(job.id.to_string())
+                    .bind(job.kind.as_str())
+                    .bind(at_us);
+            }
+            query.execute(self.pool()).await?;
+        }
+        Ok(())
+    }
+
+    /// Records workers' stage changes; of several for one job, the last wins.
+    pub async fn record_stages(&self, updates: &[StageUpdate]) -> Result<(), StorageError> {
+        let mut last: HashMap<Uuid, &StageUpdate> = HashMap::new();
+        for update in updates {
+            last.insert(update.job_id, update);
+        }
+        let latest: Vec<&StageUpdate> = last.into_values().collect();
+        for chunk in latest.chunks(500) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p: Vec<String> = (1..=6).map(|c| format!("${}", i * 6 + c)).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
+                 VALUES {} ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, \
+                 attempt = excluded.attempt, error = excluded.error, \
+                 updated_at_us = excluded.updated_at_us \
+                 WHERE job_status.updated_at_us <= excluded.updated_at_us",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for u in chunk {
+                query = query
+                    .bind(u.job_id.to_string())
+                    .bind(u.kind.clone())
+                    .bind(u.stage.as_str())
+                    .bind(i64::from(u.attempt))
+                    .bind(u.error.clone())
+                    .bind(u.at_us);
+            }
+            query.execute(self.pool()).await?;
+        }
+        Ok(())
+    }
+
+    /// Where a job is: its result if it has one, else its stage, else `None` (unknown).
+    pub async fn lifecycle(&self, job_id: Uuid) -> Result<Option<Lifecycle>, StorageError> {
+        if let Some(result) = self.get(job_id).await? {
+            return Ok(Some(Lifecycle::Finished(result)));
+        }
+        let row = sqlx::query(
+            "SELECT job_id, kind, status, attempt, error, updated_at_us FROM job_status \
+             WHERE job_id = $1",
+        )
+        .bind(job_id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let status: String = row.try_get("status")?;
+        let stage = Stage::parse(&status).ok_or_else(|| StorageError::Corrupt {
+            job_id: job_id.to_string(),
+            message: format!("stage {status}"),
+        })?;
+        let attempt: i64 = row.try_get("attempt")?;
+        Ok(Some(Lifecycle::Pending(StageUpdate {
+            job_id,
+            kind: row.try_get("kind")?,
+            stage,
+            attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+            error: row.try_get("error")?,
+            at_us: row.try_get("updated_at_us")?,
+        })))
+    }
+
+    /// Takes a dead job out of the results so it can run again: deletes its `dead` row and
+    /// returns it (with the job), or `None` when the job is not dead. If publishing the
+    /// replay fails, put the row back with [`Storage::record`].
+    pub async fn take_dead(&self, job_id: Uuid) -> Result<Option<JobResult>, StorageError> {
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM job_results WHERE job_id = $1 AND status = $2"
+        ))
+        .bind(job_id.to_string())
+        .bind(JobStatus::Dead.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let dead = decode(&row)?;
+        sqlx::query("DELETE FROM job_results WHERE job_id = $1 AND status = $2")
+            .bind(job_id.to_string())
+            .bind(JobStatus::Dead.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
+             VALUES ($1, $2, 'queued', 1, NULL, $3) ON CONFLICT (job_id) DO UPDATE SET \
+             status = 'queued', attempt = 1, error = NULL, updated_at_us = excluded.updated_at_us",
+        )
+        .bind(job_id.to_string())
+        .bind(dead.kind.clone())
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(dead))
+    }
+}

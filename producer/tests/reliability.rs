@@ -1,0 +1,350 @@
+//! Job lifecycle, dead-letter replay, idempotency keys, admission control (503 / 429),
+//! API keys and draining — through the HTTP API.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use surge_common::broker::memory::MemoryBroker;
+use surge_common::broker::Broker;
+use surge_common::retry::RetryPolicy;
+use surge_common::storage::Storage;
+use surge_common::testing;
+use surge_producer::admission::AdmissionConfig;
+use surge_producer::auth::ApiKeys;
+use surge_producer::{app, AppState, Limits};
+use surge_worker::{Worker, WorkerOptions};
+use tokio::sync::oneshot;
+use tower::ServiceExt;
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+async fn send(state: &AppState, request: Request<Body>) -> Answer {
+    let response = app(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+fn post(path: &str, body: Value, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut builder = Request::post(path).header("content-type", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::from(body.to_string())).unwrap()
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+async fn memory_state() -> (AppState, Arc<MemoryBroker>) {
+    let broker = Arc::new(MemoryBroker::new());
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
+    (
+        AppState::new(broker.clone(), storage, Limits::default()),
+        broker,
+    )
+}
+
+/// Runs a worker until the returned sender is used (or dropped).
+fn start_worker(
+    state: &AppState,
+    retry: RetryPolicy,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let options = WorkerOptions {
+        capacity: 10,
+        retry,
+        ..WorkerOptions::default()
+    };
+    let worker = Worker::new(state.broker.clone(), state.storage.clone(), options);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (stop, handle)
+}
+
+/// Polls `GET /jobs/{id}` until its status is `status` (30 s at most).
+async fn wait_for_status(state: &AppState, id: &str, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = send(state, get(&format!("/jobs/{id}"))).await;
+        if answer.body["status"] == status {
+            return answer.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} never reached {status}; last: {}",
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_from_queued_through_retrying_to_succeeded() {
+    let (state, _) = memory_state().await;
+    let accepted = send(
+        &state,
+        post(
+            "/jobs",
+            json!({"kind": "flaky", "payload": {"failures": 1}}),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED);
+    let id = accepted.body["id"].as_str().unwrap().to_owned();
+    // Accepted, nobody consuming yet: queued, not 404.
+    let queued = send(&state, get(&format!("/jobs/{id}"))).await;
+    assert_eq!(queued.status, StatusCode::OK);
+    assert_eq!(queued.body["status"], "queued", "{}", queued.body);
+
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(1500),
+        max_delay: Duration::from_secs(2),
+    };
+    let (stop, worker) = start_worker(&state, retry);
+    let retrying = wait_for_status(&state, &id, "retrying").await;
+    assert_eq!(retrying["attempt"], 2, "{retrying}");
+    assert!(
+        retrying["error"].as_str().unwrap().contains("flaky"),
+        "{retrying}"
+    );
+    let done = wait_for_status(&state, &id, "succeeded").await;
+    assert_eq!(done["attempts"], 2);
+    assert_eq!(done["result"], json!({"succeeded_on_attempt": 2}));
+    let _ = stop.send(());
+    worker.await.unwrap();
+
+    let unknown = send(&state, get(&format!("/jobs/{}", uuid::Uuid::now_v7()))).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_jobs_show_their_error_and_replay() {
+    let (state, broker) = memory_state().await;
+    let once = RetryPolicy {
+        max_attempts: 1,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(10),
+    };
+    let (stop, worker) = start_worker(&state, once);
+    let flaky = send(
+        &state,
+        post(
+            "/jobs",
+            json!({"kind": "flaky", "payload": {"failures": 1}}),
+            &[],
+        ),
+    )
+    .await;
+    let id = flaky.body["id"].as_str().unwrap().to_owned();
+    let dead = wait_for_status(&state, &id, "dead").await;
+    assert!(dead["error"].as_str().unwrap().contains("flaky"), "{dead}");
+    assert_eq!(broker.dead_letters().len(), 1);
+    let _ = stop.send(());
+    worker.await.unwrap();
+
+    // A job that is not dead cannot be replayed; an unknown one is 404.
+    let echo = send(&state, post("/jobs", json!({"kind": "echo"}), &[])).await;
+    let echo_id = echo.body["id"].as_str().unwrap();
+    let not_dead = send(
+        &state,
+        post(&format!("/jobs/{echo_id}/replay"), json!({}), &[]),
+    )
+    .await;
+    assert_eq!(not_dead.status, StatusCode::CONFLICT, "{}", not_dead.body);
+    let unknown = send(
+        &state,
+        post(
+            &format!("/jobs/{}/replay", uuid::Uuid::now_v7()),
+            json!({}),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    // Replayed, it is queued again, and with attempts to spare it now succeeds.
+    let replay = send(&state, post(&format!("/jobs/{id}/replay"), json!({}), &[])).await;
+    assert_eq!(replay.status, StatusCode::ACCEPTED, "{}", replay.body);
+    assert_eq!(replay.body["id"], id.as_str());
+    assert_eq!(wait_for_status(&state, &id, "queued").await["attempt"], 1);
+    let (stop, worker) = start_worker(
+        &state,
+        RetryPolicy {
+            max_attempts: 3,
+            ..once
+        },
+    );
+    let done = wait_for_status(&state, &id, "succeeded").await;
+    assert_eq!(done["attempts"], 2, "{done}");
+    let _ = stop.send(());
+    worker.await.unwrap();
+}
+
+#[tokio::test]
+async fn idempotency_keys_return_the_original_job() {
+    let (state, broker) = memory_state().await;
+    let body = json!({"kind": "sleep", "payload": {"ms": 5}});
+    let first = send(
+        &state,
+        post("/jobs", body.clone(), &[("idempotency-key", "order-42")]),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    // Same key, same request written differently: the same job, nothing new published.
+    let same = json!({"payload": {"ms": 5}, "kind": "sleep"});
+    let again = send(
+        &state,
+        post("/jobs", same, &[("idempotency-key", "order-42")]),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(1));
+    // Same key, another request: refused, nothing published.
+    let other = json!({"kind": "sleep", "payload": {"ms": 6}});
+    let reused = send(
+        &state,
+        post("/jobs", other, &[("idempotency-key", "order-42")]),
+    )
+    .await;
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reused.body["error"]["field"], "Idempotency-Key");
+    for bad in ["", &"k".repeat(256), "has space"] {
+        let answer = send(
+            &state,
+            post("/jobs", body.clone(), &[("idempotency-key", bad)]),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        assert_eq!(answer.body["error"]["field"], "Idempotency-Key");
+    }
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(1));
+}
+
+#[tokio::test]
+async fn a_full_backlog_answers_503_with_retry_after() {
+    let (state, broker) = memory_state().await;
+    let state = state.with_admission(AdmissionConfig {
+        max_backlog: Some(10),
+        ..AdmissionConfig::default()
+    });
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        let answer = send(&state, post("/jobs", json!({"kind": "echo"}), &[])).await;
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(answer.body["error"]["code"], "overloaded");
+            let wait: u64 = answer.headers["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&wait));
+        }
+        statuses.push(answer.status);
+    }
+    let accepted = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(accepted, 10, "{statuses:?}");
+    // Everything accepted is in the broker; nothing refused is.
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(10));
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429() {
+    let (state, broker) = memory_state().await;
+    let state = state.with_admission(AdmissionConfig {
+        client_rate: NonZeroU32::new(1),
+        client_burst: NonZeroU32::new(5),
+        ..AdmissionConfig::default()
+    });
+    let mut limited = 0;
+    for _ in 0..8 {
+        let answer = send(&state, post("/jobs", json!({"kind": "echo"}), &[])).await;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            assert_eq!(answer.body["error"]["code"], "rate_limited");
+            assert!(answer.headers.contains_key("retry-after"));
+        }
+    }
+    assert_eq!(limited, 3);
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(5));
+}
+
+#[tokio::test]
+async fn api_keys_guard_the_job_endpoints_only() {
+    let (state, broker) = memory_state().await;
+    let state = state.with_api_keys(ApiKeys::parse("s3cret"));
+    let none = send(&state, post("/jobs", json!({"kind": "echo"}), &[])).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.headers["www-authenticate"], "Bearer");
+    let wrong = send(
+        &state,
+        post("/jobs", json!({"kind": "echo"}), &[("x-api-key", "guess")]),
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        !wrong.body.to_string().contains("guess"),
+        "keys are never echoed"
+    );
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(0));
+    let ok = send(
+        &state,
+        post(
+            "/jobs",
+            json!({"kind": "echo"}),
+            &[("authorization", "Bearer s3cret")],
+        ),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::ACCEPTED);
+    let id = ok.body["id"].as_str().unwrap();
+    assert_eq!(
+        send(&state, get(&format!("/jobs/{id}"))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(send(&state, get("/healthz")).await.status, StatusCode::OK);
+    assert_eq!(send(&state, get("/readyz")).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn draining_refuses_new_jobs_and_reports_not_ready() {
+    let (state, broker) = memory_state().await;
+    state.draining.store(true, Ordering::Relaxed);
+    let refused = send(&state, post("/jobs", json!({"kind": "echo"}), &[])).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.body["error"]["code"], "shutting_down");
+    assert_eq!(
+        send(&state, get("/readyz")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(0));
+}
