@@ -7,6 +7,11 @@
 # ~/.cargo/bin) it skips the ~15 minute install. Data lives in a SQLite file under the state
 # directory, so a restarted broker keeps its topics and messages.
 #
+# Tansu 0.6's SQLite schema has no index on record headers, so every fetched message scans
+# all headers ever stored and the broker slows down quadratically as data accumulates (a
+# test suite went from 6 s to 100 s+). This script adds the two missing indexes (with
+# sqlite3 or python3) each time it runs; Tansu's own queries pick them up.
+#
 # Environment:
 #   SURGE_STATE_DIR        state root (default ~/.local/state/surge); Tansu uses ./tansu/
 #   SURGE_TANSU_PORT       port on 127.0.0.1 (default 9092)
@@ -20,6 +25,7 @@ STATE_DIR="${SURGE_STATE_DIR:-$HOME/.local/state/surge}"
 TANSU_DIR="$STATE_DIR/tansu"
 LOG="$TANSU_DIR/tansu.log"
 PID_FILE="$TANSU_DIR/tansu.pid"
+DB="$TANSU_DIR/data/tansu.db"
 # How long to wait for someone else's `cargo install tansu` to finish.
 INSTALL_WAIT_SECS=3600
 
@@ -63,15 +69,41 @@ ensure_binary() {
     command -v tansu >/dev/null 2>&1 || die "tansu is still not on PATH after installing"
 }
 
+# Adds the indexes Tansu's schema lacks (see the header). Idempotent; needs the schema,
+# which Tansu creates at start-up.
+add_indexes() {
+    [[ -f "$DB" ]] || return 0
+    local sql="PRAGMA busy_timeout=10000;
+CREATE INDEX IF NOT EXISTS surge_header_record ON header (topition, offset_id);
+CREATE INDEX IF NOT EXISTS surge_watermark_topition ON watermark (topition);"
+    local tries=0
+    while ((tries < 10)); do
+        if command -v sqlite3 >/dev/null 2>&1; then
+            sqlite3 "$DB" "$sql" >/dev/null 2>&1 && return 0
+        elif command -v python3 >/dev/null 2>&1; then
+            python3 -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1], timeout=10).executescript(sys.argv[2])' \
+                "$DB" "$sql" 2>/dev/null && return 0
+        else
+            say "WARNING: neither sqlite3 nor python3 found: Tansu will slow down as data grows"
+            return 0
+        fi
+        tries=$((tries + 1))
+        sleep 1
+    done
+    say "WARNING: could not add indexes to $DB: Tansu will slow down as data grows"
+}
+
 main() {
     if listening; then
         say "a broker already listens on $HOST:$PORT"
+        add_indexes
         return 0
     fi
     ensure_binary
     # It may have come up while we were installing.
     if listening; then
         say "a broker already listens on $HOST:$PORT"
+        add_indexes
         return 0
     fi
 
@@ -100,6 +132,7 @@ main() {
         fi
         sleep 0.5
     done
+    add_indexes
     say "tansu is up (pid $pid)"
 }
 

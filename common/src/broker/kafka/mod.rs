@@ -1,0 +1,214 @@
+//! Kafka backend (rdkafka with a bundled librdkafka), tested against Tansu.
+//!
+//! Topology for a topic `T`, created explicitly at connect with the admin client
+//! (`partitions` partitions, replication 1; "already exists" is fine — Tansu, like a
+//! locked-down Kafka, does not auto-create topics):
+//! - `T`: jobs, keyed by [`Job::partition_key`], headers `x-surge-attempt`, job id and kind.
+//! - `T.retry`: retried jobs, with an `x-surge-not-before-ms` header; consumed by the same
+//!   group as `T`.
+//! - `T.dead`: dead letters, with `x-surge-dead-reason`.
+//!
+//! The pieces:
+//! - `producer`: an idempotent `acks=all` producer; a publish enqueues every record, then
+//!   awaits every delivery report, and is `Ok` only when all succeeded.
+//! - `consumer`: one consumer-group member per [`Broker::consume`] call, driven by one
+//!   task. Offsets are committed manually (`enable.auto.commit=false`) and only up to the
+//!   contiguous low watermark of settled deliveries per partition (`offsets`), so
+//!   deliveries may be processed concurrently — up to `prefetch` unsettled, more than there
+//!   are partitions — and a crash never skips an unprocessed job.
+//!   - *retry* produces the job to `T.retry` (attempt + not-before headers), awaits the
+//!     delivery report, then settles the original offset: the partition never waits for a
+//!     retry. A retry message read before its time pauses only its `T.retry` partition
+//!     until then; `T` keeps flowing.
+//!   - *dead-letter* produces to `T.dead` with the reason, then settles.
+//!   - *release* (a delivery dropped unsettled) hands the job back to the consumer task,
+//!     which delivers it again from memory (`redelivered = true`); its offset stays
+//!     uncommitted meanwhile, so if the process dies the next owner reads it again.
+//!   - *rebalance*: on revoke the settled watermark is committed synchronously and
+//!     everything unsettled is forgotten (its settles become no-ops); the new owner
+//!     re-reads from the committed offset. Duplicates are harmless: results are keyed by
+//!     job id.
+//! - `offsets`: the per-partition watermark tracker.
+//! - `admin`: topic creation and the lag / dead-letter counts behind [`Broker::stats`].
+//! - `client`: configuration shared by all clients, librdkafka logs into `tracing`, and
+//!   the mapping of librdkafka errors onto [`BrokerError`].
+
+mod admin;
+mod client;
+mod consumer;
+mod offsets;
+mod producer;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use backon::Retryable;
+
+use super::{Broker, BrokerError, BrokerStats, ConsumeOptions, Deliveries};
+use crate::job::Job;
+
+/// Consumer group whose lag [`Broker::stats`] reports until this broker consumes itself.
+pub const DEFAULT_GROUP: &str = "surge-workers";
+
+/// Longest accepted main topic name (Kafka allows 249; the suffixes need 6).
+const MAX_TOPIC_LEN: usize = 243;
+
+/// The three topics of one Surge queue.
+#[derive(Debug, Clone)]
+struct Topics {
+    main: String,
+    retry: String,
+    dead: String,
+}
+
+impl Topics {
+    fn for_topic(topic: &str) -> Self {
+        Topics {
+            main: topic.to_owned(),
+            retry: format!("{topic}.retry"),
+            dead: format!("{topic}.dead"),
+        }
+    }
+
+    fn all(&self) -> [&str; 3] {
+        [&self.main, &self.retry, &self.dead]
+    }
+}
+
+/// What clones of a broker, its consumers and their settle handles share.
+struct Inner {
+    bootstrap: String,
+    topics: Topics,
+    producer: producer::Producer,
+    stats: admin::StatsSource,
+}
+
+/// The Kafka broker. Cheap to clone; clones share the producer.
+#[derive(Clone)]
+pub struct KafkaBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KafkaBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBroker")
+            .field("bootstrap", &self.inner.bootstrap)
+            .field("topic", &self.inner.topics.main)
+            .finish()
+    }
+}
+
+/// Checks `topic` against Kafka's naming rules (with room for the `.retry` suffix).
+fn validate_topic(topic: &str) -> Result<(), BrokerError> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if topic.is_empty() || topic.len() > MAX_TOPIC_LEN || topic == "." || topic == ".." {
+        return Err(BrokerError::Config(format!(
+            "topic name must be 1 to {MAX_TOPIC_LEN} characters and not . or .."
+        )));
+    }
+    if !topic.chars().all(legal) {
+        return Err(BrokerError::Config(format!(
+            "topic name {topic:?} may only contain ASCII letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+impl KafkaBroker {
+    /// Connects to `bootstrap` and makes sure `topic` (and its retry / dead-letter topics)
+    /// exist with `partitions` partitions. Retries a few times while the broker is
+    /// unreachable, then fails with [`BrokerError::Unavailable`].
+    pub async fn connect(
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Self, BrokerError> {
+        validate_topic(topic)?;
+        if !(1..=10_000).contains(&partitions) {
+            return Err(BrokerError::Config(format!(
+                "partitions must be between 1 and 10000, not {partitions}"
+            )));
+        }
+        if bootstrap.trim().is_empty() {
+            return Err(BrokerError::Config(
+                "no Kafka bootstrap servers given".into(),
+            ));
+        }
+        let topics = Topics::for_topic(topic);
+        let producer = producer::Producer::new(bootstrap)?;
+        (|| admin::ensure_topics(bootstrap, &producer, &topics, partitions))
+            .retry(crate::retry::reconnect(3))
+            .when(|e| matches!(e, BrokerError::Unavailable(_)))
+            .notify(|e, after| tracing::warn!(error = %e, ?after, "kafka connect failed; retrying"))
+            .await?;
+        let counts = admin::partition_counts(&producer, &topics).await?;
+        tracing::info!(
+            bootstrap,
+            topic,
+            partitions = counts.main,
+            "kafka connected"
+        );
+        Ok(KafkaBroker {
+            inner: Arc::new(Inner {
+                bootstrap: bootstrap.to_owned(),
+                stats: admin::StatsSource::new(bootstrap, topics.clone(), counts),
+                topics,
+                producer,
+            }),
+        })
+    }
+
+    /// The main topic's name.
+    pub fn topic(&self) -> &str {
+        &self.inner.topics.main
+    }
+}
+
+#[async_trait]
+impl Broker for KafkaBroker {
+    async fn publish(&self, jobs: &[Job]) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        inner
+            .producer
+            .send(&inner.topics.main, jobs, 1, producer::Extra::default())
+            .await
+    }
+
+    async fn consume(&self, options: ConsumeOptions) -> Result<Deliveries, BrokerError> {
+        consumer::consume(self.inner.clone(), options).await
+    }
+
+    async fn stats(&self) -> Result<BrokerStats, BrokerError> {
+        self.inner.stats.get().await
+    }
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    /// Keeps the topics: a no-op. Tansu 0.6 (the broker tests and demos run against) breaks
+    /// when topics are deleted — its SQLite engine later panics in the idempotent-producer
+    /// check and stops serving every client — so Surge never deletes Kafka topics. Test
+    /// topics have unique names; delete them with Kafka's own tools if needed.
+    async fn delete_topology(&self) -> Result<(), BrokerError> {
+        tracing::debug!(topic = %self.inner.topics.main, "kafka topics are kept, not deleted");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic("surge.jobs").is_ok());
+        assert!(validate_topic("surge-test-x_1").is_ok());
+        for bad in ["", ".", "..", "has space", "slash/y", &"x".repeat(244)] {
+            assert!(
+                matches!(validate_topic(bad), Err(BrokerError::Config(_))),
+                "{bad:?} accepted"
+            );
+        }
+    }
+}
