@@ -138,6 +138,10 @@ impl InvalidJob {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(payload: &Value) -> Result<T, InvalidJob> {
+    // serde would also read a struct from an array (`[5]` as `{"ms": 5}`): not for us.
+    if !payload.is_object() {
+        return Err(InvalidJob::new("payload", "must be a JSON object"));
+    }
     T::deserialize(payload).map_err(|e| InvalidJob::new("payload", e.to_string()))
 }
 
@@ -321,6 +325,7 @@ mod tests {
                 "payload.failures",
             ),
             (request("sleep", json!({"ms": 1, "extra": 1})), "payload"),
+            (request("sleep", json!([1])), "payload"),
         ];
         for (req, field) in cases {
             let err = req.clone().into_job().unwrap_err();
