@@ -1,0 +1,96 @@
+//! Three `surge-worker` processes in one Kafka consumer group share 5,000 jobs over 6
+//! partitions: every job persisted exactly once (one row per job) — also when one worker
+//! is SIGKILLed mid-run (`three_workers_share_the_topic(true)`). Redeliveries after a rebalance or a kill are allowed; they must
+//! not produce a second row.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{rows_by_worker, spawn_worker, wait_for_results};
+use surge_common::broker::kafka::KafkaBroker;
+use surge_common::broker::Broker;
+use surge_common::job::{Job, JobKind};
+use surge_common::storage::Storage;
+use surge_common::testing::{self, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
+
+const JOBS: usize = 5_000;
+const PARTITIONS: i32 = 6;
+
+async fn three_workers_share_the_topic(kill_one: bool) {
+    let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka (e.g. Tansu)") else {
+        return;
+    };
+    let Some(postgres) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
+    let storage = Storage::connect(&database).await.unwrap();
+    let topic = testing::unique_name("kafka-split");
+    let group = testing::unique_name("group");
+    let broker = KafkaBroker::connect(&brokers, &topic, PARTITIONS)
+        .await
+        .unwrap();
+
+    let partitions = PARTITIONS.to_string();
+    let args = [
+        "--broker",
+        "kafka",
+        "--kafka-brokers",
+        &brokers,
+        "--queue",
+        &topic,
+        "--kafka-partitions",
+        &partitions,
+        "--group",
+        &group,
+        "--capacity",
+        "20",
+    ];
+    let mut workers = vec![
+        spawn_worker("kafka-a", &database, &args),
+        spawn_worker("kafka-b", &database, &args),
+        spawn_worker("kafka-c", &database, &args),
+    ];
+
+    let jobs: Vec<Job> = (0..JOBS)
+        .map(|i| Job::new(JobKind::Sleep, json!({ "ms": 1 + (i % 3) }), None))
+        .collect();
+    let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
+    for chunk in jobs.chunks(500) {
+        broker.publish(chunk).await.unwrap();
+    }
+
+    if kill_one {
+        // Wait until the work is under way, then SIGKILL one replica mid-run.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while storage.count().await.unwrap() < (JOBS / 5) as u64 {
+            assert!(tokio::time::Instant::now() < deadline, "work never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        workers[0].start_kill().unwrap();
+        workers[0].wait().await.unwrap();
+    }
+
+    let rows = wait_for_results(&storage, &ids, Duration::from_secs(300)).await;
+    let unique: HashSet<_> = rows.iter().map(|r| r.job_id).collect();
+    assert_eq!(unique.len(), JOBS, "one row per job");
+    assert_eq!(storage.count().await.unwrap(), JOBS as u64, "no stray rows");
+    let by_worker = rows_by_worker(&rows);
+    let redelivered: u32 = rows.iter().map(|r| r.deliveries - 1).sum();
+    println!("rows by worker {by_worker:?}; redelivered after rebalance/kill: {redelivered}");
+    assert!(
+        by_worker.len() >= 2,
+        "the group shared the work: {by_worker:?}"
+    );
+    for worker in &mut workers {
+        let _ = worker.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_split_5000_jobs_over_6_partitions() {
+    three_workers_share_the_topic(false).await;
+}
