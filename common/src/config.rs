@@ -48,6 +48,58 @@ pub struct DatabaseArgs {
     pub database_url: String,
 }
 
+impl DatabaseArgs {
+    /// Opens the results database (running its migrations). The error names the database
+    /// by its redacted URL.
+    pub async fn open(&self) -> Result<crate::storage::Storage, OpenError> {
+        crate::storage::Storage::connect(&self.database_url)
+            .await
+            .map_err(|source| OpenError::Database {
+                url: redact_url(&self.database_url),
+                source,
+            })
+    }
+}
+
+impl BrokerArgs {
+    /// Connects the configured broker; the error says which one and where.
+    pub async fn open(&self) -> Result<std::sync::Arc<dyn crate::broker::Broker>, OpenError> {
+        crate::broker::connect(self)
+            .await
+            .map_err(|source| OpenError::Broker {
+                target: match self.broker {
+                    crate::broker::BrokerKind::Memory => "the memory broker".to_owned(),
+                    crate::broker::BrokerKind::Rabbitmq => {
+                        format!("RabbitMQ at {}", redact_url(&self.amqp_url))
+                    }
+                    crate::broker::BrokerKind::Kafka => format!("Kafka at {}", self.kafka_brokers),
+                },
+                source,
+            })
+    }
+}
+
+/// A service a binary needs at start-up could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The results database.
+    #[error("opening the results database {url}: {source}")]
+    Database {
+        /// The database URL, password redacted.
+        url: String,
+        /// Why.
+        source: crate::storage::StorageError,
+    },
+    /// The broker.
+    #[error("connecting to {target}: {source}")]
+    Broker {
+        /// Which broker, where (password redacted).
+        target: String,
+        /// Why.
+        source: crate::broker::BrokerError,
+    },
+}
+
 /// Log output.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryArgs {

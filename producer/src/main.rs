@@ -3,8 +3,6 @@
 use anyhow::Context;
 use clap::Parser;
 use surge_common::broker::BrokerKind;
-use surge_common::config::redact_url;
-use surge_common::storage::Storage;
 use surge_producer::config::ProducerArgs;
 use surge_producer::{app, AppState};
 use surge_worker::{Worker, WorkerOptions};
@@ -14,17 +12,8 @@ use tokio::sync::watch;
 async fn main() -> anyhow::Result<()> {
     let args = ProducerArgs::parse();
     surge_common::telemetry::init(args.telemetry.log_format);
-    let storage = Storage::connect(&args.database.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "opening the results database {}",
-                redact_url(&args.database.database_url)
-            )
-        })?;
-    let broker = surge_common::broker::connect(&args.broker)
-        .await
-        .context("connecting to the broker")?;
+    let storage = args.database.open().await?;
+    let broker = args.broker.open().await?;
 
     let (stop, stopped) = watch::channel(false);
     let embedded = if args.broker.broker == BrokerKind::Memory {

@@ -3,8 +3,6 @@
 use anyhow::Context;
 use clap::Parser;
 use surge_common::broker::BrokerKind;
-use surge_common::config::redact_url;
-use surge_common::storage::Storage;
 use surge_worker::config::WorkerArgs;
 use surge_worker::Worker;
 
@@ -19,17 +17,8 @@ async fn main() -> anyhow::Result<()> {
              for the memory broker)"
         );
     }
-    let storage = Storage::connect(&args.database.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "opening the results database {}",
-                redact_url(&args.database.database_url)
-            )
-        })?;
-    let broker = surge_common::broker::connect(&args.broker)
-        .await
-        .context("connecting to the broker")?;
+    let storage = args.database.open().await?;
+    let broker = args.broker.open().await?;
     surge_common::metrics::install();
     if let Some(address) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(address)

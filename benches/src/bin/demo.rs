@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use surge_benches::burst::{self, BurstConfig};
-use surge_common::broker::{Broker, BrokerKind};
+use surge_common::broker::Broker;
 use surge_common::config::{redact_url, BrokerArgs, TelemetryArgs};
 use surge_common::storage::Storage;
 
@@ -75,16 +75,7 @@ async fn main() -> anyhow::Result<()> {
     let storage = Storage::connect(&database_url)
         .await
         .with_context(|| format!("opening {}", redact_url(&database_url)))?;
-    let broker: Arc<dyn Broker> = surge_common::broker::connect(&args.broker)
-        .await
-        .with_context(|| match args.broker.broker {
-            BrokerKind::Rabbitmq => format!(
-                "connecting to RabbitMQ at {}",
-                redact_url(&args.broker.amqp_url)
-            ),
-            BrokerKind::Kafka => format!("connecting to Kafka at {}", args.broker.kafka_brokers),
-            BrokerKind::Memory => "starting the memory broker".to_owned(),
-        })?;
+    let broker: Arc<dyn Broker> = args.broker.open().await?;
 
     let config = BurstConfig {
         jobs: args.jobs,
