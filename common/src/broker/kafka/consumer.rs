@@ -77,6 +77,11 @@ struct State {
     /// `T.retry` partitions this consumer paused while holding a retry, with the generation
     /// it paused them in.
     paused: HashMap<TopicPartition, u64>,
+    /// The group generation of the last assignment (see [`group_generation`]).
+    generation: Option<i32>,
+    /// Set when the coordinator answered a rejoin without a new generation: the task
+    /// leaves and rejoins the group (see [`Task::force_rebalance`]).
+    rejoin: bool,
 }
 
 /// Shared by the consumer task, its rebalance callbacks (which run inside the task's
@@ -202,13 +207,31 @@ impl ConsumerContext for SurgeContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            let generation = group_generation(consumer);
             let mut state = self.shared.lock();
             for tp in partitions_of(tpl) {
                 state.tracker.assign(tp);
             }
-            tracing::info!(partitions = tpl.count(), "kafka partitions assigned");
+            // A real rebalance always starts a new generation. The same one again means the
+            // coordinator re-sent the old assignment: Tansu 0.6 does that after evicting a
+            // dead member on a heartbeat, leaving the dead member's partitions unowned and
+            // telling no other member. Leaving and rejoining forces a real rebalance.
+            if generation.is_some() && generation == state.generation {
+                tracing::warn!(
+                    generation = generation.unwrap_or_default(),
+                    "kafka group rejoin kept its generation (coordinator did not rebalance); \
+                     leaving and rejoining to force a rebalance"
+                );
+                state.rejoin = true;
+            }
+            state.generation = generation;
+            tracing::info!(
+                partitions = tpl.count(),
+                generation = generation.unwrap_or(-1),
+                "kafka partitions assigned"
+            );
         }
     }
 
@@ -227,6 +250,45 @@ impl ConsumerContext for SurgeContext {
 }
 
 type KafkaConsumer = StreamConsumer<SurgeContext>;
+
+/// The consumer's current group generation, from librdkafka's group metadata.
+///
+/// rdkafka does not expose it, so this serialises the metadata with
+/// `rd_kafka_consumer_group_metadata_write`, whose layout is the 7-byte magic `CGMDv2:`
+/// followed by the generation id in native byte order.
+fn group_generation<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<i32> {
+    use rdkafka::bindings as rdsys;
+    const MAGIC: &[u8] = b"CGMDv2:";
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is a live consumer handle (borrowed for this call); every object
+    // librdkafka hands back is checked for null, read within its reported size and freed
+    // with its matching destructor exactly once.
+    unsafe {
+        let cgmd = rdsys::rd_kafka_consumer_group_metadata(rk);
+        if cgmd.is_null() {
+            return None;
+        }
+        let mut buffer: *mut std::ffi::c_void = std::ptr::null_mut();
+        let mut size: usize = 0;
+        let error = rdsys::rd_kafka_consumer_group_metadata_write(cgmd, &mut buffer, &mut size);
+        rdsys::rd_kafka_consumer_group_metadata_destroy(cgmd);
+        if !error.is_null() {
+            rdsys::rd_kafka_error_destroy(error);
+            return None;
+        }
+        if buffer.is_null() {
+            return None;
+        }
+        let bytes = std::slice::from_raw_parts(buffer.cast::<u8>(), size);
+        let generation = bytes
+            .strip_prefix(MAGIC)
+            .and_then(|rest| rest.get(..4))
+            .and_then(|raw| <[u8; 4]>::try_from(raw).ok())
+            .map(i32::from_ne_bytes);
+        rdsys::rd_kafka_mem_free(rk, buffer);
+        generation
+    }
+}
 
 /// Starts a consumer-group member and its task; see the module docs.
 pub(super) async fn consume(
@@ -339,7 +401,10 @@ impl Task {
                 _ = sleep_until(next_due), if next_due.is_some() => {
                     self.release_due(&consumer, &mut held, &mut ready);
                 }
-                _ = commit_tick.tick() => self.commit(&consumer, CommitMode::Async),
+                _ = commit_tick.tick() => {
+                    self.commit(&consumer, CommitMode::Async);
+                    self.force_rebalance(&consumer);
+                }
                 message = consumer.recv(), if ready.is_empty() => match message {
                     Ok(message) => match self.read(&consumer, &message) {
                         Read::Ready(item) => ready.push_back(item),
@@ -464,6 +529,26 @@ impl Task {
             _permit: permit,
         };
         Delivery::new(item.job, item.attempt, item.redelivered, Box::new(settle))
+    }
+
+    /// Leaves and rejoins the group when a rebalance callback asked for it (see
+    /// [`SurgeContext::post_rebalance`]). Unsubscribing revokes (committing the settled
+    /// watermarks) and sends LeaveGroup, which makes the coordinator start a new generation
+    /// that every member has to join; the fresh subscription joins it as a new member.
+    fn force_rebalance(&self, consumer: &KafkaConsumer) {
+        if !std::mem::take(&mut self.shared.lock().rejoin) {
+            return;
+        }
+        consumer.unsubscribe();
+        self.shared.lock().generation = None;
+        let topics = [
+            self.inner.topics.main.as_str(),
+            self.inner.topics.retry.as_str(),
+        ];
+        if let Err(e) = consumer.subscribe(&topics) {
+            tracing::error!(error = %e, "kafka re-subscribe after leaving the group failed");
+            let _ = self.tx.try_send(Err(broker_error(&e)));
+        }
     }
 
     fn commit(&self, consumer: &KafkaConsumer, mode: CommitMode) {

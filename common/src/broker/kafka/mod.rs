@@ -28,6 +28,10 @@
 //!     everything unsettled is forgotten (its settles become no-ops); the new owner
 //!     re-reads from the committed offset. Duplicates are harmless: results are keyed by
 //!     job id.
+//!   - *forced rejoin*: an assignment in the same group generation as the previous one
+//!     means the coordinator did not really rebalance (Tansu 0.6 after evicting a dead
+//!     member on a heartbeat); the consumer then unsubscribes (LeaveGroup) and subscribes
+//!     again, which starts a new generation so the dead member's partitions get an owner.
 //! - `offsets`: the per-partition watermark tracker.
 //! - `admin`: topic creation and the lag / dead-letter counts behind [`Broker::stats`].
 //! - `client`: configuration shared by all clients, librdkafka logs into `tracing`, and
