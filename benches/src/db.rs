@@ -1,0 +1,189 @@
+//! A fresh results database per deployment, and what the benchmark reads back from it.
+//!
+//! End-to-end latency needs the moment a result was committed, which the schema does not
+//! store. The benchmark's own database gets one extra column, `bench_committed_us`, filled
+//! by the database itself when the row is inserted: on PostgreSQL a `clock_timestamp()`
+//! default (the wall clock at the insert, inside the committing transaction, so at most one
+//! group commit before the commit returns); on SQLite an `AFTER INSERT` trigger (SQLite's
+//! clock has millisecond resolution). Surge's own code is untouched: it names its columns.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::Row as _;
+use surge_common::storage::Storage;
+use uuid::Uuid;
+
+/// Which database engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// PostgreSQL; fresh databases are created next to this URL's.
+    Postgres(String),
+    /// A fresh SQLite file in the temp folder.
+    Sqlite,
+}
+
+impl Engine {
+    /// `postgres` or `sqlite`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Postgres(_) => "postgres",
+            Engine::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// One stored result, as the benchmark needs it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The job.
+    pub id: Uuid,
+    /// Which worker wrote it.
+    pub worker: String,
+    /// When the handler started (µs since the epoch).
+    pub started_us: i64,
+    /// When the handler finished.
+    pub finished_us: i64,
+    /// When the row was inserted (see the module docs).
+    pub committed_us: Option<i64>,
+    /// Result writes for this job (more than 1: redelivered).
+    pub deliveries: i64,
+}
+
+/// A database made for one deployment; [`BenchDb::remove`] deletes it.
+#[derive(Debug)]
+pub struct BenchDb {
+    /// Its URL.
+    pub url: String,
+    engine: Engine,
+    storage: Storage,
+}
+
+impl BenchDb {
+    /// Creates the database, runs Surge's migrations and adds the commit stamp.
+    pub async fn create(engine: &Engine) -> anyhow::Result<BenchDb> {
+        BenchDb::create_with(engine, true).await
+    }
+
+    /// Creates the database and runs Surge's migrations; adds the commit stamp only when
+    /// `stamp` (the database ceiling measures Surge's writes alone).
+    pub async fn create_with(engine: &Engine, stamp: bool) -> anyhow::Result<BenchDb> {
+        let url = match engine {
+            Engine::Postgres(base) => surge_common::testing::fresh_postgres_database(base)
+                .await
+                .context("creating a PostgreSQL database")?,
+            Engine::Sqlite => surge_common::testing::temp_sqlite_url(),
+        };
+        let storage = Storage::connect(&url)
+            .await
+            .context("opening the benchmark database")?;
+        let statements: &[&str] = match engine {
+            Engine::Postgres(_) => &[
+                "ALTER TABLE job_results ADD COLUMN bench_committed_us BIGINT \
+                 DEFAULT (floor(extract(epoch FROM clock_timestamp()) * 1000000))::bigint",
+            ],
+            Engine::Sqlite => &[
+                "ALTER TABLE job_results ADD COLUMN bench_committed_us BIGINT",
+                "CREATE TRIGGER bench_commit_stamp AFTER INSERT ON job_results BEGIN \
+                 UPDATE job_results SET bench_committed_us = \
+                 CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER) \
+                 WHERE rowid = NEW.rowid; END",
+            ],
+        };
+        for statement in statements.iter().filter(|_| stamp) {
+            sqlx::query(statement)
+                .execute(storage.pool())
+                .await
+                .context("adding the commit stamp")?;
+        }
+        Ok(BenchDb {
+            url,
+            engine: engine.clone(),
+            storage,
+        })
+    }
+
+    /// The Storage handle on it.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Results stored so far.
+    pub async fn count(&self) -> anyhow::Result<u64> {
+        Ok(self.storage.count().await?)
+    }
+
+    /// Waits until at least `n` results are stored, or `timeout`; returns the count.
+    pub async fn wait_for(&self, n: u64, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let count = self.count().await?;
+            if count >= n || tokio::time::Instant::now() > deadline {
+                return Ok(count);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every stored result whose handler finished at or after `since_us`.
+    pub async fn rows_since(&self, since_us: i64) -> anyhow::Result<Vec<Row>> {
+        let rows = sqlx::query(
+            "SELECT job_id, worker, started_at_us, finished_at_us, deliveries, \
+             bench_committed_us FROM job_results WHERE finished_at_us >= $1",
+        )
+        .bind(since_us)
+        .fetch_all(self.storage.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("job_id")?;
+                Ok(Row {
+                    id: Uuid::parse_str(&id)?,
+                    worker: r.try_get("worker")?,
+                    started_us: r.try_get("started_at_us")?,
+                    finished_us: r.try_get("finished_at_us")?,
+                    committed_us: r.try_get("bench_committed_us")?,
+                    deliveries: r.try_get("deliveries")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Distinct worker names among the stored results.
+    pub async fn workers_seen(&self) -> anyhow::Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT worker FROM job_results")
+            .fetch_all(self.storage.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("worker")?))
+            .collect()
+    }
+
+    /// Closes the pool and deletes the database.
+    pub async fn remove(self) {
+        self.storage.pool().close().await;
+        match &self.engine {
+            Engine::Postgres(base) => {
+                use sqlx::Connection;
+                let name = self.url.rsplit('/').next().unwrap_or_default().to_owned();
+                if !name.starts_with("surge_test_") {
+                    return;
+                }
+                if let Ok(mut admin) = sqlx::PgConnection::connect(base).await {
+                    let _ = sqlx::Executor::execute(
+                        &mut admin,
+                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                    )
+                    .await;
+                    let _ = admin.close().await;
+                }
+            }
+            Engine::Sqlite => {
+                let path = self.url.trim_start_matches("sqlite://");
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                }
+            }
+        }
+    }
+}

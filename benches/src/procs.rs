@@ -1,0 +1,404 @@
+//! Processes under test and what they cost: CPU seconds and peak RSS.
+//!
+//! The ingress and the workers run as child processes, so each one's CPU time
+//! (`/proc/<pid>/stat` utime + stime) and peak resident set (`VmHWM` in
+//! `/proc/<pid>/status`) are its own — not mixed with the load generator's. Writing `5` to
+//! `/proc/<pid>/clear_refs` resets `VmHWM`, so a peak can be taken per measurement step.
+//! Measurements that run inside this process (the broker and database ceilings) use
+//! `getrusage(RUSAGE_SELF)` and this process's own `VmHWM`.
+//!
+//! Which executables: `surge-producer` and `surge-worker` from the folder this binary
+//! lives in (`target/<profile>/`) when they are there; otherwise this binary re-runs
+//! itself in the `__ingress` / `__worker` role, which runs the same library code with the
+//! same flags (see `bin/bench.rs`). The report names the executables used.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::http::{self, Conn};
+
+/// CPU time and peak memory of one process, or of this one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Usage {
+    /// User + system CPU seconds since the process started.
+    pub cpu_s: f64,
+    /// Peak resident set since start or the last [`reset_peak`], MiB.
+    pub peak_rss_mb: f64,
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU seconds of `pid` (user + system), from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+/// Peak RSS (`VmHWM`) of `pid` ("self" for this process), MiB.
+pub fn peak_rss_mb(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Resets the peak RSS of `pid` ("self" for this process) to its current RSS.
+pub fn reset_peak(pid: &str) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// The services whose CPU the reports include, by process name (`comm`): RabbitMQ's
+/// Erlang VM, Tansu (the Kafka-protocol broker) and every PostgreSQL process.
+const SERVICES: [(&str, &str); 3] = [
+    ("beam.smp", "rabbitmq-server"),
+    ("tansu", "kafka-server"),
+    ("postgres", "postgres"),
+];
+
+/// CPU seconds used so far by each service's processes on this machine (summed over all
+/// processes of that name — other users of the same services count too).
+pub fn service_cpu() -> std::collections::BTreeMap<String, f64> {
+    let mut out: std::collections::BTreeMap<String, f64> = SERVICES
+        .iter()
+        .map(|(_, role)| ((*role).to_owned(), 0.0))
+        .collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        if let Some((_, role)) = SERVICES.iter().find(|(c, _)| *c == comm.trim()) {
+            if let Some(cpu) = cpu_seconds(pid) {
+                *out.entry((*role).to_owned()).or_default() += cpu;
+            }
+        }
+    }
+    out
+}
+
+/// This process's usage: `getrusage` CPU and `VmHWM`.
+pub fn own_usage() -> Usage {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Usage {
+        cpu_s: secs(usage.ru_utime) + secs(usage.ru_stime),
+        peak_rss_mb: peak_rss_mb("self").unwrap_or(0.0),
+    }
+}
+
+/// The executables that play the ingress and the workers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Executables {
+    /// `surge-producer`, or this binary (role `__ingress`).
+    pub ingress: Exe,
+    /// `surge-worker`, or this binary (role `__worker`).
+    pub worker: Exe,
+    /// This binary (the HTTP ceiling's null server runs as `__null`).
+    pub bench: PathBuf,
+}
+
+/// An executable and the role argument it needs first (if any).
+#[derive(Debug, Clone, Serialize)]
+pub struct Exe {
+    /// Its path.
+    pub path: PathBuf,
+    /// `Some("__worker")` when this binary stands in.
+    pub role: Option<String>,
+    /// Its modification time, so a stale build is noticed.
+    pub modified: Option<String>,
+}
+
+impl Exe {
+    /// The executable at `path`, run without a role argument.
+    pub fn at(path: &Path) -> Exe {
+        Exe {
+            path: path.to_owned(),
+            role: None,
+            modified: modified(path),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.path);
+        if let Some(role) = &self.role {
+            command.arg(role);
+        }
+        command
+    }
+
+    /// How the report names it.
+    pub fn describe(&self) -> String {
+        let name = self
+            .path
+            .file_name()
+            .map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned());
+        match &self.role {
+            Some(role) => format!("{name} {role}"),
+            None => self.path.display().to_string(),
+        }
+    }
+}
+
+fn modified(path: &Path) -> Option<String> {
+    let time = std::fs::metadata(path).ok()?.modified().ok()?;
+    let secs = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(format!("{secs} (unix seconds)"))
+}
+
+impl Executables {
+    /// Finds `surge-producer` / `surge-worker` next to this binary (or one folder up, for
+    /// test binaries in `deps/`); falls back to this binary's roles.
+    pub fn locate() -> anyhow::Result<Executables> {
+        let bench = std::env::current_exe().context("locating this executable")?;
+        let find = |name: &str, role: &str| {
+            let dirs = [bench.parent(), bench.parent().and_then(Path::parent)];
+            dirs.into_iter()
+                .flatten()
+                .map(|dir| dir.join(name))
+                .find(|p| p.is_file())
+                .map_or_else(
+                    || Exe {
+                        path: bench.clone(),
+                        role: Some(role.to_owned()),
+                        modified: modified(&bench),
+                    },
+                    |path| Exe {
+                        modified: modified(&path),
+                        path,
+                        role: None,
+                    },
+                )
+        };
+        Ok(Executables {
+            ingress: find("surge-producer", "__ingress"),
+            worker: find("surge-worker", "__worker"),
+            bench: bench.clone(),
+        })
+    }
+
+    /// Always this binary's own roles (`--self-roles`).
+    pub fn own() -> anyhow::Result<Executables> {
+        let bench = std::env::current_exe().context("locating this executable")?;
+        let exe = |role: &str| Exe {
+            path: bench.clone(),
+            role: Some(role.to_owned()),
+            modified: modified(&bench),
+        };
+        Ok(Executables {
+            ingress: exe("__ingress"),
+            worker: exe("__worker"),
+            bench,
+        })
+    }
+}
+
+/// A child process under test. Killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    /// Its name in reports and logs.
+    pub name: String,
+    child: Child,
+    pid: u32,
+}
+
+impl Proc {
+    /// Starts `command` with stdout discarded, stderr appended to `log`, and
+    /// `RUST_LOG=log_level`.
+    pub fn spawn(
+        name: &str,
+        mut command: Command,
+        log: &Path,
+        log_level: &str,
+    ) -> anyhow::Result<Proc> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        command
+            .env("RUST_LOG", log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let pid = child.id().context("the child has no pid")?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            pid,
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// CPU seconds and peak RSS so far.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            cpu_s: cpu_seconds(self.pid).unwrap_or(0.0),
+            peak_rss_mb: peak_rss_mb(&self.pid.to_string()).unwrap_or(0.0),
+        }
+    }
+
+    /// Resets its peak RSS.
+    pub fn reset_peak(&self) {
+        reset_peak(&self.pid.to_string());
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(mut self, grace: Duration) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// A free loopback port (bound and released: a tiny race, fine on a quiet loopback).
+pub fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// Waits until `GET /healthz` on `address` answers 200, or `proc` exits, or `timeout`.
+pub async fn wait_healthy(
+    address: SocketAddr,
+    proc: &mut Proc,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let probe = http::get("/healthz");
+    loop {
+        if let Ok(mut conn) = Conn::connect(address).await {
+            if let Ok(response) = conn.send(&probe).await {
+                if response.status == 200 {
+                    return Ok(());
+                }
+            }
+        }
+        if proc.exited() {
+            anyhow::bail!(
+                "{} exited before it became healthy (see its log)",
+                proc.name
+            );
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{} not healthy after {timeout:?}", proc.name);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Broker flags shared by the ingress and the workers.
+#[derive(Debug, Clone)]
+pub struct BrokerFlags {
+    /// `memory`, `rabbitmq` or `kafka`.
+    pub broker: &'static str,
+    /// RabbitMQ URL.
+    pub amqp_url: String,
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+    /// Queue / topic for this deployment.
+    pub queue: String,
+}
+
+impl BrokerFlags {
+    fn apply(&self, command: &mut Command) {
+        command
+            .arg("--broker")
+            .arg(self.broker)
+            .arg("--amqp-url")
+            .arg(&self.amqp_url)
+            .arg("--kafka-brokers")
+            .arg(&self.kafka_brokers)
+            .arg("--queue")
+            .arg(&self.queue);
+    }
+}
+
+/// Ingress command line.
+pub fn ingress_command(
+    exes: &Executables,
+    listen: SocketAddr,
+    broker: &BrokerFlags,
+    database_url: &str,
+    embedded_capacity: u16,
+) -> Command {
+    let mut command = exes.ingress.command();
+    command.arg("--listen").arg(listen.to_string());
+    broker.apply(&mut command);
+    command
+        .arg("--database-url")
+        .arg(database_url)
+        .arg("--embedded-capacity")
+        .arg(embedded_capacity.to_string());
+    command
+}
+
+/// Worker command line.
+pub fn worker_command(
+    exes: &Executables,
+    broker: &BrokerFlags,
+    database_url: &str,
+    capacity: u16,
+    group: &str,
+    worker_id: &str,
+) -> Command {
+    let mut command = exes.worker.command();
+    broker.apply(&mut command);
+    command
+        .arg("--database-url")
+        .arg(database_url)
+        .arg("--capacity")
+        .arg(capacity.to_string())
+        .arg("--group")
+        .arg(group)
+        .arg("--worker-id")
+        .arg(worker_id)
+        .arg("--shutdown-grace-secs")
+        .arg("5");
+    command
+}
