@@ -13,6 +13,13 @@ export SURGE_TEST_AMQP_URL="${SURGE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:
 export SURGE_TEST_POSTGRES_URL="${SURGE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export SURGE_TEST_KAFKA_BROKERS="${SURGE_TEST_KAFKA_BROKERS:-127.0.0.1:9092}"
 
+# Each service test creates its own surge_test_<uuid> database; drop those of earlier runs
+# (run one test suite at a time per machine).
+for db in $(psql -h 127.0.0.1 -U postgres -d postgres -tAc \
+    "select datname from pg_database where datname like 'surge\_test\_%'"); do
+  psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists \"$db\" with (force)"
+done
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings"
