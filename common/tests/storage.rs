@@ -64,6 +64,51 @@ async fn behaves(storage: Storage) {
     assert_eq!(storage.count().await.unwrap(), 1701);
     let repeat = writer.record(row(fresh[0], "writer")).await.unwrap();
     assert_eq!(repeat, Recorded::Duplicate);
+
+    cancellation(&storage).await;
+}
+
+/// A job cancelled because its publish failed never gets a result; cancelling a job that
+/// already ran reports it and leaves it alone.
+async fn cancellation(storage: &Storage) {
+    let before = storage.count().await.unwrap();
+    let refused = Uuid::now_v7();
+    let finished = Uuid::now_v7();
+    assert_eq!(
+        storage.record(&row(finished, "early")).await.unwrap(),
+        Recorded::New
+    );
+    assert_eq!(
+        storage.cancel(&[refused]).await.unwrap(),
+        Vec::<Uuid>::new()
+    );
+    assert_eq!(storage.cancel(&[finished]).await.unwrap(), vec![finished]);
+
+    let kept = Uuid::now_v7();
+    let outcome = storage
+        .record_many(&[
+            row(refused, "late"),
+            row(kept, "late"),
+            row(finished, "late"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        [Recorded::Cancelled, Recorded::New, Recorded::Duplicate]
+    );
+    assert_eq!(storage.get(refused).await.unwrap(), None);
+    assert_eq!(
+        storage.lifecycle(refused).await.unwrap(),
+        None,
+        "a cancelled job is unknown"
+    );
+    assert!(storage.is_cancelled(refused).await.unwrap());
+    assert!(
+        !storage.is_cancelled(finished).await.unwrap(),
+        "a job that ran stays"
+    );
+    assert_eq!(storage.count().await.unwrap(), before + 2);
 }
 
 #[tokio::test]

@@ -1,52 +1,68 @@
-//! [`ResultWriter`]: group commit for results.
+//! Batched writers: group commit for results and `queued` marks, fire-and-forget stages.
 //!
-//! Hundreds of jobs finishing at once would otherwise each pay a commit (an fsync). The
-//! writer task takes the first waiting row, sweeps up every other row already queued (up
-//! to `max_batch`), stores them with one [`Storage::record_many`] — one statement, one
-//! commit — and answers each caller. No artificial delay: under light load a batch is one
-//! row; under a burst, rows pile up while a commit runs and the next batch takes them all.
-//! Callers ack their job only after their answer, so acks still follow commits.
+//! Hundreds of jobs finishing (or being accepted) at once would otherwise each pay a
+//! commit (an fsync). A [`GroupCommit`] task takes the first waiting item, sweeps up every
+//! other item already queued (up to `max_batch`), stores them with one statement and one
+//! commit, and answers each caller. No artificial delay: under light load a batch is one
+//! item; under a burst, items pile up while a commit runs and the next batch takes them
+//! all. Workers ack their job only after their answer, so acks still follow commits.
+
+use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{JobResult, Recorded, Storage};
+use crate::job::Job;
 
-type Reply = oneshot::Sender<Result<Recorded, String>>;
+type Reply<O> = oneshot::Sender<Result<O, String>>;
 
-/// Hands results to a background writer task. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct ResultWriter {
-    queue: mpsc::Sender<(JobResult, Reply)>,
-}
-
-/// Why a result was not stored.
+/// Why an item was not stored.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
-    /// The batch containing the row failed to commit.
+    /// The batch containing the item failed to commit.
     #[error("batch commit failed: {0}")]
     Commit(String),
     /// The writer task has stopped.
-    #[error("the result writer has stopped")]
+    #[error("the writer has stopped")]
     Stopped,
 }
 
-impl ResultWriter {
-    /// Starts the writer task on the current runtime. It stops when every clone is dropped.
-    pub fn spawn(storage: Storage, max_batch: usize) -> ResultWriter {
+/// Hands items of type `T` to a background task that writes them in batches and answers
+/// each with its `O`. Cheap to clone; the task stops when every clone is dropped.
+#[derive(Debug)]
+pub struct GroupCommit<T, O> {
+    queue: mpsc::Sender<(T, Reply<O>)>,
+}
+
+impl<T, O> Clone for GroupCommit<T, O> {
+    fn clone(&self) -> Self {
+        GroupCommit {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static, O: Send + 'static> GroupCommit<T, O> {
+    /// Starts the task on the current runtime. `write` stores one batch and returns one
+    /// output per item, in order, or an error that every item of the batch receives.
+    pub fn spawn<F, Fut>(max_batch: usize, write: F) -> GroupCommit<T, O>
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<O>, String>> + Send,
+    {
         let max_batch = max_batch.max(1);
-        let (queue, mut incoming) = mpsc::channel::<(JobResult, Reply)>(max_batch * 4);
+        let (queue, mut incoming) = mpsc::channel::<(T, Reply<O>)>(max_batch * 4);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(max_batch);
             while incoming.recv_many(&mut batch, max_batch).await > 0 {
-                let (rows, replies): (Vec<JobResult>, Vec<Reply>) = batch.drain(..).unzip();
-                match storage.record_many(&rows).await {
-                    Ok(outcome) => {
-                        for (reply, recorded) in replies.into_iter().zip(outcome) {
-                            let _ = reply.send(Ok(recorded));
+                let (items, replies): (Vec<T>, Vec<Reply<O>>) = batch.drain(..).unzip();
+                match write(items).await {
+                    Ok(outputs) => {
+                        for (reply, output) in replies.into_iter().zip(outputs) {
+                            let _ = reply.send(Ok(output));
                         }
                     }
-                    Err(e) => {
-                        let message = e.to_string();
+                    Err(message) => {
                         for reply in replies {
                             let _ = reply.send(Err(message.clone()));
                         }
@@ -54,21 +70,74 @@ impl ResultWriter {
                 }
             }
         });
-        ResultWriter { queue }
+        GroupCommit { queue }
+    }
+
+    /// Writes `item` in the next batch and returns once that batch is committed.
+    pub async fn submit(&self, item: T) -> Result<O, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((item, reply))
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        match answer.await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(message)) => Err(WriteError::Commit(message)),
+            Err(_) => Err(WriteError::Stopped),
+        }
+    }
+}
+
+/// Group commit of job results ([`Storage::record_many`]). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ResultWriter {
+    inner: GroupCommit<JobResult, Recorded>,
+}
+
+impl ResultWriter {
+    /// Starts the writer task on the current runtime. It stops when every clone is dropped.
+    pub fn spawn(storage: Storage, max_batch: usize) -> ResultWriter {
+        let inner = GroupCommit::spawn(max_batch, move |rows: Vec<JobResult>| {
+            let storage = storage.clone();
+            async move { storage.record_many(&rows).await.map_err(|e| e.to_string()) }
+        });
+        ResultWriter { inner }
     }
 
     /// Stores `row` in the next batch and returns once that batch is committed.
     pub async fn record(&self, row: JobResult) -> Result<Recorded, WriteError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((row, reply))
-            .await
-            .map_err(|_| WriteError::Stopped)?;
-        match answer.await {
-            Ok(Ok(recorded)) => Ok(recorded),
-            Ok(Err(message)) => Err(WriteError::Commit(message)),
-            Err(_) => Err(WriteError::Stopped),
-        }
+        self.inner.submit(row).await
+    }
+}
+
+/// Group commit of `queued` marks for freshly accepted jobs ([`Storage::mark_queued`]), so
+/// that concurrent requests share one insert and one commit. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct QueuedWriter {
+    inner: GroupCommit<Vec<Job>, ()>,
+}
+
+impl QueuedWriter {
+    /// Starts the writer task on the current runtime. `max_batch` counts requests.
+    pub fn spawn(storage: Storage, max_batch: usize) -> QueuedWriter {
+        let inner = GroupCommit::spawn(max_batch, move |requests: Vec<Vec<Job>>| {
+            let storage = storage.clone();
+            async move {
+                let count = requests.len();
+                let jobs: Vec<Job> = requests.into_iter().flatten().collect();
+                storage
+                    .mark_queued(&jobs)
+                    .await
+                    .map(|()| vec![(); count])
+                    .map_err(|e| e.to_string())
+            }
+        });
+        QueuedWriter { inner }
+    }
+
+    /// Marks `jobs` queued in the next batch; returns once that batch is committed.
+    pub async fn mark(&self, jobs: &[Job]) -> Result<(), WriteError> {
+        self.inner.submit(jobs.to_vec()).await
     }
 }
 

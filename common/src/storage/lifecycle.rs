@@ -73,75 +73,74 @@ impl Storage {
     /// Marks freshly accepted jobs `queued`, unless a worker already got further.
     pub async fn mark_queued(&self, jobs: &[Job]) -> Result<(), StorageError> {
         let at_us = now_micros();
-        for chunk in jobs.chunks(500) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    format!(
-                        "(${}, ${}, 'queued', 1, NULL, ${})",
-                        i * 3 + 1,
-                        i * 3 + 2,
-                        i * 3 + 3
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
-                 VALUES {} ON CONFLICT (job_id) DO NOTHING",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(&sql);
-            for job in chunk {
-                query = query
-                    .bind(job.id.to_string())
-                    .bind(job.kind.as_str())
-                    .bind(at_us);
-            }
-            query.execute(self.pool()).await?;
-        }
-        Ok(())
+        let updates: Vec<StageUpdate> = jobs
+            .iter()
+            .map(|job| StageUpdate {
+                job_id: job.id,
+                kind: job.kind.as_str().to_owned(),
+                stage: Stage::Queued,
+                attempt: 1,
+                error: None,
+                at_us,
+            })
+            .collect();
+        self.record_stages(&updates).await
     }
 
-    /// Records workers' stage changes; of several for one job, the last wins.
+    /// Records stage changes; of several for one job, the last wins. A `queued` update
+    /// never overwrites a stage a worker wrote (the worker may have started the job before
+    /// the ingress got the broker's confirm).
     pub async fn record_stages(&self, updates: &[StageUpdate]) -> Result<(), StorageError> {
         let mut last: HashMap<Uuid, &StageUpdate> = HashMap::new();
         for update in updates {
             last.insert(update.job_id, update);
         }
-        let latest: Vec<&StageUpdate> = last.into_values().collect();
-        for chunk in latest.chunks(500) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p: Vec<String> = (1..=6).map(|c| format!("${}", i * 6 + c)).collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
-                 VALUES {} ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, \
-                 attempt = excluded.attempt, error = excluded.error, \
-                 updated_at_us = excluded.updated_at_us \
+        // Rows in id order: the ingress and every worker write here concurrently, and
+        // multi-row upserts that lock rows in different orders deadlock on PostgreSQL.
+        let mut latest: Vec<&StageUpdate> = last.into_values().collect();
+        latest.sort_by_key(|update| update.job_id);
+        let (queued, progressed): (Vec<&StageUpdate>, Vec<&StageUpdate>) = latest
+            .into_iter()
+            .partition(|update| update.stage == Stage::Queued);
+        for (updates, on_conflict) in [
+            (queued, "DO NOTHING"),
+            (
+                progressed,
+                "DO UPDATE SET status = excluded.status, attempt = excluded.attempt, \
+                 error = excluded.error, updated_at_us = excluded.updated_at_us \
                  WHERE job_status.updated_at_us <= excluded.updated_at_us",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(&sql);
-            for u in chunk {
-                query = query
-                    .bind(u.job_id.to_string())
-                    .bind(u.kind.clone())
-                    .bind(u.stage.as_str())
-                    .bind(i64::from(u.attempt))
-                    .bind(u.error.clone())
-                    .bind(u.at_us);
+            ),
+        ] {
+            for chunk in updates.chunks(500) {
+                let sql = format!(
+                    "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
+                     VALUES {} ON CONFLICT (job_id) {on_conflict}",
+                    self.placeholders(1, chunk.len(), 6)
+                );
+                let mut query = sqlx::query(&sql);
+                for u in chunk {
+                    query = query
+                        .bind(u.job_id.to_string())
+                        .bind(u.kind.clone())
+                        .bind(u.stage.as_str())
+                        .bind(i64::from(u.attempt))
+                        .bind(u.error.clone())
+                        .bind(u.at_us);
+                }
+                query.execute(self.pool()).await?;
             }
-            query.execute(self.pool()).await?;
         }
         Ok(())
     }
 
-    /// Where a job is: its result if it has one, else its stage, else `None` (unknown).
+    /// Where a job is: its result if it has one, else its stage, else `None` (unknown, or
+    /// cancelled because its publish failed: the client was told it does not exist).
     pub async fn lifecycle(&self, job_id: Uuid) -> Result<Option<Lifecycle>, StorageError> {
         if let Some(result) = self.get(job_id).await? {
             return Ok(Some(Lifecycle::Finished(result)));
+        }
+        if self.is_cancelled(job_id).await? {
+            return Ok(None);
         }
         let row = sqlx::query(
             "SELECT job_id, kind, status, attempt, error, updated_at_us FROM job_status \

@@ -5,14 +5,22 @@
 //! delivery and never touches the stored result — so results are effectively-once even
 //! though delivery is at-least-once.
 //!
-//! Both databases go through sqlx's `Any` driver with portable SQL (`$n` placeholders work
-//! on both), so there is one set of queries and one set of embedded migrations.
+//! Both databases go through sqlx's `Any` driver with portable SQL, so there is one set of
+//! queries and one set of embedded migrations. Placeholders are the one difference:
+//! PostgreSQL needs `$n`; SQLite accepts them too, but sqlx then binds each `$n` by name
+//! with a linear search, so a 500-row insert spends most of its time finding parameters —
+//! SQLite gets positional `?` ([`Storage::placeholders`]).
+//!
+//! A job whose publish failed (the client got a 503) may still have reached the broker:
+//! the ingress then records it in `cancelled_jobs` ([`Storage::cancel`]), and the result
+//! insert skips cancelled ids, so a job refused to its client never gets a result.
 //!
 //! Writes come one at a time ([`Storage::record`]) or many per statement and commit
 //! ([`Storage::record_many`]); [`batch::ResultWriter`] gathers concurrent workers' rows
 //! into such batches (group commit).
 
 pub mod batch;
+pub mod cancel;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod lifecycle;
@@ -106,21 +114,28 @@ pub enum Recorded {
     New,
     /// The job already had a result (a redelivery); only its delivery count changed.
     Duplicate,
+    /// The job was cancelled because its publish failed (the client got a 503 and may
+    /// resubmit): no result is stored, the delivery should be acked.
+    Cancelled,
 }
 
 /// Connection pool to the results database.
 #[derive(Debug, Clone)]
 pub struct Storage {
     pool: AnyPool,
+    sqlite: bool,
 }
 
-/// Rows per INSERT statement: 11 parameters each stays far below SQLite's and
+/// Rows per INSERT statement: 12 parameters each stays far below SQLite's and
 /// PostgreSQL's parameter limits.
 const ROWS_PER_STATEMENT: usize = 500;
 
 pub(crate) const COLUMNS: &str =
     "job_id, kind, status, result, error, attempts, deliveries, worker, \
                        enqueued_at_us, started_at_us, finished_at_us, job";
+
+/// Number of columns in [`COLUMNS`].
+const COLUMN_COUNT: usize = 12;
 
 impl Storage {
     /// Connects (creating a SQLite file if needed) and runs the embedded migrations.
@@ -135,6 +150,8 @@ impl Storage {
         };
         // SQLite serialises writers anyway; one connection avoids SQLITE_BUSY storms.
         let max_connections = if is_sqlite { 1 } else { 16 };
+        // Keeps sqlx's ping before each checkout: it costs a round trip, but after a
+        // database restart it discards dead connections instead of failing a write on each.
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
@@ -146,7 +163,35 @@ impl Storage {
                 .await?;
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Storage { pool })
+        Ok(Storage {
+            pool,
+            sqlite: is_sqlite,
+        })
+    }
+
+    /// `rows` parenthesised groups of `columns` placeholders, numbered from
+    /// `first` (1-based): `($1, $2), ($3, $4)` on PostgreSQL, `(?, ?), (?, ?)` on SQLite
+    /// (see the module docs). Bind the values in the same order.
+    pub(crate) fn placeholders(&self, first: usize, rows: usize, columns: usize) -> String {
+        let group = |row: usize| {
+            let params: Vec<String> = (0..columns)
+                .map(|c| {
+                    if self.sqlite {
+                        "?".to_owned()
+                    } else {
+                        format!("${}", first + row * columns + c)
+                    }
+                })
+                .collect();
+            format!("({})", params.join(", "))
+        };
+        (0..rows).map(group).collect::<Vec<_>>().join(", ")
+    }
+
+    /// A comma-separated list of `count` placeholders from `first`, for `IN (…)`.
+    pub(crate) fn list(&self, first: usize, count: usize) -> String {
+        let all = self.placeholders(first, 1, count);
+        all[1..all.len() - 1].to_owned()
     }
 
     /// The underlying pool, for tests and reports.
@@ -161,9 +206,9 @@ impl Storage {
     }
 
     /// Stores many results in one transaction: one multi-row insert that skips ids already
-    /// present, then one update counting the extra delivery of those. Returns, per input
-    /// row and in order, whether it was new. Rows for the same id in one call count as
-    /// a first write and duplicates.
+    /// present and cancelled ids, then one update counting the extra delivery of repeats.
+    /// Returns, per input row and in order, whether it was new, a repeat or cancelled. Rows
+    /// for the same id in one call count as a first write and duplicates.
     pub async fn record_many(&self, rows: &[JobResult]) -> Result<Vec<Recorded>, StorageError> {
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -171,19 +216,12 @@ impl Storage {
         let mut tx = self.pool.begin().await?;
         let mut inserted = std::collections::HashSet::new();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p: Vec<String> = (1..=11).map(|c| format!("${}", i * 11 + c)).collect();
-                    format!(
-                        "({}, {}, {}, {}, {}, {}, 1, {}, {}, {}, {}, {})",
-                        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10]
-                    )
-                })
-                .collect();
+            // VALUES columns are named column1, column2, … on both databases.
             let sql = format!(
-                "INSERT INTO job_results ({COLUMNS}) VALUES {} \
+                "INSERT INTO job_results ({COLUMNS}) SELECT * FROM (VALUES {}) AS v \
+                 WHERE NOT EXISTS (SELECT 1 FROM cancelled_jobs c WHERE c.job_id = v.column1) \
                  ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
-                values.join(", ")
+                self.placeholders(1, chunk.len(), COLUMN_COUNT)
             );
             let mut query = sqlx::query(&sql);
             for r in chunk {
@@ -194,6 +232,7 @@ impl Storage {
                     .bind(r.result.as_ref().map(|v| v.to_string()))
                     .bind(r.error.clone())
                     .bind(i64::from(r.attempts))
+                    .bind(1_i64)
                     .bind(r.worker.clone())
                     .bind(r.enqueued_at_us)
                     .bind(r.started_at_us)
@@ -209,22 +248,34 @@ impl Storage {
                 inserted.insert(id);
             }
         }
+        let skipped: Vec<String> = rows
+            .iter()
+            .map(|r| r.job_id.to_string())
+            .filter(|id| !inserted.contains(id))
+            .collect();
+        let cancelled = self.cancelled_among(&mut tx, &skipped).await?;
         let mut outcome = Vec::with_capacity(rows.len());
         let mut repeated = Vec::new();
         for r in rows {
+            let id = r.job_id.to_string();
             // The first row of an id that was inserted is new; any other is a repeat.
-            if inserted.remove(&r.job_id.to_string()) {
+            if inserted.remove(&id) {
                 outcome.push(Recorded::New);
+            } else if cancelled.contains(&id) {
+                outcome.push(Recorded::Cancelled);
             } else {
                 outcome.push(Recorded::Duplicate);
-                repeated.push(r.job_id.to_string());
+                repeated.push(id);
             }
         }
         for id in repeated {
-            sqlx::query("UPDATE job_results SET deliveries = deliveries + 1 WHERE job_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "UPDATE job_results SET deliveries = deliveries + 1 WHERE job_id = {}",
+                self.list(1, 1)
+            ))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(outcome)
@@ -245,10 +296,9 @@ impl Storage {
     pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<JobResult>, StorageError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT {COLUMNS} FROM job_results WHERE job_id IN ({})",
-                placeholders.join(", ")
+                self.list(1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
