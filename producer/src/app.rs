@@ -37,6 +37,9 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .on_request(())
+        // The response line carries the status; a 503 under overload is the system working
+        // as designed, not an ERROR line per request (real failures log their cause).
+        .on_failure(())
         .on_response(
             DefaultOnResponse::new()
                 .level(Level::INFO)

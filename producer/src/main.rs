@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     if api_keys.enabled() {
         tracing::info!("API keys required on the job endpoints");
     }
-    let state = AppState::new(broker, storage, args.limits())
+    let state = AppState::new(broker.clone(), storage, args.limits())
         .with_admission(args.admission())
         .with_api_keys(api_keys);
     let draining = state.draining.clone();
@@ -65,6 +65,9 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop.send(true);
     if let Some(worker) = embedded {
         worker.await.context("embedded worker panicked")??;
+    }
+    if let Err(e) = broker.close().await {
+        tracing::warn!(error = %e, "closing the broker connection failed");
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use surge_common::broker::Broker;
+use surge_common::storage::batch::QueuedWriter;
 use surge_common::storage::Storage;
 
 use crate::admission::{Admission, AdmissionConfig};
@@ -28,7 +29,9 @@ impl Default for Limits {
     }
 }
 
-/// Shared by every handler; cheap to clone.
+/// Most requests whose `queued` marks share one commit.
+const QUEUED_WRITE_BATCH: usize = 500;
+
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -36,6 +39,8 @@ pub struct AppState {
     pub broker: Arc<dyn Broker>,
     /// Where results and job states are read and written.
     pub storage: Storage,
+    /// Marks accepted jobs `queued`, many requests per commit.
+    pub queued: QueuedWriter,
     /// Request limits.
     pub limits: Limits,
     /// Counters for the live dashboard.
@@ -50,10 +55,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for one server: no admission limits, no API keys.
+    /// State for one server: no admission limits, no API keys. Starts the `queued` writer
+    /// task, so it must be called inside a Tokio runtime.
     pub fn new(broker: Arc<dyn Broker>, storage: Storage, limits: Limits) -> AppState {
         AppState {
             broker,
+            queued: QueuedWriter::spawn(storage.clone(), QUEUED_WRITE_BATCH),
             storage,
             limits,
             live: Arc::default(),

@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use surge_common::broker::memory::MemoryBroker;
-use surge_common::broker::Broker;
+use surge_common::broker::{Broker, BrokerError, BrokerStats, ConsumeOptions, Deliveries};
 use surge_common::retry::RetryPolicy;
 use surge_common::storage::Storage;
 use surge_common::testing;
@@ -99,6 +99,80 @@ async fn wait_for_status(state: &AppState, id: &str, status: &str) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A broker that stores every job and then reports the publish as failed: the confirm
+/// was lost on the way back (a connection dropped between the broker's write and its ack).
+struct ConfirmLosingBroker(MemoryBroker);
+
+#[async_trait::async_trait]
+impl Broker for ConfirmLosingBroker {
+    async fn publish(&self, jobs: &[surge_common::job::Job]) -> Result<(), BrokerError> {
+        self.0.publish(jobs).await?;
+        Err(BrokerError::Unavailable(
+            "connection lost before the confirm".into(),
+        ))
+    }
+    async fn consume(&self, options: ConsumeOptions) -> Result<Deliveries, BrokerError> {
+        self.0.consume(options).await
+    }
+    async fn stats(&self) -> Result<BrokerStats, BrokerError> {
+        self.0.stats().await
+    }
+    fn name(&self) -> &'static str {
+        "confirm-losing"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_refused_with_503_never_runs_to_a_result_even_if_the_broker_kept_it() {
+    let broker = Arc::new(ConfirmLosingBroker(MemoryBroker::new()));
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
+    let state = AppState::new(broker.clone(), storage.clone(), Limits::default());
+
+    let job = json!({"kind": "echo", "payload": {"n": 1}});
+    let refused = send(&state, post("/jobs", job.clone(), &[])).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.body["error"]["code"], "broker_unavailable");
+    let batch = send(&state, post("/jobs/batch", json!([job, job]), &[])).await;
+    assert_eq!(
+        batch.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        batch.body
+    );
+    assert_eq!(
+        broker.stats().await.unwrap().backlog,
+        Some(3),
+        "the broker kept them"
+    );
+
+    // A worker started now consumes all three stored jobs and acks them without a result.
+    let (stop, worker) = start_worker(&state, RetryPolicy::default());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = broker.stats().await.unwrap();
+        if stats.backlog == Some(0) && stats.in_flight.unwrap_or(0) == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs not consumed: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        storage.count().await.unwrap(),
+        0,
+        "no refused job has a result"
+    );
+    let _ = stop.send(());
+    worker.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

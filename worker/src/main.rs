@@ -37,7 +37,11 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    let worker = Worker::new(broker, storage, args.options());
+    let worker = Worker::new(broker.clone(), storage, args.options());
     worker.run(surge_common::shutdown::signal()).await?;
+    // Every in-flight job is settled; let the last acks reach the broker before exiting.
+    if let Err(e) = broker.close().await {
+        tracing::warn!(error = %e, "closing the broker connection failed");
+    }
     Ok(())
 }

@@ -143,6 +143,7 @@ impl Worker {
         );
         tokio::pin!(shutdown);
         let mut failures = 0usize;
+        let mut open_stream = None;
         tracing::info!(
             broker = self.broker.name(),
             capacity,
@@ -165,16 +166,23 @@ impl Worker {
                     }
                 },
             };
+            let mut stopping = false;
             loop {
                 while tasks.try_join_next().is_some() {}
                 let permit = tokio::select! {
-                    _ = &mut shutdown => break 'connect,
+                    _ = &mut shutdown => {
+                        stopping = true;
+                        break;
+                    }
                     permit = permits.clone().acquire_owned() => {
                         permit.expect("the capacity semaphore is never closed")
                     }
                 };
                 let next = tokio::select! {
-                    _ = &mut shutdown => break 'connect,
+                    _ = &mut shutdown => {
+                        stopping = true;
+                        break;
+                    }
                     next = deliveries.next() => next,
                 };
                 match next {
@@ -194,6 +202,13 @@ impl Worker {
                     }
                 }
             }
+            if stopping {
+                // Keep the stream, and with it the channel the in-flight jobs ack on, open
+                // until they are drained: closing it now would requeue them after their
+                // results are committed (harmless, but a redelivery for nothing).
+                open_stream = Some(deliveries);
+                break 'connect;
+            }
             drop(deliveries);
             self.pause(failures, &mut shutdown).await;
         }
@@ -209,6 +224,7 @@ impl Worker {
             );
             tasks.shutdown().await;
         }
+        drop(open_stream);
         signal.abort();
         heartbeat.stop();
         metrics::gauge!(m::CAPACITY).decrement(f64::from(capacity));
@@ -317,8 +333,11 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
         let settled = match outcome {
             Ok(value) => {
                 let row = row(JobStatus::Succeeded, Some(value), None);
-                if !commit(&context, &row).await {
+                let Some(recorded) = commit(&context, &row).await else {
                     return; // dropping the delivery releases it for redelivery
+                };
+                if recorded == Recorded::Cancelled {
+                    return settle_cancelled(delivery).await;
                 }
                 context.stats.succeeded();
                 record_end_to_end(delivery.job.enqueued_at_us);
@@ -341,8 +360,11 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             Err(error) => {
                 let reason = error.to_string();
                 let row = row(JobStatus::Dead, None, Some(reason.clone()));
-                if !commit(&context, &row).await {
+                let Some(recorded) = commit(&context, &row).await else {
                     return;
+                };
+                if recorded == Recorded::Cancelled {
+                    return settle_cancelled(delivery).await;
                 }
                 tracing::warn!(error = %reason, "job dead-lettered");
                 context.stats.dead();
@@ -365,22 +387,32 @@ fn record_end_to_end(enqueued_at_us: i64) {
     metrics::histogram!(m::END_TO_END_SECONDS).record(seconds);
 }
 
-/// Commits `row`, retrying a failing database with backoff. `false`: give the job back.
-async fn commit(context: &JobContext, row: &JobResult) -> bool {
+/// Acks a job the ingress cancelled (its client got a 503): no result, no dead letter.
+async fn settle_cancelled(delivery: Delivery) {
+    tracing::info!(
+        "job was cancelled by the ingress (its publish failed); acking without a result"
+    );
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(error = %e, "ack failed; the cancelled job will be redelivered");
+    }
+}
+
+/// Commits `row`, retrying a failing database with backoff. `None`: give the job back.
+async fn commit(context: &JobContext, row: &JobResult) -> Option<Recorded> {
     let stored = (|| context.writer.record(row.clone()))
         .retry(reconnect(6))
         .notify(|e, after| tracing::warn!(error = %e, ?after, "result commit failed; retrying"))
         .await;
     match stored {
-        Ok(Recorded::New) => true,
         Ok(Recorded::Duplicate) => {
             context.stats.duplicate();
             tracing::info!("redelivered job already had a result; acking");
-            true
+            Some(Recorded::Duplicate)
         }
+        Ok(recorded) => Some(recorded),
         Err(e) => {
             tracing::error!(error = %e, "result not committed; releasing the job");
-            false
+            None
         }
     }
 }

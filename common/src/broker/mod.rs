@@ -80,6 +80,13 @@ pub trait Broker: Send + Sync + 'static {
     async fn delete_topology(&self) -> Result<(), BrokerError> {
         Ok(())
     }
+
+    /// Closes the connection gracefully, so settlements sent just before (acks) reach the
+    /// broker before the socket goes away. Call it last, when the process is done with the
+    /// broker; a later call reconnects.
+    async fn close(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 /// How a backend settles one delivery. Implemented by each backend; users call the

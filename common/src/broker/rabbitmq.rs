@@ -362,6 +362,19 @@ impl Broker for RabbitMqBroker {
         "rabbitmq"
     }
 
+    async fn close(&self) -> Result<(), BrokerError> {
+        let link = self.inner.link.lock().await.take();
+        if let Some(link) = link {
+            // connection.close waits for the broker's close-ok, which the broker sends after
+            // handling every frame before it: the last acks are in.
+            link.connection
+                .close(200, "shutting down".into())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
     async fn delete_topology(&self) -> Result<(), BrokerError> {
         let link = self.inner.link().await?;
         let inner = &self.inner;

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use surge_common::job::{InvalidJob, Job, JobRequest};
 use surge_common::metrics as m;
+use surge_common::retry::reconnect;
 use surge_common::storage::idempotency::Claim;
 use surge_common::storage::lifecycle::Lifecycle;
 use surge_common::storage::JobResult;
@@ -27,6 +28,10 @@ use crate::state::AppState;
 
 /// How long the ingress waits to mark accepted jobs `queued` before answering anyway.
 const QUEUED_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a refused request waits to cancel its jobs before answering anyway (the
+/// cancel then continues in the background).
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
 const TRACEPARENT: &str = "traceparent";
 
@@ -110,7 +115,7 @@ pub async fn submit(
             }
         }
     }
-    let published = publish(&state, std::slice::from_ref(&job)).await;
+    let published = publish_new(&state, std::slice::from_ref(&job)).await;
     if let Some(key) = &idempotency_key {
         let settled = match published {
             Ok(()) => state.storage.complete_idempotency_key(key).await,
@@ -178,7 +183,7 @@ pub async fn submit_batch(
         .collect::<Result<Vec<Job>, InvalidJob>>()?;
     let count = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
     admit(&state, peer, &headers, count).await?;
-    publish(&state, &jobs).await?;
+    publish_new(&state, &jobs).await?;
     let accepted = BatchAccepted {
         jobs: jobs.iter().map(Accepted::of).collect(),
     };
@@ -261,21 +266,62 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .map_err(ApiError::Unauthorized)
 }
 
+/// Publishes new jobs. If the publish fails, the broker may still hold them (it stored a
+/// message whose confirm was lost): they are cancelled before the client hears the error,
+/// so a refused job never gets a result (see `surge_common::storage::cancel`). If every job
+/// already has a result, the jobs evidently were accepted and the answer is success.
+async fn publish_new(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
+    let Err(error) = publish(state, jobs).await else {
+        return Ok(());
+    };
+    let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
+    match tokio::time::timeout(CANCEL_TIMEOUT, state.storage.cancel(&ids)).await {
+        Ok(Ok(finished)) if !ids.is_empty() && finished.len() == ids.len() => {
+            tracing::warn!(error = %error, "publish reported failure but the jobs already ran; accepting");
+            record_accepted(state, jobs, std::time::Duration::ZERO);
+            return Ok(());
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => cancel_later(state, ids, e.to_string()),
+        Err(_) => cancel_later(state, ids, "timed out".to_owned()),
+    }
+    Err(error)
+}
+
+/// Keeps trying to cancel `ids` in the background (the database is struggling; the
+/// client gets its 503 now). Logged loudly if it never succeeds.
+fn cancel_later(state: &AppState, ids: Vec<Uuid>, first_error: String) {
+    use backon::Retryable;
+    tracing::warn!(error = %first_error, jobs = ids.len(), "cancelling refused jobs failed; retrying in the background");
+    let storage = state.storage.clone();
+    tokio::spawn(async move {
+        if let Err(e) = (|| storage.cancel(&ids)).retry(reconnect(40)).await {
+            tracing::error!(error = %e, jobs = ?ids, "refused jobs could not be cancelled; they may still run");
+        }
+    });
+}
+
 /// Publishes; on success records metrics, counts the jobs for admission control and marks
-/// them `queued` (best effort: the job is already safe in the broker).
+/// them `queued` (best effort: the job is already safe in the broker; many requests share
+/// one commit).
 async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
     state.broker.publish(jobs).await?;
-    state.admission.accepted(jobs.len() as u64);
-    match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.storage.mark_queued(jobs)).await {
+    match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.queued.mark(jobs)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "could not mark jobs queued"),
         Err(_) => tracing::warn!("marking jobs queued timed out"),
     }
-    metrics::histogram!(m::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
-    metrics::counter!(m::JOBS_ACCEPTED).increment(jobs.len() as u64);
-    state.live.accepted(jobs.len(), started.elapsed());
+    record_accepted(state, jobs, started.elapsed());
     Ok(())
+}
+
+/// Counts accepted jobs for admission control, metrics and the dashboard.
+fn record_accepted(state: &AppState, jobs: &[Job], publish_time: std::time::Duration) {
+    state.admission.accepted(jobs.len() as u64);
+    metrics::histogram!(m::PUBLISH_SECONDS).record(publish_time.as_secs_f64());
+    metrics::counter!(m::JOBS_ACCEPTED).increment(jobs.len() as u64);
+    state.live.accepted(jobs.len(), publish_time);
 }
 
 /// `GET /jobs/{id}`: where a job is in its life.

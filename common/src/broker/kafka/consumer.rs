@@ -342,6 +342,7 @@ pub(super) async fn consume(
 
     let prefetch = usize::from(options.prefetch);
     let (tx, mut rx) = mpsc::channel(prefetch);
+    let tasks = inner.clone();
     let task = Task {
         inner,
         shared,
@@ -349,7 +350,11 @@ pub(super) async fn consume(
         prefetch,
         tx,
     };
-    tokio::spawn(task.run(consumer));
+    let handle = tokio::spawn(task.run(consumer));
+    let mut running = super::lock(&tasks.consumers);
+    running.retain(|task| !task.is_finished());
+    running.push(handle);
+    drop(running);
     Ok(Box::pin(futures::stream::poll_fn(move |cx| {
         rx.poll_recv(cx)
     })))

@@ -85,6 +85,9 @@ struct Inner {
     topics: Topics,
     producer: producer::Producer,
     stats: admin::StatsSource,
+    /// The consumer tasks started by `consume`: each ends after its stream was dropped and
+    /// it drained, committed its last offsets and left the group. `close` awaits them.
+    consumers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The Kafka broker. Cheap to clone; clones share the producer.
@@ -158,6 +161,7 @@ impl KafkaBroker {
                 stats: admin::StatsSource::new(bootstrap, topics.clone(), counts),
                 topics,
                 producer,
+                consumers: std::sync::Mutex::default(),
             }),
         })
     }
@@ -198,6 +202,26 @@ impl Broker for KafkaBroker {
         tracing::debug!(topic = %self.inner.topics.main, "kafka topics are kept, not deleted");
         Ok(())
     }
+
+    /// Waits for every dropped consumer stream's task to commit its last offsets and leave
+    /// the group, so a stopping worker hands its partitions over at once (no session
+    /// timeout) and nothing settled is redelivered.
+    async fn close(&self) -> Result<(), BrokerError> {
+        let tasks: Vec<_> = std::mem::take(&mut *lock(&self.inner.consumers));
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "a kafka consumer task failed while closing");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Locks `mutex`, also after a panic elsewhere (the data is a list of handles).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
