@@ -1,0 +1,767 @@
+//! The fault suite: real processes (`surge-producer`, two `surge-worker`s), real brokers
+//! (RabbitMQ, Kafka/Tansu) and real PostgreSQL, with clients posting jobs continuously
+//! while a fault hits:
+//!
+//! - a worker SIGKILLed (and replaced),
+//! - a worker SIGTERMed (it drains; replaced),
+//! - the ingress SIGTERMed mid-burst (it drains; restarted on the same port),
+//! - the broker restarted (`rabbitmqctl stop_app`/`start_app`; Tansu killed and restarted
+//!   on its SQLite storage),
+//! - PostgreSQL restarted.
+//!
+//! Each run needs at least [`DURING_FAULT`] jobs accepted from the moment the fault starts,
+//! then checks the promise: every job answered 202 has exactly one result row, and there
+//! are no other rows (so no job refused with a non-2xx, nor one whose request got no
+//! answer, ran). It prints one report line per run (`--nocapture`) and appends it to
+//! `target/tmp/faults.md`.
+//!
+//! The faults hit services every test uses, so the runs take turns (one lock) and this
+//! binary runs alone (`cargo test` runs test binaries one after another).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use surge_common::storage::Storage;
+use surge_common::testing::{self, AMQP_URL_VAR, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
+use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+/// Jobs that must be accepted from the start of the fault on.
+const DURING_FAULT: usize = 2_000;
+/// Jobs accepted before the fault starts (so it hits mid-burst).
+const BEFORE_FAULT: usize = 300;
+/// Concurrent clients posting jobs.
+const CLIENTS: usize = 16;
+/// Capacity of each worker.
+const CAPACITY: &str = "64";
+/// Longest wait for any condition (generous: a loaded 2-core CI machine, debug build).
+const PATIENCE: Duration = Duration::from_secs(300);
+
+/// One run at a time: the faults stop shared services.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs `scenario` alone on a fresh runtime.
+fn serially(scenario: impl std::future::Future<Output = ()>) {
+    let _turn = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+        .block_on(scenario);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    RabbitMq,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    WorkerKill,
+    WorkerTerm,
+    IngressTerm,
+    BrokerRestart,
+    DatabaseRestart,
+}
+
+impl Fault {
+    fn describe(self, backend: Backend) -> &'static str {
+        match (self, backend) {
+            (Fault::WorkerKill, _) => "worker SIGKILL",
+            (Fault::WorkerTerm, _) => "worker SIGTERM",
+            (Fault::IngressTerm, _) => "ingress SIGTERM",
+            (Fault::BrokerRestart, Backend::RabbitMq) => "rabbitmqctl stop_app/start_app",
+            (Fault::BrokerRestart, Backend::Kafka) => "Tansu SIGKILL + restart",
+            (Fault::DatabaseRestart, _) => "PostgreSQL restart",
+        }
+    }
+}
+
+#[test]
+fn rabbitmq_survives_a_worker_sigkill() {
+    serially(run(Backend::RabbitMq, Fault::WorkerKill));
+}
+
+#[test]
+fn rabbitmq_survives_a_worker_sigterm() {
+    serially(run(Backend::RabbitMq, Fault::WorkerTerm));
+}
+
+#[test]
+fn rabbitmq_survives_an_ingress_sigterm() {
+    serially(run(Backend::RabbitMq, Fault::IngressTerm));
+}
+
+#[test]
+fn rabbitmq_survives_a_broker_restart() {
+    serially(run(Backend::RabbitMq, Fault::BrokerRestart));
+}
+
+#[test]
+fn rabbitmq_survives_a_database_restart() {
+    serially(run(Backend::RabbitMq, Fault::DatabaseRestart));
+}
+
+#[test]
+fn kafka_survives_a_worker_sigkill() {
+    serially(run(Backend::Kafka, Fault::WorkerKill));
+}
+
+#[test]
+fn kafka_survives_a_worker_sigterm() {
+    serially(run(Backend::Kafka, Fault::WorkerTerm));
+}
+
+#[test]
+fn kafka_survives_an_ingress_sigterm() {
+    serially(run(Backend::Kafka, Fault::IngressTerm));
+}
+
+#[test]
+fn kafka_survives_a_broker_restart() {
+    serially(run(Backend::Kafka, Fault::BrokerRestart));
+}
+
+#[test]
+fn kafka_survives_a_database_restart() {
+    serially(run(Backend::Kafka, Fault::DatabaseRestart));
+}
+
+#[test]
+fn rabbitmq_sheds_a_burst_beyond_the_backlog_bound() {
+    serially(overload(Backend::RabbitMq));
+}
+
+#[test]
+fn kafka_sheds_a_burst_beyond_the_backlog_bound() {
+    serially(overload(Backend::Kafka));
+}
+
+/// How the processes are started.
+struct Setup {
+    /// Extra flags for the ingress.
+    ingress_args: &'static [&'static str],
+    /// `--capacity` of each worker.
+    capacity: &'static str,
+    /// Milliseconds each job sleeps.
+    job_ms: u64,
+}
+
+/// The fault runs: workers fast enough to keep up, no admission bound.
+const FAULT_SETUP: Setup = Setup {
+    ingress_args: &[],
+    capacity: CAPACITY,
+    job_ms: 2,
+};
+
+/// Overload: with the backlog bound low and slow workers, clients posting flat out get
+/// `503` + `Retry-After` beyond the bound; every job accepted is processed exactly once.
+async fn overload(backend: Backend) {
+    const REFUSALS: usize = 300;
+    let setup = Setup {
+        ingress_args: &["--max-backlog", "100"],
+        capacity: "4",
+        job_ms: 40,
+    };
+    let Some(stack) = Stack::start(backend, &setup).await else {
+        return;
+    };
+    let load = Load::start(stack.port, setup.job_ms);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while load.overloaded.load(Ordering::Relaxed) < REFUSALS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than {REFUSALS} requests were shed within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outcome = load.stop().await;
+    let verdict = verify(&stack, &outcome).await;
+    let report = format!(
+        "| {} | overload (--max-backlog 100) | {} | - | {:?} | {} | {} | {} | {} |",
+        format!("{backend:?}").to_lowercase(),
+        outcome.accepted.len(),
+        outcome.refused,
+        outcome.unanswered,
+        verdict.stored,
+        verdict.duplicate_rows,
+        verdict.redelivered,
+    );
+    publish_report(&report);
+    stack.stop().await;
+    verdict.assert_exactly_once(&outcome, &report);
+    assert!(
+        outcome.refused.get(&503).copied().unwrap_or(0) >= REFUSALS,
+        "the burst beyond the bound got 503s: {report}"
+    );
+    assert!(
+        !outcome.accepted.is_empty(),
+        "jobs below the bound were accepted"
+    );
+}
+
+/// What the database says about a run's accepted jobs.
+struct Verdict {
+    /// Accepted jobs with a row.
+    with_row: usize,
+    /// Rows in the table.
+    stored: u64,
+    /// Rows beyond one per job id (the primary key makes this 0 unless the schema breaks).
+    duplicate_rows: usize,
+    /// Jobs whose result was written more than once (redelivered after commit, before ack).
+    redelivered: usize,
+}
+
+impl Verdict {
+    fn assert_exactly_once(&self, outcome: &Outcome, report: &str) {
+        let distinct: HashSet<&Uuid> = outcome.accepted.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            outcome.accepted.len(),
+            "the ingress never hands out an id twice"
+        );
+        assert_eq!(
+            self.with_row,
+            outcome.accepted.len(),
+            "every accepted job has a row"
+        );
+        assert_eq!(self.duplicate_rows, 0, "one row per job");
+        assert_eq!(
+            self.stored,
+            outcome.accepted.len() as u64,
+            "no rows beyond the accepted jobs: a refused or unanswered job ran ({report})"
+        );
+        assert_eq!(
+            outcome.refusals_without_retry_after, 0,
+            "every 503/429 carries Retry-After ({report})"
+        );
+    }
+}
+
+/// Waits for every accepted job's row, then counts.
+async fn verify(stack: &Stack, outcome: &Outcome) -> Verdict {
+    let rows = wait_for_rows(&stack.storage, &outcome.accepted).await;
+    let unique: HashSet<Uuid> = rows.iter().map(|r| r.job_id).collect();
+    Verdict {
+        with_row: unique.len(),
+        stored: stack.storage.count().await.expect("rows are countable"),
+        duplicate_rows: rows.len() - unique.len(),
+        redelivered: rows.iter().filter(|r| r.deliveries > 1).count(),
+    }
+}
+
+/// One fault run, start to verdict.
+async fn run(backend: Backend, fault: Fault) {
+    let Some(mut stack) = Stack::start(backend, &FAULT_SETUP).await else {
+        return;
+    };
+    let load = Load::start(stack.port, FAULT_SETUP.job_ms);
+    load.wait_accepted(BEFORE_FAULT).await;
+    let at_fault = load.accepted();
+    inject(fault, &mut stack, &load, at_fault).await;
+    load.wait_accepted(at_fault + DURING_FAULT).await;
+    let outcome = load.stop().await;
+    let verdict = verify(&stack, &outcome).await;
+    let during = outcome.accepted.len() - at_fault;
+    let report = format!(
+        "| {} | {} | {} | {} | {:?} | {} | {} | {} | {} |",
+        format!("{backend:?}").to_lowercase(),
+        fault.describe(backend),
+        outcome.accepted.len(),
+        during,
+        outcome.refused,
+        outcome.unanswered,
+        verdict.stored,
+        verdict.duplicate_rows,
+        verdict.redelivered,
+    );
+    publish_report(&report);
+    stack.stop().await;
+    verdict.assert_exactly_once(&outcome, &report);
+    assert!(
+        during >= DURING_FAULT,
+        "at least {DURING_FAULT} jobs accepted from the fault on"
+    );
+}
+
+/// Applies `fault` while the load runs, and recovers from it.
+async fn inject(fault: Fault, stack: &mut Stack, load: &Load, at_fault: usize) {
+    // Some jobs accepted while the system is degraded, before recovery.
+    let degraded = at_fault + DURING_FAULT / 4;
+    match fault {
+        Fault::WorkerKill => {
+            stack.workers[0].start_kill().expect("SIGKILL the worker");
+            stack.workers[0].wait().await.expect("the worker exits");
+            load.wait_accepted(degraded).await;
+            stack.replace_worker(0);
+        }
+        Fault::WorkerTerm => {
+            signal(&stack.workers[0], "TERM");
+            let status = stack.workers[0].wait().await.expect("the worker exits");
+            assert!(
+                status.success(),
+                "a SIGTERMed worker exits cleanly: {status}"
+            );
+            load.wait_accepted(degraded).await;
+            stack.replace_worker(0);
+        }
+        Fault::IngressTerm => {
+            let ingress = stack.ingress.as_mut().expect("the ingress runs");
+            signal(ingress, "TERM");
+            let status = ingress.wait().await.expect("the ingress exits");
+            assert!(
+                status.success(),
+                "a SIGTERMed ingress exits cleanly: {status}"
+            );
+            stack.ingress = Some(stack.spawn_ingress());
+            stack.wait_ready().await;
+        }
+        Fault::BrokerRestart => {
+            match stack.backend {
+                Backend::RabbitMq => {
+                    run_command("rabbitmqctl", &["stop_app"]).await;
+                    // The outage itself: clients keep posting into it.
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    run_command("rabbitmqctl", &["start_app"]).await;
+                    run_command("rabbitmqctl", &["await_startup"]).await;
+                }
+                Backend::Kafka => {
+                    kill_tansu(&stack.broker_args[3]).await;
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    run_command("bash", &[&scripts_dir().join("tansu.sh").to_string_lossy()]).await;
+                }
+            }
+            stack.wait_ready().await;
+        }
+        Fault::DatabaseRestart => {
+            let version = postgres_cluster_version();
+            run_command(
+                "pg_ctlcluster",
+                &[
+                    "--skip-systemctl-redirect",
+                    &version,
+                    "main",
+                    "restart",
+                    "-m",
+                    "fast",
+                ],
+            )
+            .await;
+            stack.wait_ready().await;
+        }
+    }
+}
+
+/// The running system under test.
+struct Stack {
+    backend: Backend,
+    broker_args: Vec<String>,
+    database: String,
+    storage: Storage,
+    port: u16,
+    ingress: Option<Child>,
+    workers: Vec<Child>,
+    spawned_workers: usize,
+    capacity: &'static str,
+    ingress_args: &'static [&'static str],
+    http: reqwest::Client,
+}
+
+impl Stack {
+    /// Fresh database, fresh queue/topic, one ingress and two workers, ready.
+    async fn start(backend: Backend, setup: &Setup) -> Option<Stack> {
+        let postgres = testing::service(POSTGRES_URL_VAR, "PostgreSQL")?;
+        let broker_args = match backend {
+            Backend::RabbitMq => {
+                let url = testing::service(AMQP_URL_VAR, "RabbitMQ")?;
+                vec![
+                    "--broker".into(),
+                    "rabbitmq".into(),
+                    "--amqp-url".into(),
+                    url,
+                ]
+            }
+            Backend::Kafka => {
+                let brokers = testing::service(KAFKA_BROKERS_VAR, "Kafka (Tansu)")?;
+                vec![
+                    "--broker".into(),
+                    "kafka".into(),
+                    "--kafka-brokers".into(),
+                    brokers,
+                ]
+            }
+        };
+        let name = testing::unique_name("faults");
+        let mut broker_args = broker_args;
+        broker_args.extend(["--queue".into(), name.clone()]);
+        let database = testing::fresh_postgres_database(&postgres)
+            .await
+            .expect("a fresh PostgreSQL database");
+        let storage = Storage::connect(&database)
+            .await
+            .expect("the database opens");
+        let mut stack = Stack {
+            backend,
+            broker_args,
+            database,
+            storage,
+            port: free_port(),
+            ingress: None,
+            workers: Vec::new(),
+            spawned_workers: 0,
+            capacity: setup.capacity,
+            ingress_args: setup.ingress_args,
+            http: reqwest::Client::new(),
+        };
+        stack.ingress = Some(stack.spawn_ingress());
+        stack.wait_ready().await;
+        for _ in 0..2 {
+            let worker = stack.spawn_worker(&name);
+            stack.workers.push(worker);
+        }
+        Some(stack)
+    }
+
+    fn spawn_ingress(&self) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_surge-producer"))
+            .args(&self.broker_args)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(self.ingress_args)
+            .env("DATABASE_URL", &self.database)
+            .env("RUST_LOG", child_log_level())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("surge-producer starts")
+    }
+
+    fn spawn_worker(&mut self, group: &str) -> Child {
+        self.spawned_workers += 1;
+        Command::new(worker_binary())
+            .args(&self.broker_args)
+            .args(["--capacity", self.capacity, "--group", group])
+            .args(["--worker-id", &format!("worker-{}", self.spawned_workers)])
+            .env("DATABASE_URL", &self.database)
+            .env("RUST_LOG", child_log_level())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("surge-worker starts")
+    }
+
+    /// Replaces the (exited) worker at `index` with a new process.
+    fn replace_worker(&mut self, index: usize) {
+        let group = self.group();
+        self.workers[index] = self.spawn_worker(&group);
+    }
+
+    fn group(&self) -> String {
+        let at = self.broker_args.iter().position(|a| a == "--queue");
+        at.map(|i| self.broker_args[i + 1].clone())
+            .expect("a queue name")
+    }
+
+    /// Waits until the ingress answers `/readyz` with 200 (broker and database reachable).
+    async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(response) = self.http.get(&url).send().await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the ingress was not ready within {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every process: workers first (SIGTERM, so they leave their group), then the
+    /// ingress.
+    async fn stop(mut self) {
+        for worker in &self.workers {
+            signal(worker, "TERM");
+        }
+        for worker in &mut self.workers {
+            let _ = tokio::time::timeout(Duration::from_secs(40), worker.wait()).await;
+        }
+        if let Some(ingress) = &mut self.ingress {
+            let _ = ingress.start_kill();
+            let _ = ingress.wait().await;
+        }
+    }
+}
+
+/// Clients posting jobs as fast as the ingress answers, recording every answer.
+struct Load {
+    stop: Arc<AtomicBool>,
+    accepted_count: Arc<AtomicUsize>,
+    /// `503 overloaded` answers so far.
+    overloaded: Arc<AtomicUsize>,
+    tasks: JoinSet<Outcome>,
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Outcome {
+    /// Ids answered 202.
+    accepted: Vec<Uuid>,
+    /// Other answers, by status.
+    refused: BTreeMap<u16, usize>,
+    /// 503 and 429 answers without a `Retry-After` header.
+    refusals_without_retry_after: usize,
+    /// Requests that got no HTTP answer (connection refused or reset).
+    unanswered: usize,
+}
+
+impl Load {
+    fn start(port: u16, job_ms: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted_count = Arc::new(AtomicUsize::new(0));
+        let overloaded = Arc::new(AtomicUsize::new(0));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client");
+        let url = format!("http://127.0.0.1:{port}/jobs");
+        let mut tasks = JoinSet::new();
+        for _ in 0..CLIENTS {
+            let (stop, count, overloaded, client, url) = (
+                stop.clone(),
+                accepted_count.clone(),
+                overloaded.clone(),
+                client.clone(),
+                url.clone(),
+            );
+            tasks.spawn(async move {
+                let mut outcome = Outcome::default();
+                while !stop.load(Ordering::Relaxed) {
+                    let body = json!({ "kind": "sleep", "payload": { "ms": job_ms } });
+                    match client.post(&url).json(&body).send().await {
+                        Ok(response) if response.status().as_u16() == 202 => {
+                            let answer: serde_json::Value =
+                                response.json().await.expect("a 202 carries JSON");
+                            let id = answer["id"].as_str().expect("a 202 carries an id");
+                            outcome.accepted.push(id.parse().expect("the id is a UUID"));
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            if matches!(status, 503 | 429)
+                                && !response.headers().contains_key("retry-after")
+                            {
+                                outcome.refusals_without_retry_after += 1;
+                            }
+                            if status == 503 {
+                                let answer: serde_json::Value =
+                                    response.json().await.unwrap_or_default();
+                                if answer["error"]["code"] == "overloaded" {
+                                    overloaded.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            *outcome.refused.entry(status).or_default() += 1;
+                            // Back off a little; the ingress said why.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(_) => {
+                            outcome.unanswered += 1;
+                            // The ingress is restarting: try again shortly.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                outcome
+            });
+        }
+        Load {
+            stop,
+            accepted_count,
+            overloaded,
+            tasks,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted_count.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` jobs have been accepted in all.
+    async fn wait_accepted(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.accepted() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} jobs accepted within {PATIENCE:?}",
+                self.accepted()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) -> Outcome {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Outcome::default();
+        while let Some(done) = self.tasks.join_next().await {
+            let client = done.expect("a load client panicked");
+            all.accepted.extend(client.accepted);
+            for (status, n) in client.refused {
+                *all.refused.entry(status).or_default() += n;
+            }
+            all.unanswered += client.unanswered;
+            all.refusals_without_retry_after += client.refusals_without_retry_after;
+        }
+        all
+    }
+}
+
+/// Waits until every accepted id has a row; returns the rows.
+async fn wait_for_rows(storage: &Storage, ids: &[Uuid]) -> Vec<surge_common::storage::JobResult> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match storage.get_many(ids).await {
+            Ok(rows) if rows.len() == ids.len() => return rows,
+            Ok(rows) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {} accepted jobs have results after {PATIENCE:?}",
+                rows.len(),
+                ids.len()
+            ),
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "results unreadable: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Prints the report line and appends it to `target/tmp/faults.md`.
+fn publish_report(line: &str) {
+    println!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults.md");
+    let fresh = !path.exists();
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        if fresh {
+            let _ = writeln!(
+                file,
+                "| broker | fault | accepted | accepted from the fault on | refused (status: count) | unanswered | rows | duplicate rows | redelivered |\n|---|---|---|---|---|---|---|---|---|"
+            );
+        }
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+/// `surge-worker`, built next to `surge-producer` by `cargo test --workspace`.
+fn worker_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_surge-producer")).with_file_name("surge-worker");
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` (or `cargo build -p surge-worker` first)",
+        path.display()
+    );
+    path
+}
+
+fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts")
+}
+
+/// Sends `SIGname` to `child`.
+fn signal(child: &Child, name: &str) {
+    let pid = child.id().expect("the process is running");
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Runs a service-control command, failing the test when it fails.
+async fn run_command(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("{program} could not run (it controls the service under test): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The Debian cluster version of the local PostgreSQL (`/etc/postgresql/<version>`).
+fn postgres_cluster_version() -> String {
+    let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .expect("a Debian PostgreSQL cluster (/etc/postgresql) to restart")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect();
+    versions.sort();
+    versions.pop().expect("a PostgreSQL cluster version")
+}
+
+/// SIGKILLs the Tansu broker that `scripts/tansu.sh` started (its pid file) and waits
+/// until its port is closed.
+async fn kill_tansu(brokers: &str) {
+    let state = std::env::var("SURGE_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".local/state/surge")
+        });
+    let pid_file = state.join("tansu/tansu.pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap_or_else(|e| {
+        panic!(
+            "{} (Tansu started by scripts/tansu.sh): {e}",
+            pid_file.display()
+        )
+    });
+    let pid = pid.trim();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -KILL {pid} (Tansu)");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(brokers).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "Tansu did not die");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `RUST_LOG` for the processes under test: `SURGE_FAULTS_LOG`, else `error`.
+fn child_log_level() -> String {
+    std::env::var("SURGE_FAULTS_LOG").unwrap_or_else(|_| "error".to_owned())
+}
