@@ -80,6 +80,10 @@ pub enum ApiError {
     /// The broker cannot take jobs right now: 503 with `Retry-After`.
     #[error("the broker is unavailable; retry shortly")]
     BrokerUnavailable(#[source] BrokerError),
+    /// The database is out of reach (connection lost, restarting, pool exhausted): 503 with
+    /// `Retry-After`; the cause is logged, not returned.
+    #[error("the database is unavailable; retry shortly")]
+    DatabaseUnavailable(String),
     /// Anything else: 500, logged, opaque to the client.
     #[error("internal error")]
     Internal(String),
@@ -98,7 +102,11 @@ impl From<BrokerError> for ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        ApiError::Internal(format!("storage: {e}"))
+        if e.is_unavailable() {
+            ApiError::DatabaseUnavailable(e.to_string())
+        } else {
+            ApiError::Internal(format!("storage: {e}"))
+        }
     }
 }
 
@@ -129,6 +137,9 @@ impl ApiError {
             ApiError::BrokerUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
             }
+            ApiError::DatabaseUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -156,6 +167,9 @@ impl IntoResponse for ApiError {
             ApiError::BrokerUnavailable(source) => {
                 tracing::warn!(error = %source, "publish failed: broker unavailable")
             }
+            ApiError::DatabaseUnavailable(detail) => {
+                tracing::warn!(%detail, "database unavailable")
+            }
             _ => {}
         }
         let mut error = json!({ "code": code, "message": self.to_string() });
@@ -166,6 +180,7 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::RateLimited(wait) | ApiError::Overloaded(wait) => Some(wait.as_secs().max(1)),
             ApiError::BrokerUnavailable(_)
+            | ApiError::DatabaseUnavailable(_)
             | ApiError::ShuttingDown
             | ApiError::IdempotencyKeyInProgress => Some(1),
             _ => None,

@@ -12,7 +12,8 @@
 //! Each run needs at least [`DURING_FAULT`] jobs accepted from the moment the fault starts,
 //! then checks the promise: every job answered 202 has exactly one result row, and there
 //! are no other rows (so no job refused with a non-2xx, nor one whose request got no
-//! answer, ran). It prints one report line per run (`--nocapture`) and appends it to
+//! answer, ran); refusals are 503 with `Retry-After`, never a 500. One request in eight
+//! carries an `Idempotency-Key`, so the ingress needs the database for those. It prints one report line per run (`--nocapture`) and appends it to
 //! `target/tmp/faults.md`.
 //!
 //! The faults hit services every test uses, so the runs take turns (one lock) and this
@@ -241,6 +242,13 @@ impl Verdict {
             self.stored,
             outcome.accepted.len() as u64,
             "no rows beyond the accepted jobs: a refused or unanswered job ran ({report})"
+        );
+        assert!(
+            !outcome
+                .refused
+                .keys()
+                .any(|&status| status >= 500 && status != 503),
+            "faults are answered 503, never another 5xx ({report})"
         );
         assert_eq!(
             outcome.refusals_without_retry_after, 0,
@@ -553,9 +561,16 @@ impl Load {
             );
             tasks.spawn(async move {
                 let mut outcome = Outcome::default();
+                let mut sent = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let body = json!({ "kind": "sleep", "payload": { "ms": job_ms } });
-                    match client.post(&url).json(&body).send().await {
+                    let mut request = client.post(&url).json(&body);
+                    sent += 1;
+                    if sent.is_multiple_of(8) {
+                        // Some requests need the database at the ingress, too.
+                        request = request.header("idempotency-key", Uuid::new_v4().to_string());
+                    }
+                    match request.send().await {
                         Ok(response) if response.status().as_u16() == 202 => {
                             let answer: serde_json::Value =
                                 response.json().await.expect("a 202 carries JSON");

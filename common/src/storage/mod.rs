@@ -51,6 +51,33 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Whether the database is (temporarily) out of reach rather than a query being wrong:
+    /// I/O and pool errors, PostgreSQL's connection (08), rollback (40, e.g. deadlock),
+    /// resource (53) and operator intervention (57, e.g. a restart) classes, SQLite
+    /// busy/locked. Callers answer such errors with "retry later".
+    pub fn is_unavailable(&self) -> bool {
+        let StorageError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                ["08", "40", "53", "57"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                    || matches!(code.as_ref(), "5" | "6" | "261" | "517")
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobStatus {

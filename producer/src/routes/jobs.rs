@@ -74,7 +74,7 @@ pub struct BatchAccepted {
         (status = 409, description = "A request with this Idempotency-Key is still in progress", body = crate::openapi::ErrorBody),
         (status = 422, description = "Invalid job; `field` names the culprit; or Idempotency-Key reused with another body", body = crate::openapi::ErrorBody),
         (status = 429, description = "This client is over its rate; see Retry-After", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Backlog full, shutting down, or broker unavailable; nothing accepted; see Retry-After", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Backlog full, shutting down, broker or database unavailable; nothing accepted; see Retry-After", body = crate::openapi::ErrorBody),
     ),
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a client's retry of this POST safe: same key and body, same job")))]
 pub async fn submit(
@@ -332,7 +332,8 @@ fn record_accepted(state: &AppState, jobs: &[Job], publish_time: std::time::Dura
             content_type = "application/json"),
         (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),
         (status = 401, description = "API key missing or wrong", body = crate::openapi::ErrorBody),
-        (status = 404, description = "Unknown job id", body = crate::openapi::ErrorBody),
+        (status = 404, description = "Unknown job id (or a job refused with 503 whose message the broker kept)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Database unavailable; see Retry-After", body = crate::openapi::ErrorBody),
     ))]
 pub async fn status(
     State(state): State<AppState>,
@@ -364,7 +365,7 @@ pub async fn status(
         (status = 401, description = "API key missing or wrong", body = crate::openapi::ErrorBody),
         (status = 404, description = "Unknown job id", body = crate::openapi::ErrorBody),
         (status = 409, description = "The job is not dead", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Broker unavailable; the job stays dead", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Broker or database unavailable; the job stays dead", body = crate::openapi::ErrorBody),
     ))]
 pub async fn replay(
     State(state): State<AppState>,

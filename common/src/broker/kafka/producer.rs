@@ -3,14 +3,20 @@
 //! A call enqueues all its records first (librdkafka batches them, waiting up to `linger.ms`
 //! to fill a batch) and only then awaits their delivery reports, so one call — and many
 //! concurrent calls — keep many sends in flight. `Ok` means every record's delivery report
-//! succeeded: the broker acknowledged it from all in-sync replicas.
+//! succeeded: the broker acknowledged it from all in-sync replicas. While librdkafka says
+//! every broker is down, publishes fail fast (see [`Reachability`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 
 use super::client::{base_config, broker_error, TracingContext, SETUP_TIMEOUT};
 use crate::broker::{headers, BrokerError};
@@ -34,16 +40,105 @@ pub(super) struct Extra<'a> {
 /// Header carrying a retry's earliest delivery time, in milliseconds since the Unix epoch.
 pub(super) const NOT_BEFORE: &str = "x-surge-not-before-ms";
 
+/// While all brokers are down, one publish per this interval still goes to librdkafka (to
+/// find out whether they are back); the others fail at once.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether the cluster is reachable, as librdkafka reports it: "all brokers down" marks it
+/// down; a broker in state `UP` in the once-a-second statistics, or a delivered record,
+/// marks it up. While down, publishes fail fast with `Unavailable` (the ingress answers
+/// 503 within milliseconds instead of holding the request for the delivery timeout),
+/// except one probe per [`PROBE_INTERVAL`], since an idle producer may not reconnect on
+/// its own.
+#[derive(Debug, Default)]
+pub(super) struct Reachability {
+    /// Milliseconds since the epoch when it went down; 0 while up.
+    down_since_ms: AtomicU64,
+    /// When the last probe was let through (ms since the epoch).
+    last_probe_ms: AtomicU64,
+}
+
+impl Reachability {
+    fn mark_down(&self) {
+        let _ = self.down_since_ms.compare_exchange(
+            0,
+            now_ms().max(1),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    fn mark_up(&self) {
+        self.down_since_ms.store(0, Ordering::Release);
+    }
+
+    /// Whether a publish may go to librdkafka now.
+    fn admit(&self) -> bool {
+        if self.down_since_ms.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        let now = now_ms();
+        let last = self.last_probe_ms.load(Ordering::Acquire);
+        let interval = u64::try_from(PROBE_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(last) >= interval
+            && self
+                .last_probe_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(crate::clock::now_micros() / 1000).unwrap_or(0)
+}
+
+/// The producer's librdkafka context: logs like [`TracingContext`] and keeps
+/// [`Reachability`] up to date.
+#[derive(Clone)]
+pub(super) struct ProducerContext {
+    reachability: Arc<Reachability>,
+}
+
+impl ClientContext for ProducerContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        TracingContext.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.reachability.mark_down();
+        }
+        TracingContext.error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        if statistics
+            .brokers
+            .values()
+            .any(|broker| broker.state == "UP")
+        {
+            self.reachability.mark_up();
+        }
+    }
+}
+
 /// The shared producer.
 #[derive(Clone)]
 pub(super) struct Producer {
-    inner: FutureProducer<TracingContext>,
+    inner: FutureProducer<ProducerContext>,
+    reachability: Arc<Reachability>,
 }
 
 impl Producer {
     /// Creates the producer. Does not contact the broker yet.
     pub(super) fn new(bootstrap: &str) -> Result<Self, BrokerError> {
+        let reachability = Arc::new(Reachability::default());
+        let context = ProducerContext {
+            reachability: reachability.clone(),
+        };
         let inner = base_config(bootstrap, "surge-producer")
+            // Broker states once a second, for Reachability.
+            .set("statistics.interval.ms", "1000")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -54,13 +149,27 @@ impl Producer {
                 DELIVERY_TIMEOUT.as_millis().to_string(),
             )
             .set("request.timeout.ms", "10000")
-            .create_with_context(TracingContext)
+            .create_with_context(context)
             .map_err(|e| broker_error(&e))?;
-        Ok(Producer { inner })
+        Ok(Producer {
+            inner,
+            reachability,
+        })
+    }
+
+    /// Fails fast while librdkafka reports every broker down (see [`Reachability`]).
+    fn check_reachable(&self) -> Result<(), BrokerError> {
+        if self.reachability.admit() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable(
+                "all Kafka brokers are down (librdkafka keeps reconnecting)".into(),
+            ))
+        }
     }
 
     /// The underlying client, for metadata queries.
-    pub(super) fn client(&self) -> &FutureProducer<TracingContext> {
+    pub(super) fn client(&self) -> &FutureProducer<ProducerContext> {
         &self.inner
     }
 
@@ -75,6 +184,7 @@ impl Producer {
         if jobs.is_empty() {
             return Ok(());
         }
+        self.check_reachable()?;
         let encoded: Vec<(String, Vec<u8>, OwnedHeaders)> = jobs
             .iter()
             .map(|job| {
@@ -109,6 +219,7 @@ impl Producer {
                 }
             }
         }
+        self.reachability.mark_up();
         Ok(())
     }
 
@@ -132,6 +243,7 @@ impl Producer {
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
+        self.check_reachable()?;
         let report = self.enqueue(record).await?;
         match tokio::time::timeout(DELIVERY_TIMEOUT + SETUP_TIMEOUT, report).await {
             Ok(Ok(Ok(_))) => Ok(()),
