@@ -60,16 +60,21 @@ pub(super) struct Reachability {
 
 impl Reachability {
     fn mark_down(&self) {
-        let _ = self.down_since_ms.compare_exchange(
-            0,
-            now_ms().max(1),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let went_down = self
+            .down_since_ms
+            .compare_exchange(0, now_ms().max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if went_down {
+            tracing::warn!("all kafka brokers are down: publishes fail fast until one is back");
+        }
     }
 
     fn mark_up(&self) {
-        self.down_since_ms.store(0, Ordering::Release);
+        let was_down = self.down_since_ms.swap(0, Ordering::AcqRel);
+        if was_down != 0 {
+            let for_ms = now_ms().saturating_sub(was_down);
+            tracing::info!(for_ms, "a kafka broker is reachable again");
+        }
     }
 
     /// Whether a publish may go to librdkafka now.
@@ -307,4 +312,31 @@ fn job_headers(job: &Job, attempt: u32, extra: Extra<'_>) -> OwnedHeaders {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn while_down_only_one_probe_per_interval_goes_through() {
+        let reachability = Reachability::default();
+        assert!(reachability.admit() && reachability.admit(), "up: all pass");
+        reachability.mark_down();
+        assert!(reachability.admit(), "the first publish while down probes");
+        assert!(!reachability.admit(), "the rest fail fast");
+        assert!(!reachability.admit());
+        // A probe interval later, one more probe.
+        let interval = u64::try_from(PROBE_INTERVAL.as_millis()).unwrap();
+        reachability
+            .last_probe_ms
+            .fetch_sub(interval, Ordering::AcqRel);
+        assert!(reachability.admit());
+        assert!(!reachability.admit());
+        reachability.mark_up();
+        assert!(
+            reachability.admit() && reachability.admit(),
+            "back up: all pass"
+        );
+    }
 }
