@@ -314,32 +314,31 @@ fn scaling(results: &Results, path: &Path) -> anyhow::Result<()> {
 fn ceilings(results: &Results, path: &Path) -> anyhow::Result<()> {
     let rows = &results.ceilings;
     let n = rows.len();
-    let root = SVGBackend::new(path, (1000, 60 + 26 * n as u32)).into_drawing_area();
+    let root = SVGBackend::new(path, (1300, 60 + 26 * n as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let x_max = rows.iter().map(|c| c.rate).fold(10.0, f64::max) * 3.0;
     let labels: Vec<String> = rows
         .iter()
         .map(|c| {
-            let short: String = c
-                .ceiling
-                .split(" (")
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(48)
-                .collect();
-            format!("{}: {short}", c.subject)
+            let full = format!("{}: {}", c.subject, c.ceiling);
+            if full.chars().count() > 90 {
+                let cut: String = full.chars().take(89).collect();
+                format!("{cut}…")
+            } else {
+                full
+            }
         })
         .collect();
     let mut chart = ChartBuilder::on(&root)
         .caption("ceilings (ops/s, log scale)", ("sans-serif", 16))
         .margin(10)
         .x_label_area_size(25)
-        .y_label_area_size(420)
+        .y_label_area_size(640)
         .build_cartesian_2d((1f64..x_max).log_scale(), 0f64..n as f64)
         .map_err(err)?;
     chart
         .configure_mesh()
+        .x_label_formatter(&|x| human_count(*x))
         .y_labels(n * 2 + 1)
         .y_label_formatter(&|y| {
             let i = (*y - 0.5).round();
@@ -373,4 +372,17 @@ fn ceilings(results: &Results, path: &Path) -> anyhow::Result<()> {
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// `1500` → `1.5k`, `2000000` → `2M`: axis ticks a person can read.
+fn human_count(x: f64) -> String {
+    let (value, suffix) = if x >= 1e6 {
+        (x / 1e6, "M")
+    } else if x >= 1e3 {
+        (x / 1e3, "k")
+    } else {
+        (x, "")
+    };
+    let text = format!("{value:.1}");
+    format!("{}{suffix}", text.trim_end_matches(".0"))
 }

@@ -161,7 +161,7 @@ impl Exe {
             .map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned());
         match &self.role {
             Some(role) => format!("{name} {role}"),
-            None => self.path.display().to_string(),
+            None => name,
         }
     }
 }

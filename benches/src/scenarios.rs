@@ -5,7 +5,8 @@
 //!    accepted job stored once) and a timeline of backlog and in-flight from the stored
 //!    start/finish times.
 //! 2. [`rate`]: open-loop ramp to the highest rate the deployment sustains with a bounded
-//!    backlog, then, on fresh processes, latency at 100/25/50/75/90 % of it.
+//!    backlog, then, on fresh processes, latency at 25/50/75/90/100 % of it, lowest load first
+//!    (a step past the machine's limit would leave backlog and memory to the lighter ones).
 //! 3. [`scaling`]: a backlog of I/O-bound jobs drained by 1, 2, 4 worker processes.
 //! 4. Ceilings: [`http_ceiling`] (an axum handler that only answers 202),
 //!    [`ingress_ceiling`] (the real ingress with no consumer), [`broker_ceiling`]
@@ -94,7 +95,7 @@ impl Sizes {
             step: Duration::from_secs(3),
             measure: Duration::from_secs(5),
             rate_capacity: 200,
-            load_pcts: vec![100, 25, 50, 75, 90],
+            load_pcts: vec![25, 50, 75, 90, 100],
             replicas: vec![1, 2, 4],
             scale_capacity: 25,
             scale_job_ms: 100,
@@ -119,7 +120,7 @@ impl Sizes {
             step: Duration::from_millis(400),
             measure: Duration::from_millis(400),
             rate_capacity: 20,
-            load_pcts: vec![100, 50],
+            load_pcts: vec![50, 100],
             replicas: vec![1, 2],
             scale_capacity: 5,
             scale_job_ms: 20,

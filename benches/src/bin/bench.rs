@@ -488,8 +488,10 @@ fn notes(sizes: &Sizes) -> Vec<String> {
             .into(),
         "The ingress and every worker are separate processes: CPU s per 1,000 jobs is their \
          /proc utime+stime over the step (workers summed), peak RSS their VmHWM (reset with \
-         clear_refs before each step; workers: the largest). `bench` = measured inside the \
-         benchmark process (getrusage, VmHWM); database and broker server CPU is not included."
+         clear_refs before each step; workers: the largest). `bench` = a broker or database \
+         ceiling measured in a child process of its own (getrusage, VmHWM). The servers' CPU \
+         (`rabbitmq-server` = beam.smp, `kafka-server` = Tansu, `postgres` = all its \
+         processes) is included; other users of those servers on the machine count too."
             .into(),
         "Memory broker: the workers run inside the ingress process (as surge-producer does), \
          so its scaling rows are capacity × replicas in one process and its ingress-only \
