@@ -301,13 +301,19 @@ fn cancel_later(state: &AppState, ids: Vec<Uuid>, first_error: String) {
     });
 }
 
-/// Publishes; on success records metrics, counts the jobs for admission control and marks
-/// them `queued` (best effort: the job is already safe in the broker; many requests share
-/// one commit).
+/// Publishes and, at the same time, marks the jobs `queued` (best effort; many requests
+/// share one commit), so a 202 waits for the slower of the broker's confirm and that
+/// commit rather than their sum. A `queued` row of a job whose publish then fails is
+/// hidden by its cancellation (see [`publish_new`]). On success records metrics and counts
+/// the jobs for admission control.
 async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
-    state.broker.publish(jobs).await?;
-    match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.queued.mark(jobs)).await {
+    let (published, marked) = tokio::join!(
+        state.broker.publish(jobs),
+        tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.queued.mark(jobs)),
+    );
+    published?;
+    match marked {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "could not mark jobs queued"),
         Err(_) => tracing::warn!("marking jobs queued timed out"),
