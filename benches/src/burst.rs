@@ -112,7 +112,8 @@ pub async fn run(
     loop {
         let done = stack.worker_stats();
         show(config, &stack, Some(accepted.len()), started);
-        if done.succeeded + done.dead + done.duplicates >= expected || Instant::now() > deadline {
+        // Repeated result writes (redeliveries) do not count: each job once.
+        if done.succeeded + done.dead >= expected || Instant::now() > deadline {
             break;
         }
         ticker.tick().await;

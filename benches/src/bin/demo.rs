@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use surge_benches::burst::{self, BurstConfig};
-use surge_common::broker::Broker;
+use surge_common::broker::{Broker, BrokerKind};
 use surge_common::config::{redact_url, BrokerArgs, TelemetryArgs};
 use surge_common::storage::Storage;
 
@@ -25,9 +25,13 @@ struct DemoArgs {
     /// Jobs in flight at most, across all workers.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
     capacity: u16,
-    /// Worker tasks sharing the capacity.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
-    workers: u16,
+    /// Worker tasks sharing the capacity [default: 2; 1 with --broker kafka, see below].
+    ///
+    /// On Kafka each worker is a consumer-group member; a member that joins while the burst
+    /// runs triggers a rebalance, and the in-flight jobs of the partitions that move are run
+    /// again by their new owner (still one row each, but counted as duplicates).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
     /// Duration of each (sleep) job, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     job_ms: u64,
@@ -63,11 +67,17 @@ async fn main() -> anyhow::Result<()> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     args.broker.queue = format!("{}.demo-{}", args.broker.queue, &run_id[..8]);
 
+    let workers = args.workers.unwrap_or(match args.broker.broker {
+        BrokerKind::Kafka => 1,
+        _ => 2,
+    });
     eprintln!(
-        "surge-demo: {} jobs of {} ms against capacity {} — broker {:?}, queue {}, database {}",
+        "surge-demo: {} jobs of {} ms against capacity {} ({} worker{}) — broker {:?}, queue {}, database {}",
         args.jobs,
         args.job_ms,
         args.capacity,
+        workers,
+        if workers == 1 { "" } else { "s" },
         args.broker.broker,
         args.broker.queue,
         redact_url(&database_url)
@@ -80,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let config = BurstConfig {
         jobs: args.jobs,
         capacity: args.capacity,
-        workers: args.workers,
+        workers,
         job_ms: args.job_ms,
         drain_timeout: burst::ideal_drain_for(args.jobs, args.capacity, args.job_ms) * 5
             + Duration::from_secs(60),
