@@ -106,3 +106,56 @@ async fn three_workers_split_5000_jobs_over_6_partitions() {
 async fn a_sigkilled_worker_loses_nothing() {
     three_workers_share_the_topic(true).await;
 }
+
+/// Two workers starting together: one is often assigned every partition first and gives
+/// half away a moment later, while it runs jobs. Its revoke must wait for those jobs and
+/// commit them, so the new owner does not run them again (`deliveries` = 1 for all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_does_not_rerun_in_flight_jobs() {
+    const JOBS_PER_ROUND: usize = 60;
+    let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka (e.g. Tansu)") else {
+        return;
+    };
+    let Some(postgres) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
+    let storage = Storage::connect(&database).await.unwrap();
+    for round in 0..3 {
+        let topic = testing::unique_name("kafka-rebalance");
+        let group = testing::unique_name("group");
+        let broker = KafkaBroker::connect(&brokers, &topic, PARTITIONS)
+            .await
+            .unwrap();
+        let jobs: Vec<Job> = (0..JOBS_PER_ROUND)
+            .map(|_| Job::new(JobKind::Sleep, json!({ "ms": 3000 }), None))
+            .collect();
+        let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
+        broker.publish(&jobs).await.unwrap();
+        let partitions = PARTITIONS.to_string();
+        let args = [
+            "--broker",
+            "kafka",
+            "--kafka-brokers",
+            &brokers,
+            "--queue",
+            &topic,
+            "--kafka-partitions",
+            &partitions,
+            "--group",
+            &group,
+            "--capacity",
+            "30",
+        ];
+        let mut first = spawn_worker(&format!("r{round}-a"), &database, &args);
+        let mut second = spawn_worker(&format!("r{round}-b"), &database, &args);
+        let rows = wait_for_results(&storage, &ids, Duration::from_secs(120)).await;
+        let rerun = rows.iter().filter(|r| r.deliveries > 1).count();
+        assert_eq!(
+            rerun, 0,
+            "round {round}: {rerun} of {JOBS_PER_ROUND} jobs ran again after the rebalance"
+        );
+        first.kill().await.unwrap();
+        second.kill().await.unwrap();
+    }
+}
