@@ -28,8 +28,8 @@ struct DemoArgs {
     /// Worker tasks sharing the capacity [default: 2; 1 with --broker kafka, see below].
     ///
     /// On Kafka each worker is a consumer-group member; a member that joins while the burst
-    /// runs triggers a rebalance, and the in-flight jobs of the partitions that move are run
-    /// again by their new owner (still one row each, but counted as duplicates).
+    /// runs triggers a rebalance, which waits for the in-flight jobs of the partitions that
+    /// move and pauses the group meanwhile, so the drain is slower than with one member.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
     /// Duration of each (sleep) job, in milliseconds.
