@@ -189,15 +189,12 @@ async fn overload(backend: Backend) {
     }
     let outcome = load.stop().await;
     let verdict = verify(&stack, &outcome).await;
-    let report = format!(
-        "| {} | overload (--max-backlog 100) | {} | - | {:?} | {} | {} | {} | {} |",
-        format!("{backend:?}").to_lowercase(),
-        outcome.accepted.len(),
-        outcome.refused,
-        outcome.unanswered,
-        verdict.stored,
-        verdict.duplicate_rows,
-        verdict.redelivered,
+    let report = report_line(
+        backend,
+        "overload (--max-backlog 100)",
+        &outcome,
+        None,
+        &verdict,
     );
     publish_report(&report);
     stack.stop().await;
@@ -282,17 +279,12 @@ async fn run(backend: Backend, fault: Fault) {
     let outcome = load.stop().await;
     let verdict = verify(&stack, &outcome).await;
     let during = outcome.accepted.len() - at_fault;
-    let report = format!(
-        "| {} | {} | {} | {} | {:?} | {} | {} | {} | {} |",
-        format!("{backend:?}").to_lowercase(),
+    let report = report_line(
+        backend,
         fault.describe(backend),
-        outcome.accepted.len(),
-        during,
-        outcome.refused,
-        outcome.unanswered,
-        verdict.stored,
-        verdict.duplicate_rows,
-        verdict.redelivered,
+        &outcome,
+        Some(during),
+        &verdict,
     );
     publish_report(&report);
     stack.stop().await;
@@ -666,6 +658,27 @@ async fn wait_for_rows(storage: &Storage, ids: &[Uuid]) -> Vec<surge_common::sto
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// One row of the report table (see [`publish_report`] for the header).
+fn report_line(
+    backend: Backend,
+    what: &str,
+    outcome: &Outcome,
+    during_fault: Option<usize>,
+    verdict: &Verdict,
+) -> String {
+    format!(
+        "| {} | {what} | {} | {} | {:?} | {} | {} | {} | {} |",
+        format!("{backend:?}").to_lowercase(),
+        outcome.accepted.len(),
+        during_fault.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        outcome.refused,
+        outcome.unanswered,
+        verdict.stored,
+        verdict.duplicate_rows,
+        verdict.redelivered,
+    )
 }
 
 /// Prints the report line and appends it to `target/tmp/faults.md`.

@@ -19,6 +19,26 @@ use surge_common::testing::{self, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
 const JOBS: usize = 5_000;
 const PARTITIONS: i32 = 6;
 
+/// `surge-worker` flags for one group member on `topic` with `capacity`.
+fn kafka_worker_args(brokers: &str, topic: &str, group: &str, capacity: u16) -> Vec<String> {
+    [
+        "--broker",
+        "kafka",
+        "--kafka-brokers",
+        brokers,
+        "--queue",
+        topic,
+        "--kafka-partitions",
+        &PARTITIONS.to_string(),
+        "--group",
+        group,
+        "--capacity",
+        &capacity.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 async fn three_workers_share_the_topic(kill_one: bool) {
     let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka (e.g. Tansu)") else {
         return;
@@ -34,21 +54,8 @@ async fn three_workers_share_the_topic(kill_one: bool) {
         .await
         .unwrap();
 
-    let partitions = PARTITIONS.to_string();
-    let args = [
-        "--broker",
-        "kafka",
-        "--kafka-brokers",
-        &brokers,
-        "--queue",
-        &topic,
-        "--kafka-partitions",
-        &partitions,
-        "--group",
-        &group,
-        "--capacity",
-        "20",
-    ];
+    let args = kafka_worker_args(&brokers, &topic, &group, 20);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut workers = vec![
         spawn_worker("kafka-a", &database, &args),
         spawn_worker("kafka-b", &database, &args),
@@ -132,21 +139,8 @@ async fn a_rebalance_does_not_rerun_in_flight_jobs() {
             .collect();
         let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
         broker.publish(&jobs).await.unwrap();
-        let partitions = PARTITIONS.to_string();
-        let args = [
-            "--broker",
-            "kafka",
-            "--kafka-brokers",
-            &brokers,
-            "--queue",
-            &topic,
-            "--kafka-partitions",
-            &partitions,
-            "--group",
-            &group,
-            "--capacity",
-            "30",
-        ];
+        let args = kafka_worker_args(&brokers, &topic, &group, 30);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut first = spawn_worker(&format!("r{round}-a"), &database, &args);
         let mut second = spawn_worker(&format!("r{round}-b"), &database, &args);
         let rows = wait_for_results(&storage, &ids, Duration::from_secs(120)).await;
