@@ -11,6 +11,7 @@ use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::lifecycle::{queued_updates, StageUpdate};
 use super::{JobResult, Recorded, Storage};
 use crate::job::Job;
 
@@ -114,19 +115,19 @@ impl ResultWriter {
 /// that concurrent requests share one insert and one commit. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct QueuedWriter {
-    inner: GroupCommit<Vec<Job>, ()>,
+    inner: GroupCommit<Vec<StageUpdate>, ()>,
 }
 
 impl QueuedWriter {
     /// Starts the writer task on the current runtime. `max_batch` counts requests.
     pub fn spawn(storage: Storage, max_batch: usize) -> QueuedWriter {
-        let inner = GroupCommit::spawn(max_batch, move |requests: Vec<Vec<Job>>| {
+        let inner = GroupCommit::spawn(max_batch, move |requests: Vec<Vec<StageUpdate>>| {
             let storage = storage.clone();
             async move {
                 let count = requests.len();
-                let jobs: Vec<Job> = requests.into_iter().flatten().collect();
+                let updates: Vec<StageUpdate> = requests.into_iter().flatten().collect();
                 storage
-                    .mark_queued(&jobs)
+                    .record_stages(&updates)
                     .await
                     .map(|()| vec![(); count])
                     .map_err(|e| e.to_string())
@@ -137,7 +138,7 @@ impl QueuedWriter {
 
     /// Marks `jobs` queued in the next batch; returns once that batch is committed.
     pub async fn mark(&self, jobs: &[Job]) -> Result<(), WriteError> {
-        self.inner.submit(jobs.to_vec()).await
+        self.inner.submit(queued_updates(jobs)).await
     }
 }
 
@@ -146,7 +147,7 @@ impl QueuedWriter {
 /// updates (logged) rather than slowing jobs down. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StageWriter {
-    queue: mpsc::Sender<super::lifecycle::StageUpdate>,
+    queue: mpsc::Sender<StageUpdate>,
 }
 
 impl StageWriter {
@@ -167,7 +168,7 @@ impl StageWriter {
     }
 
     /// Queues `update` for the next batch; drops it when the queue is full.
-    pub fn record(&self, update: super::lifecycle::StageUpdate) {
+    pub fn record(&self, update: StageUpdate) {
         if self.queue.try_send(update).is_err() {
             tracing::debug!("stage update dropped: writer busy");
         }

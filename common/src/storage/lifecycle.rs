@@ -60,6 +60,21 @@ pub struct StageUpdate {
     pub at_us: i64,
 }
 
+/// `queued` stage updates for freshly accepted `jobs` (ids and kinds only, no payloads).
+pub fn queued_updates(jobs: &[Job]) -> Vec<StageUpdate> {
+    let at_us = now_micros();
+    jobs.iter()
+        .map(|job| StageUpdate {
+            job_id: job.id,
+            kind: job.kind.as_str().to_owned(),
+            stage: Stage::Queued,
+            attempt: 1,
+            error: None,
+            at_us,
+        })
+        .collect()
+}
+
 /// What `GET /jobs/{id}` reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lifecycle {
@@ -72,19 +87,7 @@ pub enum Lifecycle {
 impl Storage {
     /// Marks freshly accepted jobs `queued`, unless a worker already got further.
     pub async fn mark_queued(&self, jobs: &[Job]) -> Result<(), StorageError> {
-        let at_us = now_micros();
-        let updates: Vec<StageUpdate> = jobs
-            .iter()
-            .map(|job| StageUpdate {
-                job_id: job.id,
-                kind: job.kind.as_str().to_owned(),
-                stage: Stage::Queued,
-                attempt: 1,
-                error: None,
-                at_us,
-            })
-            .collect();
-        self.record_stages(&updates).await
+        self.record_stages(&queued_updates(jobs)).await
     }
 
     /// Records stage changes; of several for one job, the last wins. A `queued` update
