@@ -28,6 +28,7 @@ use lapin::options::{
     BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
@@ -39,6 +40,27 @@ use crate::job::Job;
 
 /// Persistent delivery mode (survives a broker restart on a durable queue).
 const PERSISTENT: u8 = 2;
+
+/// The AMQP frame size asked for when the URL sets no `frame_max`. lapin keeps a send and a
+/// receive buffer of 32 frames per connection, zero-filled up front: with RabbitMQ's default
+/// 128 KiB frames that is 8 MiB resident in every ingress and worker process, with 16 KiB
+/// frames 1 MiB. A larger message body is split over several frames, so job size is not
+/// limited by it.
+pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
+/// Parses the AMQP URL and asks for [`DEFAULT_FRAME_MAX`] unless the URL names a
+/// `frame_max` of its own. The error never carries the URL's password.
+fn connection_uri(url: &str) -> Result<AMQPUri, BrokerError> {
+    let mut uri: AMQPUri = url.parse().map_err(|e: String| {
+        BrokerError::Config(format!(
+            "invalid AMQP URL {}: {}",
+            redact_url(url),
+            e.replace(url, &redact_url(url))
+        ))
+    })?;
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    Ok(uri)
+}
 
 /// An open connection and its shared confirm-mode publishing channel.
 #[derive(Clone)]
@@ -55,6 +77,7 @@ impl Link {
 
 struct Inner {
     url: String,
+    uri: AMQPUri,
     queue: String,
     retry_queue: String,
     dead_queue: String,
@@ -91,6 +114,7 @@ impl RabbitMqBroker {
         let broker = RabbitMqBroker {
             inner: Arc::new(Inner {
                 url: url.to_owned(),
+                uri: connection_uri(url)?,
                 queue: queue.to_owned(),
                 retry_queue: format!("{queue}.retry"),
                 dead_queue: format!("{queue}.dead"),
@@ -130,7 +154,7 @@ impl Inner {
     }
 
     async fn open(&self) -> Result<Link, BrokerError> {
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+        let connection = Connection::connect_uri(self.uri.clone(), ConnectionProperties::default())
             .await
             .map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
@@ -452,6 +476,31 @@ impl Settle for RabbitSettle {
                     tracing::debug!(error = %e, "release nack failed");
                 }
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_size_defaults_to_16_kib_unless_the_url_sets_one() {
+        let default = connection_uri("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(default.query.frame_max, Some(DEFAULT_FRAME_MAX));
+        let own = connection_uri("amqp://guest:guest@127.0.0.1:5672/%2f?frame_max=131072").unwrap();
+        assert_eq!(own.query.frame_max, Some(131_072));
+    }
+
+    #[test]
+    fn a_malformed_url_is_a_config_error_without_the_password() {
+        for url in [
+            "amqp://user:s3cret@127.0.0.1:5672/%2f?frame_max=many",
+            "amqp://user:s3cret@[::1",
+        ] {
+            let e = connection_uri(url).unwrap_err();
+            assert!(matches!(e, BrokerError::Config(_)), "{url}: {e:?}");
+            assert!(!e.to_string().contains("s3cret"), "{url}: {e}");
         }
     }
 }
