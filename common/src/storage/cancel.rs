@@ -23,7 +23,7 @@ impl Storage {
         let mut tx = self.pool().begin().await?;
         let at_us = now_micros();
         let mut finished = Vec::new();
-        for chunk in ids.chunks(500) {
+        for chunk in super::power_of_two_chunks(ids) {
             let sql = format!(
                 "INSERT INTO cancelled_jobs (job_id, cancelled_at_us) VALUES {} \
                  ON CONFLICT (job_id) DO NOTHING",
@@ -74,7 +74,7 @@ impl Storage {
         ids: &[String],
     ) -> Result<HashSet<String>, StorageError> {
         let mut out = HashSet::new();
-        for chunk in ids.chunks(500) {
+        for chunk in super::power_of_two_chunks(ids) {
             let sql = format!(
                 "SELECT job_id FROM cancelled_jobs WHERE job_id IN ({})",
                 self.list(1, chunk.len())

@@ -114,7 +114,12 @@ impl Storage {
                  WHERE job_status.updated_at_us <= excluded.updated_at_us",
             ),
         ] {
-            for chunk in updates.chunks(500) {
+            if updates.is_empty() {
+                continue;
+            }
+            // One commit per group; within it rows are still written in id order.
+            let mut tx = self.pool().begin().await?;
+            for chunk in super::power_of_two_chunks(&updates) {
                 let sql = format!(
                     "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
                      VALUES {} ON CONFLICT (job_id) {on_conflict}",
@@ -130,8 +135,9 @@ impl Storage {
                         .bind(u.error.clone())
                         .bind(u.at_us);
                 }
-                query.execute(self.pool()).await?;
+                query.execute(&mut *tx).await?;
             }
+            tx.commit().await?;
         }
         Ok(())
     }
