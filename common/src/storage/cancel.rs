@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
-use super::{Storage, StorageError};
+use super::{bind_nulls, padded, Storage, StorageError, MAX_ROWS_PER_STATEMENT};
 use crate::clock::now_micros;
 
 impl Storage {
@@ -23,25 +23,31 @@ impl Storage {
         let mut tx = self.pool().begin().await?;
         let at_us = now_micros();
         let mut finished = Vec::new();
-        for chunk in super::power_of_two_chunks(ids) {
+        for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
+            let rows = padded(chunk.len());
             let sql = format!(
-                "INSERT INTO cancelled_jobs (job_id, cancelled_at_us) VALUES {} \
+                "INSERT INTO cancelled_jobs (job_id, cancelled_at_us) \
+                 SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
                  ON CONFLICT (job_id) DO NOTHING",
-                self.placeholders(1, chunk.len(), 2)
+                self.placeholders(1, rows, 2)
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(id.to_string()).bind(at_us);
             }
+            for _ in chunk.len()..rows {
+                query = query.bind(None::<String>).bind(None::<i64>);
+            }
             query.execute(&mut *tx).await?;
             let sql = format!(
                 "SELECT job_id FROM job_results WHERE job_id IN ({})",
-                self.list(1, chunk.len())
+                self.list(1, rows)
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(id.to_string());
             }
+            query = bind_nulls(query, rows - chunk.len());
             for row in query.fetch_all(&mut *tx).await? {
                 let id: String = row.try_get("job_id")?;
                 if let Ok(id) = Uuid::parse_str(&id) {
@@ -74,15 +80,17 @@ impl Storage {
         ids: &[String],
     ) -> Result<HashSet<String>, StorageError> {
         let mut out = HashSet::new();
-        for chunk in super::power_of_two_chunks(ids) {
+        for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
+            let rows = padded(chunk.len());
             let sql = format!(
                 "SELECT job_id FROM cancelled_jobs WHERE job_id IN ({})",
-                self.list(1, chunk.len())
+                self.list(1, rows)
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(id.clone());
             }
+            query = bind_nulls(query, rows - chunk.len());
             for row in query.fetch_all(&mut **tx).await? {
                 out.insert(row.try_get::<String, _>("job_id")?);
             }

@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 
-use sqlx::Row;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, Row};
 use uuid::Uuid;
 
 use super::{decode, JobResult, JobStatus, Storage, StorageError, COLUMNS};
@@ -114,30 +116,18 @@ impl Storage {
                  WHERE job_status.updated_at_us <= excluded.updated_at_us",
             ),
         ] {
-            if updates.is_empty() {
-                continue;
-            }
-            // One commit per group; within it rows are still written in id order.
-            let mut tx = self.pool().begin().await?;
-            for chunk in super::power_of_two_chunks(&updates) {
+            for chunk in updates.chunks(super::MAX_ROWS_PER_STATEMENT) {
+                let rows = super::padded(chunk.len());
                 let sql = format!(
                     "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
-                     VALUES {} ON CONFLICT (job_id) {on_conflict}",
-                    self.placeholders(1, chunk.len(), 6)
+                     SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
+                     ON CONFLICT (job_id) {on_conflict}",
+                    self.placeholders(1, rows, 6)
                 );
-                let mut query = sqlx::query(&sql);
-                for u in chunk {
-                    query = query
-                        .bind(u.job_id.to_string())
-                        .bind(u.kind.clone())
-                        .bind(u.stage.as_str())
-                        .bind(i64::from(u.attempt))
-                        .bind(u.error.clone())
-                        .bind(u.at_us);
-                }
-                query.execute(&mut *tx).await?;
+                bind_stages(&sql, chunk, rows - chunk.len())
+                    .execute(self.pool())
+                    .await?;
             }
-            tx.commit().await?;
         }
         Ok(())
     }
@@ -211,4 +201,29 @@ impl Storage {
         tx.commit().await?;
         Ok(Some(dead))
     }
+}
+
+/// `sql`'s parameters bound to `updates`, six per row in the column order of the upsert,
+/// then `padding` rows of NULLs (see [`super::padded`]).
+fn bind_stages<'q>(
+    sql: &'q str,
+    updates: &[&StageUpdate],
+    padding: usize,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    let mut query = sqlx::query(sql);
+    for u in updates {
+        query = query
+            .bind(u.job_id.to_string())
+            .bind(u.kind.clone())
+            .bind(u.stage.as_str())
+            .bind(i64::from(u.attempt))
+            .bind(u.error.clone())
+            .bind(u.at_us);
+    }
+    for _ in 0..padding {
+        let (text, int) = (None::<String>, None::<i64>);
+        query = query.bind(text.clone()).bind(text.clone()).bind(text);
+        query = query.bind(int).bind(None::<String>).bind(int);
+    }
+    query
 }

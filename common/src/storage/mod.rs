@@ -28,7 +28,9 @@ pub mod lifecycle;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::query::Query;
+use sqlx::Any;
 use sqlx::{AnyPool, Row};
 use uuid::Uuid;
 
@@ -157,27 +159,31 @@ pub struct Storage {
 /// SQLite's and PostgreSQL's parameter limits.
 pub(crate) const MAX_ROWS_PER_STATEMENT: usize = 512;
 
-/// Splits `rows` into chunks of power-of-two sizes, largest first, each at most
-/// [`MAX_ROWS_PER_STATEMENT`]: 200 rows go as 128 + 64 + 8.
+/// `count` NULL text parameters: the padding of an `IN (…)` list (see [`padded`]).
+pub(crate) fn bind_nulls<'q>(
+    mut query: Query<'q, Any, AnyArguments<'q>>,
+    count: usize,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    for _ in 0..count {
+        query = query.bind(None::<String>);
+    }
+    query
+}
+
+/// How many rows a multi-row statement carries for `rows` real ones (at most
+/// [`MAX_ROWS_PER_STATEMENT`]): the next power of two. The extra rows are bound as NULLs,
+/// which the statement filters out (`WHERE v.column1 IS NOT NULL`) or which match nothing
+/// (`IN (…, NULL)`).
 ///
-/// Multi-row statements are prepared and cached per pooled connection (and on the
-/// server), one per distinct text, i.e. per row count. Cut to any size, a busy process
-/// collected up to 100 of them on each of its 16 connections, the largest with thousands of
-/// parameters, and its memory grew with the variety of its batch sizes (a worker went from
-/// 12 to 30 MiB between 25 % and 100 % of the max rate). Power-of-two sizes keep the set
-/// at ten texts per statement, all reused. Not caching them instead cost a third of the
-/// database ceiling (PostgreSQL re-parses thousands of parameters per batch).
-pub(crate) fn power_of_two_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
-    let mut rest = rows;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let size = MAX_ROWS_PER_STATEMENT.min(1 << rest.len().ilog2());
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        Some(chunk)
-    })
+/// Every statement text is prepared and cached per pooled connection (up to 100 each, 16
+/// connections) and on the server. Sized exactly, batches produced a text for every batch
+/// size met, the largest with 6,000 parameters, and a busy worker's memory grew with their
+/// variety (12 to 30 MiB between 25 % and 100 % of the max rate). Padded, there are ten
+/// sizes per statement, all reused. Not caching them cost a third of PostgreSQL's group
+/// commit ceiling (it re-parses thousands of parameters per batch); splitting a batch into
+/// power-of-two statements doubled the accept latency the ingress's `queued` marks add.
+pub(crate) fn padded(rows: usize) -> usize {
+    rows.next_power_of_two()
 }
 
 pub(crate) const COLUMNS: &str =
@@ -265,13 +271,14 @@ impl Storage {
         }
         let mut tx = self.pool.begin().await?;
         let mut inserted = std::collections::HashSet::new();
-        for chunk in power_of_two_chunks(rows) {
+        for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
             // VALUES columns are named column1, column2, … on both databases.
             let sql = format!(
                 "INSERT INTO job_results ({COLUMNS}) SELECT * FROM (VALUES {}) AS v \
-                 WHERE NOT EXISTS (SELECT 1 FROM cancelled_jobs c WHERE c.job_id = v.column1) \
+                 WHERE v.column1 IS NOT NULL AND NOT EXISTS \
+                 (SELECT 1 FROM cancelled_jobs c WHERE c.job_id = v.column1) \
                  ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
-                self.placeholders(1, chunk.len(), COLUMN_COUNT)
+                self.placeholders(1, padded(chunk.len()), COLUMN_COUNT)
             );
             let mut query = sqlx::query(&sql);
             for r in chunk {
@@ -292,6 +299,24 @@ impl Storage {
                             .as_ref()
                             .map(|j| String::from_utf8_lossy(&j.encode()).into_owned()),
                     );
+            }
+            for _ in chunk.len()..padded(chunk.len()) {
+                let (text, int) = (None::<String>, None::<i64>);
+                query = query
+                    .bind(text.clone())
+                    .bind(text.clone())
+                    .bind(text.clone());
+                query = query
+                    .bind(text.clone())
+                    .bind(text.clone())
+                    .bind(int)
+                    .bind(int);
+                query = query
+                    .bind(text.clone())
+                    .bind(int)
+                    .bind(int)
+                    .bind(int)
+                    .bind(text);
             }
             for row in query.fetch_all(&mut *tx).await? {
                 let id: String = row.try_get("job_id")?;
@@ -345,15 +370,16 @@ impl Storage {
     /// The stored results of the given jobs (missing ones are simply absent).
     pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<JobResult>, StorageError> {
         let mut out = Vec::with_capacity(ids.len());
-        for chunk in power_of_two_chunks(ids) {
+        for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
             let sql = format!(
                 "SELECT {COLUMNS} FROM job_results WHERE job_id IN ({})",
-                self.list(1, chunk.len())
+                self.list(1, padded(chunk.len()))
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(id.to_string());
             }
+            query = bind_nulls(query, padded(chunk.len()) - chunk.len());
             for row in query.fetch_all(&self.pool).await? {
                 out.push(decode(&row)?);
             }
@@ -407,27 +433,18 @@ pub(crate) fn decode(row: &AnyRow) -> Result<JobResult, StorageError> {
 }
 
 #[cfg(test)]
-mod chunk_tests {
+mod padding_tests {
     use super::*;
 
-    fn sizes(n: usize) -> Vec<usize> {
-        let rows: Vec<usize> = (0..n).collect();
-        power_of_two_chunks(&rows).map(<[usize]>::len).collect()
-    }
-
     #[test]
-    fn chunks_are_powers_of_two_in_order_and_cover_every_row() {
-        assert_eq!(sizes(0), Vec::<usize>::new());
-        assert_eq!(sizes(1), vec![1]);
-        assert_eq!(sizes(200), vec![128, 64, 8]);
-        assert_eq!(sizes(1300), vec![512, 512, 256, 16, 4]);
-        for n in 0..2000 {
-            let rows: Vec<usize> = (0..n).collect();
-            let joined: Vec<usize> = power_of_two_chunks(&rows).flatten().copied().collect();
-            assert_eq!(joined, rows, "n = {n}");
-            assert!(sizes(n)
-                .iter()
-                .all(|s| s.is_power_of_two() && *s <= MAX_ROWS_PER_STATEMENT));
-        }
+    fn statements_carry_a_power_of_two_rows_never_fewer_than_given() {
+        assert_eq!(padded(1), 1);
+        assert_eq!(padded(3), 4);
+        assert_eq!(padded(200), 256);
+        assert_eq!(padded(MAX_ROWS_PER_STATEMENT), MAX_ROWS_PER_STATEMENT);
+        assert!(MAX_ROWS_PER_STATEMENT.is_power_of_two());
+        let sizes: std::collections::BTreeSet<usize> =
+            (1..=MAX_ROWS_PER_STATEMENT).map(padded).collect();
+        assert_eq!(sizes.len(), 10);
     }
 }
