@@ -22,7 +22,6 @@ impl Storage {
     pub async fn cancel(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StorageError> {
         let mut tx = self.pool().begin().await?;
         let at_us = now_micros();
-        let mut finished = Vec::new();
         for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
             let rows = padded(chunk.len());
             let sql = format!(
@@ -39,23 +38,16 @@ impl Storage {
                 query = query.bind(None::<String>).bind(None::<i64>);
             }
             query.execute(&mut *tx).await?;
-            let sql = format!(
-                "SELECT job_id FROM job_results WHERE job_id IN ({})",
-                self.list(1, rows)
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id.to_string());
-            }
-            query = bind_nulls(query, rows - chunk.len());
-            for row in query.fetch_all(&mut *tx).await? {
-                let id: String = row.try_get("job_id")?;
-                if let Ok(id) = Uuid::parse_str(&id) {
-                    finished.push(id);
-                }
-            }
         }
-        if finished.len() == ids.len() {
+        let distinct: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
+        let distinct: Vec<String> = distinct.into_iter().collect();
+        let finished: Vec<Uuid> = self
+            .ids_in(&mut tx, "job_results", &distinct)
+            .await?
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect();
+        if finished.len() == distinct.len() {
             // Every job already ran: keep no tombstones, the jobs stand.
             tx.rollback().await?;
         } else {
@@ -79,11 +71,22 @@ impl Storage {
         tx: &mut Transaction<'static, Any>,
         ids: &[String],
     ) -> Result<HashSet<String>, StorageError> {
+        self.ids_in(tx, "cancelled_jobs", ids).await
+    }
+
+    /// Which of `ids` have a row in `table` (keyed by `job_id`), inside a running
+    /// transaction.
+    async fn ids_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        table: &'static str,
+        ids: &[String],
+    ) -> Result<HashSet<String>, StorageError> {
         let mut out = HashSet::new();
         for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
             let rows = padded(chunk.len());
             let sql = format!(
-                "SELECT job_id FROM cancelled_jobs WHERE job_id IN ({})",
+                "SELECT job_id FROM {table} WHERE job_id IN ({})",
                 self.list(1, rows)
             );
             let mut query = sqlx::query(&sql);
