@@ -434,26 +434,27 @@ impl Stack {
     }
 
     fn spawn_ingress(&self) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_surge-producer"))
-            .args(&self.broker_args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_surge-producer"));
+        command
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(self.ingress_args)
-            .env("DATABASE_URL", &self.database)
-            .env("RUST_LOG", child_log_level())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("surge-producer starts")
+            .args(self.ingress_args);
+        self.spawn(command, "surge-producer")
     }
 
     fn spawn_worker(&mut self, group: &str) -> Child {
         self.spawned_workers += 1;
-        Command::new(worker_binary())
-            .args(&self.broker_args)
+        let mut command = Command::new(worker_binary());
+        command
             .args(["--capacity", self.capacity, "--group", group])
-            .args(["--worker-id", &format!("worker-{}", self.spawned_workers)])
+            .args(["--worker-id", &format!("worker-{}", self.spawned_workers)]);
+        self.spawn(command, "surge-worker")
+    }
+
+    /// Starts `command` on this run's broker and database: stdout quiet, stderr (the
+    /// process's log at `SURGE_FAULTS_LOG`) inherited, killed when dropped.
+    fn spawn(&self, mut command: Command, what: &str) -> Child {
+        command
+            .args(&self.broker_args)
             .env("DATABASE_URL", &self.database)
             .env("RUST_LOG", child_log_level())
             .stdin(Stdio::null())
@@ -461,7 +462,7 @@ impl Stack {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("surge-worker starts")
+            .unwrap_or_else(|e| panic!("{what} does not start: {e}"))
     }
 
     /// Replaces the (exited) worker at `index` with a new process.
