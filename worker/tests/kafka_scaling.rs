@@ -19,6 +19,16 @@ use surge_common::testing::{self, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
 const JOBS: usize = 5_000;
 const PARTITIONS: i32 = 6;
 
+/// The Kafka brokers, a fresh PostgreSQL database's URL and its storage; `None` (the test
+/// skips, loudly) when a service is not configured outside CI, a failure under CI.
+async fn kafka_and_database() -> Option<(String, String, Storage)> {
+    let brokers = testing::service(KAFKA_BROKERS_VAR, "Kafka (e.g. Tansu)")?;
+    let postgres = testing::service(POSTGRES_URL_VAR, "PostgreSQL")?;
+    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
+    let storage = Storage::connect(&database).await.unwrap();
+    Some((brokers, database, storage))
+}
+
 /// `surge-worker` flags for one group member on `topic` with `capacity`.
 fn kafka_worker_args(brokers: &str, topic: &str, group: &str, capacity: u16) -> Vec<String> {
     [
@@ -40,14 +50,9 @@ fn kafka_worker_args(brokers: &str, topic: &str, group: &str, capacity: u16) -> 
 }
 
 async fn three_workers_share_the_topic(kill_one: bool) {
-    let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka (e.g. Tansu)") else {
+    let Some((brokers, database, storage)) = kafka_and_database().await else {
         return;
     };
-    let Some(postgres) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
-        return;
-    };
-    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
-    let storage = Storage::connect(&database).await.unwrap();
     let topic = testing::unique_name("kafka-split");
     let group = testing::unique_name("group");
     let broker = KafkaBroker::connect(&brokers, &topic, PARTITIONS)
@@ -120,14 +125,9 @@ async fn a_sigkilled_worker_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_does_not_rerun_in_flight_jobs() {
     const JOBS_PER_ROUND: usize = 60;
-    let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka (e.g. Tansu)") else {
+    let Some((brokers, database, storage)) = kafka_and_database().await else {
         return;
     };
-    let Some(postgres) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
-        return;
-    };
-    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
-    let storage = Storage::connect(&database).await.unwrap();
     for round in 0..3 {
         let topic = testing::unique_name("kafka-rebalance");
         let group = testing::unique_name("group");
