@@ -48,7 +48,17 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
   log "starting RabbitMQ"
   as_root rabbitmq-server -detached || true
 fi
-timeout 120 rabbitmqctl -q await_startup >/dev/null 2>&1 || { log "RabbitMQ did not start"; exit 1; }
+# `await_startup` fails at once while the new node has not yet registered with epmd (seen on
+# a fresh machine: the first call returns within a second), so ask again until a deadline.
+deadline=$((SECONDS + 180))
+until timeout 60 rabbitmqctl -q await_startup >/dev/null 2>&1; do
+  if ((SECONDS >= deadline)); then
+    log "RabbitMQ did not start within 180 s; last lines of its log:"
+    tail -n 20 /var/log/rabbitmq/*.log >&2 2>/dev/null || true
+    exit 1
+  fi
+  sleep 2
+done
 # A previous fault test may have left the app stopped while the node runs.
 rabbitmqctl -q start_app >/dev/null 2>&1 || true
 
