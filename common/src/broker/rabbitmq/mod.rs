@@ -1,4 +1,4 @@
-//! RabbitMQ backend (lapin).
+//! RabbitMQ backend (lapin), compiled with the `rabbitmq` cargo feature.
 //!
 //! Topology, declared on every (re)connect, for a queue named `Q`:
 //! - `Q`: durable; rejected messages dead-letter to `Q.dead`.
@@ -16,20 +16,22 @@
 //! Consuming: a channel per consumer with `basic_qos(prefetch)`, manual acks. Retry and
 //! dead-letter publish the job to the holding queue, await the confirm, then ack the
 //! original: a crash between the two yields a duplicate, never a loss.
+//!
+//! The pieces:
+//! - `connection`: URL parsing, the shared publishing channel, reconnect with backoff.
+//! - `topology`: declaring, measuring and deleting the three queues.
+//! - `publish`: confirmed publishing and the Surge headers.
+//! - `consumer`: the delivery stream and how each delivery is settled.
+
+mod connection;
+mod consumer;
+mod publish;
+mod topology;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::Retryable;
-use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
 use super::{
@@ -38,50 +40,16 @@ use super::{
 use crate::config::redact_url;
 use crate::job::Job;
 
-/// Persistent delivery mode (survives a broker restart on a durable queue).
-const PERSISTENT: u8 = 2;
+pub use connection::DEFAULT_FRAME_MAX;
 
-/// The AMQP frame size asked for when the URL sets no `frame_max`. lapin keeps a send and a
-/// receive buffer of 32 frames per connection, zero-filled up front: with RabbitMQ's default
-/// 128 KiB frames that is 8 MiB resident in every ingress and worker process, with 16 KiB
-/// frames 1 MiB. A larger message body is split over several frames, so job size is not
-/// limited by it.
-pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
-
-/// Parses the AMQP URL and asks for [`DEFAULT_FRAME_MAX`] unless the URL names a
-/// `frame_max` of its own. The error never carries the URL's password.
-fn connection_uri(url: &str) -> Result<AMQPUri, BrokerError> {
-    let mut uri: AMQPUri = url.parse().map_err(|e: String| {
-        BrokerError::Config(format!(
-            "invalid AMQP URL {}: {}",
-            redact_url(url),
-            e.replace(url, &redact_url(url))
-        ))
-    })?;
-    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
-    Ok(uri)
-}
-
-/// An open connection and its shared confirm-mode publishing channel.
-#[derive(Clone)]
-struct Link {
-    connection: Arc<Connection>,
-    publisher: Channel,
-}
-
-impl Link {
-    fn healthy(&self) -> bool {
-        self.connection.status().connected() && self.publisher.status().connected()
-    }
-}
-
+/// State shared by the broker's clones and its deliveries.
 struct Inner {
     url: String,
     uri: AMQPUri,
     queue: String,
     retry_queue: String,
     dead_queue: String,
-    link: Mutex<Option<Link>>,
+    link: Mutex<Option<connection::Link>>,
 }
 
 /// The RabbitMQ broker. Cheap to clone; clones share the connection.
@@ -99,10 +67,6 @@ impl std::fmt::Debug for RabbitMqBroker {
     }
 }
 
-fn unavailable(e: lapin::Error) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
-}
-
 impl RabbitMqBroker {
     /// Connects to `url` and declares the topology for `queue`.
     pub async fn connect(url: &str, queue: &str) -> Result<Self, BrokerError> {
@@ -114,7 +78,7 @@ impl RabbitMqBroker {
         let broker = RabbitMqBroker {
             inner: Arc::new(Inner {
                 url: url.to_owned(),
-                uri: connection_uri(url)?,
+                uri: connection::connection_uri(url)?,
                 queue: queue.to_owned(),
                 retry_queue: format!("{queue}.retry"),
                 dead_queue: format!("{queue}.dead"),
@@ -131,233 +95,22 @@ impl RabbitMqBroker {
     }
 }
 
-impl Inner {
-    /// The current link, reconnecting (with backoff) when it broke.
-    async fn link(&self) -> Result<Link, BrokerError> {
-        let mut guard = self.link.lock().await;
-        if let Some(link) = guard.as_ref() {
-            if link.healthy() {
-                return Ok(link.clone());
-            }
-            tracing::warn!("rabbitmq connection lost; reconnecting");
-        }
-        *guard = None;
-        let link = (|| self.open())
-            .retry(crate::retry::reconnect(3))
-            .when(|e| matches!(e, BrokerError::Unavailable(_)))
-            .notify(
-                |e, after| tracing::warn!(error = %e, ?after, "rabbitmq connect failed; retrying"),
-            )
-            .await?;
-        *guard = Some(link.clone());
-        Ok(link)
-    }
-
-    async fn open(&self) -> Result<Link, BrokerError> {
-        let connection = Connection::connect_uri(self.uri.clone(), ConnectionProperties::default())
-            .await
-            .map_err(unavailable)?;
-        let publisher = connection.create_channel().await.map_err(unavailable)?;
-        self.declare(&publisher).await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(unavailable)?;
-        tracing::info!(url = %redact_url(&self.url), queue = %self.queue, "rabbitmq connected");
-        Ok(Link {
-            connection: Arc::new(connection),
-            publisher,
-        })
-    }
-
-    async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
-        let durable = QueueDeclareOptions::durable();
-        let mut main_args = FieldTable::default();
-        main_args.insert("x-dead-letter-exchange".into(), text(""));
-        main_args.insert("x-dead-letter-routing-key".into(), text(&self.dead_queue));
-        let mut retry_args = FieldTable::default();
-        retry_args.insert("x-dead-letter-exchange".into(), text(""));
-        retry_args.insert("x-dead-letter-routing-key".into(), text(&self.queue));
-        for (name, args) in [
-            (&self.queue, main_args),
-            (&self.retry_queue, retry_args),
-            (&self.dead_queue, FieldTable::default()),
-        ] {
-            channel
-                .queue_declare(name.as_str().into(), durable, args)
-                .await
-                .map_err(|e| match e.kind() {
-                    lapin::ErrorKind::ProtocolError(_) => {
-                        BrokerError::Config(format!("queue {name} exists with other settings: {e}"))
-                    }
-                    _ => unavailable(e),
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Publishes `jobs` to `routing_key` and waits for every confirm.
-    async fn publish_to(
-        &self,
-        routing_key: &str,
-        jobs: &[Job],
-        headers: impl Fn(&Job) -> FieldTable,
-        expiration: Option<Duration>,
-    ) -> Result<(), BrokerError> {
-        let link = self.link().await?;
-        let mut confirms = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let mut properties = BasicProperties::default()
-                .with_delivery_mode(PERSISTENT)
-                .with_content_type("application/json".into())
-                .with_message_id(job.id.to_string().into())
-                .with_headers(headers(job));
-            if let Some(ttl) = expiration {
-                properties = properties.with_expiration(ttl.as_millis().to_string().into());
-            }
-            let confirm = link
-                .publisher
-                .basic_publish(
-                    "".into(),
-                    routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &job.encode(),
-                    properties,
-                )
-                .await
-                .map_err(unavailable)?;
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            let confirmation = confirm.await.map_err(unavailable)?;
-            if confirmation.is_nack() {
-                return Err(BrokerError::Rejected("broker nacked the message".into()));
-            }
-            if let Some(returned) = confirmation.take_message() {
-                return Err(BrokerError::Rejected(format!(
-                    "message unroutable: {}",
-                    returned.reply_text
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    async fn queue_depth(&self, channel: &Channel, name: &str) -> Result<(u64, u64), BrokerError> {
-        let queue = channel
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions::durable().passive(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok((
-            u64::from(queue.message_count()),
-            u64::from(queue.consumer_count()),
-        ))
-    }
-}
-
-fn text(s: &str) -> AMQPValue {
-    AMQPValue::LongString(s.into())
-}
-
-fn attempt_headers(job: &Job, attempt: u32) -> FieldTable {
-    let mut table = FieldTable::default();
-    table.insert(headers::ATTEMPT.into(), AMQPValue::LongUInt(attempt));
-    table.insert(headers::JOB_ID.into(), text(&job.id.to_string()));
-    table.insert(headers::JOB_KIND.into(), text(job.kind.as_str()));
-    if let Some(traceparent) = &job.traceparent {
-        table.insert(headers::TRACEPARENT.into(), text(traceparent));
-    }
-    table
-}
-
-fn header_u32(properties: &BasicProperties, name: &str) -> Option<u32> {
-    let table = properties.headers().as_ref()?;
-    let key: ShortString = name.into();
-    match table.inner().get(&key)? {
-        AMQPValue::LongUInt(v) => Some(*v),
-        AMQPValue::LongInt(v) => u32::try_from(*v).ok(),
-        AMQPValue::LongLongInt(v) => u32::try_from(*v).ok(),
-        AMQPValue::ShortUInt(v) => Some(u32::from(*v)),
-        _ => None,
-    }
-}
-
 #[async_trait]
 impl Broker for RabbitMqBroker {
     async fn publish(&self, jobs: &[Job]) -> Result<(), BrokerError> {
         let inner = &self.inner;
         inner
-            .publish_to(&inner.queue, jobs, |job| attempt_headers(job, 1), None)
+            .publish_to(
+                &inner.queue,
+                jobs,
+                |job| publish::attempt_headers(job, 1),
+                None,
+            )
             .await
     }
 
     async fn consume(&self, options: ConsumeOptions) -> Result<Deliveries, BrokerError> {
-        if options.prefetch == 0 {
-            return Err(BrokerError::Config("prefetch must be at least 1".into()));
-        }
-        let link = self.inner.link().await?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
-        channel
-            .basic_qos(options.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(unavailable)?;
-        let consumer = channel
-            .basic_consume(
-                self.inner.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
-        let inner = self.inner.clone();
-        // The channel must live as long as the stream: it is moved into the closure.
-        let stream = consumer.filter_map(move |item| {
-            let inner = inner.clone();
-            let _channel = channel.clone();
-            async move {
-                match item {
-                    Err(e) => Some(Err(unavailable(e))),
-                    Ok(message) => match Job::decode(&message.data) {
-                        Ok(job) => {
-                            let attempt =
-                                header_u32(&message.properties, headers::ATTEMPT).unwrap_or(1);
-                            let settle = RabbitSettle {
-                                inner,
-                                acker: message.acker,
-                            };
-                            Some(Ok(Delivery::new(
-                                job,
-                                attempt,
-                                message.redelivered,
-                                Box::new(settle),
-                            )))
-                        }
-                        Err(e) => {
-                            // Not a job: let the queue's dead-letter settings move it aside.
-                            tracing::error!(error = %e, "undecodable message; dead-lettering");
-                            let reject = BasicRejectOptions { requeue: false };
-                            if let Err(e) = message.acker.reject(reject).await {
-                                tracing::warn!(error = %e, "reject failed");
-                            }
-                            None
-                        }
-                    },
-                }
-            }
-        });
-        Ok(Box::pin(stream))
+        consumer::consume(self.inner.clone(), options).await
     }
 
     async fn stats(&self) -> Result<BrokerStats, BrokerError> {
@@ -367,7 +120,7 @@ impl Broker for RabbitMqBroker {
             .connection
             .create_channel()
             .await
-            .map_err(unavailable)?;
+            .map_err(connection::unavailable)?;
         let (backlog, consumers) = self.inner.queue_depth(&channel, &self.inner.queue).await?;
         let (dead, _) = self
             .inner
@@ -387,120 +140,10 @@ impl Broker for RabbitMqBroker {
     }
 
     async fn close(&self) -> Result<(), BrokerError> {
-        let link = self.inner.link.lock().await.take();
-        if let Some(link) = link {
-            // connection.close waits for the broker's close-ok, which the broker sends after
-            // handling every frame before it: the last acks are in.
-            link.connection
-                .close(200, "shutting down".into())
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(())
+        self.inner.close().await
     }
 
     async fn delete_topology(&self) -> Result<(), BrokerError> {
-        let link = self.inner.link().await?;
-        let inner = &self.inner;
-        for name in [&inner.queue, &inner.retry_queue, &inner.dead_queue] {
-            link.publisher
-                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(())
-    }
-}
-
-/// Settles one RabbitMQ delivery through its channel's acker.
-struct RabbitSettle {
-    inner: Arc<Inner>,
-    acker: lapin::Acker,
-}
-
-#[async_trait]
-impl Settle for RabbitSettle {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map(drop)
-            .map_err(unavailable)
-    }
-
-    async fn retry(
-        self: Box<Self>,
-        job: &Job,
-        next_attempt: u32,
-        after: Duration,
-    ) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        inner
-            .publish_to(
-                &inner.retry_queue,
-                std::slice::from_ref(job),
-                |job| attempt_headers(job, next_attempt),
-                Some(after),
-            )
-            .await?;
-        self.ack().await
-    }
-
-    async fn dead_letter(self: Box<Self>, job: &Job, reason: &str) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        inner
-            .publish_to(
-                &inner.dead_queue,
-                std::slice::from_ref(job),
-                |job| {
-                    let mut table = attempt_headers(job, 0);
-                    table.insert(headers::DEAD_REASON.into(), text(reason));
-                    table
-                },
-                None,
-            )
-            .await?;
-        self.ack().await
-    }
-
-    fn release(self: Box<Self>) {
-        let acker = self.acker;
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                };
-                if let Err(e) = acker.nack(requeue).await {
-                    // The channel is gone: the broker requeues its unacked messages anyway.
-                    tracing::debug!(error = %e, "release nack failed");
-                }
-            });
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_frame_size_defaults_to_16_kib_unless_the_url_sets_one() {
-        let default = connection_uri("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
-        assert_eq!(default.query.frame_max, Some(DEFAULT_FRAME_MAX));
-        let own = connection_uri("amqp://guest:guest@127.0.0.1:5672/%2f?frame_max=131072").unwrap();
-        assert_eq!(own.query.frame_max, Some(131_072));
-    }
-
-    #[test]
-    fn a_malformed_url_is_a_config_error_without_the_password() {
-        for url in [
-            "amqp://user:s3cret@127.0.0.1:5672/%2f?frame_max=many",
-            "amqp://user:s3cret@[::1",
-        ] {
-            let e = connection_uri(url).unwrap_err();
-            assert!(matches!(e, BrokerError::Config(_)), "{url}: {e:?}");
-            assert!(!e.to_string().contains("s3cret"), "{url}: {e}");
-        }
+        self.inner.delete_queues().await
     }
 }
