@@ -3,8 +3,9 @@
 //! - [`job`]: the job a client submits, its kinds and their validated payloads.
 //! - [`broker`]: the [`broker::Broker`] trait (publish, consume, stats), the
 //!   [`broker::Delivery`] every consumer settles exactly once, and its backends:
-//!   [`broker::memory`] (in-process, not durable), [`broker::rabbitmq`] (lapin) and
-//!   [`broker::kafka`] (rdkafka).
+//!   [`broker::memory`] (in-process, not durable), `broker::rabbitmq` (lapin, cargo
+//!   feature `rabbitmq`) and `broker::kafka` (rdkafka, cargo feature `kafka`), chosen by
+//!   [`broker::connect`].
 //! - [`storage`]: the results table (SQLite by default, PostgreSQL by URL), keyed by job id
 //!   so a redelivered job never writes a second row.
 //! - [`config`]: clap argument groups with `SURGE_*` environment fallbacks.
