@@ -400,3 +400,47 @@ pub fn worker_command(
         .arg("5");
     command
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work the optimiser cannot drop.
+    fn burn() {
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+
+    #[test]
+    fn own_usage_counts_this_process_cpu_and_memory() {
+        let before = own_usage();
+        burn();
+        let after = own_usage();
+        assert!(after.cpu_s > before.cpu_s, "{before:?} → {after:?}");
+        assert!(after.peak_rss_mb > 0.0, "{after:?}");
+    }
+
+    #[test]
+    fn cpu_seconds_of_a_pid_agree_with_the_process_clock() {
+        burn();
+        let own = cpu_seconds(std::process::id()).expect("/proc/<pid>/stat");
+        // /proc counts in clock ticks; the process clock is finer and read later.
+        assert!(own > 0.0 && own <= own_usage().cpu_s + 0.05, "{own}");
+    }
+
+    #[tokio::test]
+    async fn sigterm_through_rustix_ends_a_child() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id().expect("a running child");
+        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
+        let status = child.wait().await.expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(15), "{status:?}");
+    }
+}
