@@ -4,8 +4,8 @@
 //! uses — and exercises one promise of the [`Broker`] contract. The `suite!` macro at the
 //! bottom instantiates every body once per backend (`memory::*`, `rabbitmq::*`,
 //! `kafka::*`). RabbitMQ and Kafka come from `SURGE_TEST_AMQP_URL` and
-//! `SURGE_TEST_KAFKA_BROKERS`: without them the tests skip loudly, except in CI, where they
-//! fail.
+//! `SURGE_TEST_KAFKA_BROKERS`: without them the tests are reported ignored, except in CI,
+//! where they run and fail.
 //!
 //! Waiting is always on a condition with a deadline (a delivery, a stats value), never a
 //! bare sleep.
