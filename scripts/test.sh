@@ -24,6 +24,14 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the RabbitMQ-only build: no librdkafka, and it lints clean"
+if cargo tree -e normal --locked --no-default-features --features rabbitmq \
+    -p surge-producer -p surge-worker | grep -q rdkafka; then
+  echo "rdkafka is in the build with --no-default-features --features rabbitmq" >&2
+  exit 1
+fi
+cargo clippy -p surge-common -p surge-producer -p surge-worker --all-targets --locked \
+  --no-default-features --features rabbitmq -- -D warnings
 echo "== docker-compose.yml, Dockerfile and deploy/ manifests"
 bash scripts/check-deploy.sh
 echo "== cargo test"

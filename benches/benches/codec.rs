@@ -4,6 +4,8 @@
 //!
 //! `cargo bench -p surge-benches --bench codec`
 
+#![forbid(unsafe_code)]
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

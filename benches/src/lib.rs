@@ -18,6 +18,8 @@
 //! - [`results`]: the figures, as Markdown and JSON, and the targets checked.
 //! - [`charts`]: SVG charts of the figures.
 
+#![forbid(unsafe_code)]
+
 pub mod burst;
 pub mod charts;
 pub mod db;

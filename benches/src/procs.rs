@@ -5,7 +5,8 @@
 //! `/proc/<pid>/status`) are its own — not mixed with the load generator's. Writing `5` to
 //! `/proc/<pid>/clear_refs` resets `VmHWM`, so a peak can be taken per measurement step.
 //! Measurements that run inside this process (the broker and database ceilings) use
-//! `getrusage(RUSAGE_SELF)` and this process's own `VmHWM`.
+//! this process's CPU clock (`CLOCK_PROCESS_CPUTIME_ID`, user + system) and its own
+//! `VmHWM`. The system calls go through `rustix`, so this crate has no `unsafe`.
 //!
 //! Which executables: `surge-producer` and `surge-worker` from the folder this binary
 //! lives in (`target/<profile>/`) when they are there; otherwise this binary re-runs
@@ -33,12 +34,9 @@ pub struct Usage {
 }
 
 fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100.0,
+        ticks => ticks as f64,
     }
 }
 
@@ -101,14 +99,11 @@ pub fn service_cpu() -> std::collections::BTreeMap<String, f64> {
     out
 }
 
-/// This process's usage: `getrusage` CPU and `VmHWM`.
+/// This process's usage: its CPU clock (user + system, all threads) and `VmHWM`.
 pub fn own_usage() -> Usage {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     Usage {
-        cpu_s: secs(usage.ru_utime) + secs(usage.ru_stime),
+        cpu_s: cpu.tv_sec as f64 + cpu.tv_nsec as f64 / 1e9,
         peak_rss_mb: peak_rss_mb("self").unwrap_or(0.0),
     }
 }
@@ -284,9 +279,12 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL after `grace`.
     pub async fn stop(mut self, grace: Duration) {
-        if let Ok(pid) = i32::try_from(self.pid) {
-            // SAFETY: signalling our own child by its pid.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        let pid = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            // Our own child, by its pid; an error means it is already gone.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         if tokio::time::timeout(grace, self.child.wait())
             .await
@@ -401,4 +399,48 @@ pub fn worker_command(
         .arg("--shutdown-grace-secs")
         .arg("5");
     command
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work the optimiser cannot drop.
+    fn burn() {
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+
+    #[test]
+    fn own_usage_counts_this_process_cpu_and_memory() {
+        let before = own_usage();
+        burn();
+        let after = own_usage();
+        assert!(after.cpu_s > before.cpu_s, "{before:?} → {after:?}");
+        assert!(after.peak_rss_mb > 0.0, "{after:?}");
+    }
+
+    #[test]
+    fn cpu_seconds_of_a_pid_agree_with_the_process_clock() {
+        burn();
+        let own = cpu_seconds(std::process::id()).expect("/proc/<pid>/stat");
+        // /proc counts in clock ticks; the process clock is finer and read later.
+        assert!(own > 0.0 && own <= own_usage().cpu_s + 0.05, "{own}");
+    }
+
+    #[tokio::test]
+    async fn sigterm_through_rustix_ends_a_child() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id().expect("a running child");
+        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
+        let status = child.wait().await.expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(15), "{status:?}");
+    }
 }

@@ -847,29 +847,30 @@ pub async fn ceiling_here(args: &CeilingArgs) -> anyhow::Result<Vec<CeilingRow>>
     }
 }
 
-/// A broker handle of this process on `queue`.
+/// A broker handle of this process on `queue`, through the one backend factory
+/// ([`surge_common::broker::connect`]), so a backend compiled out of this build is a clear
+/// error naming its cargo feature.
 pub async fn connect_broker(
     backend: Backend,
     amqp_url: &str,
     kafka_brokers: &str,
     queue: &str,
 ) -> anyhow::Result<Arc<dyn Broker>> {
-    use surge_common::broker::{
-        kafka::KafkaBroker, memory::MemoryBroker, rabbitmq::RabbitMqBroker,
+    use surge_common::broker::BrokerKind;
+    let args = surge_common::config::BrokerArgs {
+        broker: match backend {
+            Backend::Memory => BrokerKind::Memory,
+            Backend::Rabbitmq => BrokerKind::Rabbitmq,
+            Backend::Kafka => BrokerKind::Kafka,
+        },
+        amqp_url: amqp_url.to_owned(),
+        kafka_brokers: kafka_brokers.to_owned(),
+        queue: queue.to_owned(),
+        kafka_partitions: crate::deploy::KAFKA_PARTITIONS,
     };
-    Ok(match backend {
-        Backend::Memory => Arc::new(MemoryBroker::new()),
-        Backend::Rabbitmq => Arc::new(
-            RabbitMqBroker::connect(amqp_url, queue)
-                .await
-                .context("connecting to RabbitMQ")?,
-        ),
-        Backend::Kafka => Arc::new(
-            KafkaBroker::connect(kafka_brokers, queue, crate::deploy::KAFKA_PARTITIONS)
-                .await
-                .context("connecting to Kafka")?,
-        ),
-    })
+    surge_common::broker::connect(&args)
+        .await
+        .with_context(|| format!("connecting to {}", backend.name()))
 }
 
 async fn publish_for(

@@ -47,6 +47,10 @@ async fn burst_on_the_embedded_default() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(surge_amqp, surge_postgres)),
+    ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 async fn burst_on_rabbitmq_and_postgres() {
     let Some(amqp) = testing::service(AMQP_URL_VAR, "RabbitMQ") else {
         return;

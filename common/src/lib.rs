@@ -3,8 +3,9 @@
 //! - [`job`]: the job a client submits, its kinds and their validated payloads.
 //! - [`broker`]: the [`broker::Broker`] trait (publish, consume, stats), the
 //!   [`broker::Delivery`] every consumer settles exactly once, and its backends:
-//!   [`broker::memory`] (in-process, not durable), [`broker::rabbitmq`] (lapin) and
-//!   [`broker::kafka`] (rdkafka).
+//!   [`broker::memory`] (in-process, not durable), `broker::rabbitmq` (lapin, cargo
+//!   feature `rabbitmq`) and `broker::kafka` (rdkafka, cargo feature `kafka`), chosen by
+//!   [`broker::connect`].
 //! - [`storage`]: the results table (SQLite by default, PostgreSQL by URL), keyed by job id
 //!   so a redelivered job never writes a second row.
 //! - [`config`]: clap argument groups with `SURGE_*` environment fallbacks.
@@ -15,6 +16,11 @@
 //! - [`clock`]: wall-clock helpers for timestamps that cross processes.
 //! - [`trace`]: W3C `traceparent` carried from the request to the worker.
 //! - [`testing`]: how tests find real services (and fail in CI when one is missing).
+
+// `deny`, not yet `forbid`: the Kafka consumer still reads the group generation through
+// librdkafka's C API in one `unsafe` block, allowed on `broker::kafka` only. Once that
+// block is gone this becomes `#![forbid(unsafe_code)]` like the other crates.
+#![deny(unsafe_code)]
 
 pub mod broker;
 pub mod clock;

@@ -2,8 +2,16 @@
 //!
 //! A test asks for a service by environment variable. With the variable set, the test runs
 //! against it (and fails if it is unreachable). Without it, the test fails when `CI=true`
-//! — in CI a missing service is an error, never a skip — and otherwise prints a loud
-//! notice naming the variable and skips.
+//! — in CI a missing service is an error, never a skip — and otherwise is skipped.
+//!
+//! Skipped means *reported as ignored* by the test runner, not passed: each service test
+//! carries, e.g.,
+//! `#[cfg_attr(not(surge_amqp), ignore = "set SURGE_TEST_AMQP_URL to run (scripts/test.sh does)")]`,
+//! and the crate's build script (`build/test_services.rs`, shared by every crate) sets
+//! `cfg(surge_amqp)`, `cfg(surge_kafka)`, `cfg(surge_postgres)` when the variable is set
+//! or `CI=true`. [`service`] is the run-time half: it reads the variable, panics in CI when
+//! it is missing, and prints a loud notice and skips when an ignored test is run anyway
+//! (`--include-ignored`) without it.
 
 use uuid::Uuid;
 

@@ -117,6 +117,10 @@ async fn sqlite() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 async fn postgres() {
     let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
         return;
@@ -209,6 +213,10 @@ async fn heartbeats_sqlite() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 async fn heartbeats_postgres() {
     let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
         return;

@@ -1,13 +1,15 @@
 //! The router and its middleware.
 
 use axum::http::{HeaderName, Request};
-use axum::routing::{get, post};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
 use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::dashboard;
 use crate::error::ApiError;
@@ -45,17 +47,7 @@ pub fn app(state: AppState) -> Router {
                 .level(Level::INFO)
                 .latency_unit(LatencyUnit::Micros),
         );
-    Router::new()
-        .route("/jobs", post(jobs::submit))
-        .route("/jobs/batch", post(jobs::submit_batch))
-        .route("/jobs/{id}", get(jobs::status))
-        .route("/jobs/{id}/replay", post(jobs::replay))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics))
-        .route("/", get(dashboard::page))
-        .route("/api/dashboard", get(dashboard::api))
-        .route("/openapi.json", get(crate::openapi::openapi_json))
+    Router::from(routes())
         .fallback(no_such_route)
         .with_state(state)
         .layer(
@@ -64,6 +56,23 @@ pub fn app(state: AppState) -> Router {
                 .layer(trace)
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         )
+}
+
+/// Every route the API serves, each added with its `#[utoipa::path]` operation
+/// (utoipa-axum), so the OpenAPI document ([`crate::openapi::document`]) lists exactly
+/// these. Add a route here, never on the plain `Router` in [`app`].
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(jobs::submit))
+        .routes(routes!(jobs::submit_batch))
+        .routes(routes!(jobs::status))
+        .routes(routes!(jobs::replay))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::api))
+        .routes(routes!(crate::openapi::openapi_json))
 }
 
 async fn no_such_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {

@@ -16,6 +16,8 @@
 //! - [`state`]: what handlers share (broker, storage, limits).
 //! - [`config`]: the binary's command line.
 
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod app;
 pub mod auth;

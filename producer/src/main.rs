@@ -1,5 +1,7 @@
 //! `surge-producer` binary: parse flags, connect, serve until SIGTERM / Ctrl-C.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use clap::Parser;
 use surge_common::broker::BrokerKind;

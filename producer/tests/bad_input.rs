@@ -467,6 +467,10 @@ async fn the_corpus_on_the_memory_broker() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(surge_amqp),
+    ignore = "set SURGE_TEST_AMQP_URL to run (scripts/test.sh does)"
+)]
 async fn the_corpus_on_rabbitmq() {
     let Some(amqp) = testing::service(AMQP_URL_VAR, "RabbitMQ") else {
         return;

@@ -90,61 +90,109 @@ impl Fault {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_amqp, surge_postgres)),
+    ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn rabbitmq_survives_a_worker_sigkill() {
     serially(run(Backend::RabbitMq, Fault::WorkerKill));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_amqp, surge_postgres)),
+    ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn rabbitmq_survives_a_worker_sigterm() {
     serially(run(Backend::RabbitMq, Fault::WorkerTerm));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_amqp, surge_postgres)),
+    ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn rabbitmq_survives_an_ingress_sigterm() {
     serially(run(Backend::RabbitMq, Fault::IngressTerm));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_amqp, surge_postgres)),
+    ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn rabbitmq_survives_a_broker_restart() {
     serially(run(Backend::RabbitMq, Fault::BrokerRestart));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_amqp, surge_postgres)),
+    ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn rabbitmq_survives_a_database_restart() {
     serially(run(Backend::RabbitMq, Fault::DatabaseRestart));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_kafka, surge_postgres)),
+    ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn kafka_survives_a_worker_sigkill() {
     serially(run(Backend::Kafka, Fault::WorkerKill));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_kafka, surge_postgres)),
+    ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn kafka_survives_a_worker_sigterm() {
     serially(run(Backend::Kafka, Fault::WorkerTerm));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_kafka, surge_postgres)),
+    ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn kafka_survives_an_ingress_sigterm() {
     serially(run(Backend::Kafka, Fault::IngressTerm));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_kafka, surge_postgres)),
+    ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn kafka_survives_a_broker_restart() {
     serially(run(Backend::Kafka, Fault::BrokerRestart));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_kafka, surge_postgres)),
+    ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn kafka_survives_a_database_restart() {
     serially(run(Backend::Kafka, Fault::DatabaseRestart));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_amqp, surge_postgres)),
+    ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn rabbitmq_sheds_a_burst_beyond_the_backlog_bound() {
     serially(overload(Backend::RabbitMq));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(surge_kafka, surge_postgres)),
+    ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 fn kafka_sheds_a_burst_beyond_the_backlog_bound() {
     serially(overload(Backend::Kafka));
 }

@@ -268,6 +268,10 @@ async fn rabbit_and_postgres(limits: Limits) -> Option<(AppState, Arc<RabbitMqBr
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(all(surge_amqp, surge_postgres)),
+    ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 async fn bad_input_on_rabbitmq() {
     let Some((state, broker, _)) = rabbit_and_postgres(LIMITS).await else {
         return;
@@ -301,6 +305,10 @@ async fn wait_for_result(state: &AppState, id: &str) -> Value {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(all(surge_amqp, surge_postgres)),
+    ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 async fn a_job_is_persisted_exactly_once_and_202_means_the_broker_has_it() {
     let Some((state, broker, amqp)) = rabbit_and_postgres(Limits::default()).await else {
         return;

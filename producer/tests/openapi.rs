@@ -1,5 +1,6 @@
-//! `GET /openapi.json` matches the real router: every documented operation is routed, and
-//! every route the API serves is documented.
+//! `GET /openapi.json` matches the real router: every documented operation is routed,
+//! every route the API serves is documented, path ids are declared UUIDs, every job kind's
+//! request shape is described, and requests built from that description are accepted.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,11 +24,20 @@ async fn state() -> AppState {
 }
 
 async fn send(state: &AppState, method: Method, path: &str) -> (StatusCode, Value) {
+    send_body(state, method, path, &serde_json::json!({})).await
+}
+
+async fn send_body(
+    state: &AppState,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> (StatusCode, Value) {
     let request = Request::builder()
         .method(method)
         .uri(path)
         .header("content-type", "application/json")
-        .body(Body::from("{}"))
+        .body(Body::from(body.to_string()))
         .unwrap();
     let response = app(state.clone()).oneshot(request).await.unwrap();
     let status = response.status();
@@ -87,4 +97,166 @@ async fn the_document_and_the_router_agree() {
     // And an operation that does not exist is refused by the router, so the check above bites.
     let (status, _) = send(&state, Method::DELETE, "/jobs").await;
     assert!(status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND);
+}
+
+/// The document, fetched from the real router.
+async fn document(state: &AppState) -> Value {
+    let (status, doc) = send(state, Method::GET, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    doc
+}
+
+/// `schema` with a `$ref` to `#/components/schemas/…` followed.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("unexpected $ref {reference}"));
+            let target = &doc["components"]["schemas"][name];
+            assert!(!target.is_null(), "dangling $ref {reference}");
+            resolve(doc, target)
+        }
+        None => schema,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Edge {
+    /// Required fields only, every number at its minimum, strings at their shortest.
+    Least,
+    /// Every field, every number at its maximum, strings at their longest (in characters,
+    /// and 4-byte ones, so a byte limit on the server shows).
+    Most,
+}
+
+/// A value valid by `schema` (as far as the keywords this API uses go), at one edge.
+fn instance(doc: &Value, schema: &Value, edge: Edge) -> Value {
+    let schema = resolve(doc, schema);
+    if let Some(values) = schema["enum"].as_array() {
+        return values[0].clone();
+    }
+    match schema["type"].as_str() {
+        Some("integer") => match edge {
+            Edge::Least => schema["minimum"].clone(),
+            Edge::Most => schema["maximum"].clone(),
+        },
+        Some("string") => {
+            let length = match edge {
+                Edge::Least => schema["minLength"].as_u64().unwrap_or(0),
+                Edge::Most => schema["maxLength"].as_u64().unwrap_or(8),
+            };
+            Value::String("🦀".repeat(length as usize))
+        }
+        Some("object") => {
+            let required: Vec<&str> = schema["required"]
+                .as_array()
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let mut object = serde_json::Map::new();
+            for (name, property) in schema["properties"].as_object().into_iter().flatten() {
+                if matches!(edge, Edge::Most) || required.contains(&name.as_str()) {
+                    object.insert(name.clone(), instance(doc, property, edge));
+                }
+            }
+            Value::Object(object)
+        }
+        // No type: any JSON value.
+        None => match edge {
+            Edge::Least => Value::Null,
+            Edge::Most => serde_json::json!({"nested": [1, "two", null, {"three": 3.5}]}),
+        },
+        Some(other) => panic!("no generator for type {other}"),
+    }
+}
+
+#[tokio::test]
+async fn path_ids_are_declared_uuids() {
+    let state = state().await;
+    let doc = document(&state).await;
+    let mut checked = 0;
+    for (path, operations) in doc["paths"].as_object().expect("paths") {
+        if !path.contains("{id}") {
+            continue;
+        }
+        for (method, operation) in operations.as_object().unwrap() {
+            let id = operation["parameters"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == "id" && p["in"] == "path"))
+                .unwrap_or_else(|| panic!("{method} {path} does not declare its id"));
+            assert_eq!(id["schema"]["type"], "string", "{method} {path}: {id}");
+            assert_eq!(id["schema"]["format"], "uuid", "{method} {path}: {id}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2, "GET /jobs/{{id}} and POST /jobs/{{id}}/replay");
+    // What the format rules out is what the server refuses.
+    let (status, body) = send(&state, Method::GET, "/jobs/not-a-uuid").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn every_kind_is_described_and_requests_valid_by_the_document_are_accepted() {
+    let state = state().await;
+    let doc = document(&state).await;
+    let body =
+        &doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    let request = resolve(&doc, body);
+    assert_eq!(
+        request["discriminator"]["propertyName"], "kind",
+        "the job request is not discriminated by kind: {request}"
+    );
+    let variants = request["oneOf"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the job request is not a oneOf per kind: {request}"));
+
+    let mut described = BTreeSet::new();
+    let mut batch = Vec::new();
+    for variant in variants {
+        let schema = resolve(&doc, variant);
+        let kinds = schema["properties"]["kind"]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a variant without a single kind: {schema}"));
+        assert_eq!(kinds.len(), 1, "{schema}");
+        let kind = kinds[0].as_str().unwrap().to_owned();
+        assert!(described.insert(kind.clone()), "{kind} described twice");
+        // The discriminator's mapping points this kind at this variant.
+        assert_eq!(
+            request["discriminator"]["mapping"][&kind], variant["$ref"],
+            "{kind}"
+        );
+        assert!(
+            !schema["properties"]["payload"].is_null(),
+            "{kind} does not describe its payload: {schema}"
+        );
+
+        let mut requests: Vec<Value> = schema["examples"].as_array().cloned().unwrap_or_default();
+        assert!(!requests.is_empty(), "{kind} has no example");
+        requests.push(instance(&doc, schema, Edge::Least));
+        requests.push(instance(&doc, schema, Edge::Most));
+        for request in requests {
+            assert_eq!(request["kind"], kind, "{request}");
+            let (status, answer) = send_body(&state, Method::POST, "/jobs", &request).await;
+            assert_eq!(
+                status,
+                StatusCode::ACCEPTED,
+                "{request} is valid by the document but was refused: {answer}"
+            );
+            batch.push(request);
+        }
+    }
+    let kinds: BTreeSet<String> = surge_common::job::JobKind::ALL
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .collect();
+    assert_eq!(described, kinds, "every built-in kind, and only those");
+
+    // The batch endpoint takes an array of the same.
+    let batch_schema = &doc["paths"]["/jobs/batch"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"];
+    assert_eq!(batch_schema["type"], "array", "{batch_schema}");
+    assert_eq!(batch_schema["items"], *body, "{batch_schema}");
+    let (status, answer) =
+        send_body(&state, Method::POST, "/jobs/batch", &Value::Array(batch)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
 }

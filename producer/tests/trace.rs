@@ -115,6 +115,10 @@ async fn one_trace_end_to_end(broker: Arc<dyn Broker>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(surge_amqp),
+    ignore = "set SURGE_TEST_AMQP_URL to run (scripts/test.sh does)"
+)]
 async fn one_trace_on_rabbitmq() {
     let Some(amqp) = testing::service(AMQP_URL_VAR, "RabbitMQ") else {
         return;
@@ -126,6 +130,10 @@ async fn one_trace_on_rabbitmq() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(surge_kafka),
+    ignore = "set SURGE_TEST_KAFKA_BROKERS to run (scripts/test.sh does)"
+)]
 async fn one_trace_on_kafka() {
     let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka (e.g. Tansu)") else {
         return;

@@ -12,6 +12,8 @@
 //! Many worker processes may consume one queue or consumer group; results are keyed by job
 //! id, so a job redelivered to a second worker never produces a second row.
 
+#![forbid(unsafe_code)]
+
 pub mod autoscale;
 pub mod config;
 pub mod handlers;

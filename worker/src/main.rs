@@ -1,5 +1,7 @@
 //! `surge-worker` binary: parse flags, connect, run until SIGTERM / Ctrl-C.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use clap::Parser;
 use surge_common::broker::BrokerKind;

@@ -110,11 +110,19 @@ async fn three_workers_share_the_topic(kill_one: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(surge_kafka, surge_postgres)),
+    ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 async fn three_workers_split_5000_jobs_over_6_partitions() {
     three_workers_share_the_topic(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(surge_kafka, surge_postgres)),
+    ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 async fn a_sigkilled_worker_loses_nothing() {
     three_workers_share_the_topic(true).await;
 }
@@ -123,6 +131,10 @@ async fn a_sigkilled_worker_loses_nothing() {
 /// half away a moment later, while it runs jobs. Its revoke must wait for those jobs and
 /// commit them, so the new owner does not run them again (`deliveries` = 1 for all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(surge_kafka, surge_postgres)),
+    ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 async fn a_rebalance_does_not_rerun_in_flight_jobs() {
     const JOBS_PER_ROUND: usize = 60;
     let Some((brokers, database, storage)) = kafka_and_database().await else {

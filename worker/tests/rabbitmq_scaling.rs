@@ -16,6 +16,10 @@ use surge_common::testing::{self, AMQP_URL_VAR, POSTGRES_URL_VAR};
 const JOBS: usize = 1200;
 
 #[tokio::test]
+#[cfg_attr(
+    not(all(surge_amqp, surge_postgres)),
+    ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 async fn two_worker_processes_split_a_batch_exactly_once() {
     let Some(amqp) = testing::service(AMQP_URL_VAR, "RabbitMQ") else {
         return;

@@ -11,6 +11,8 @@
 //! to this binary, else this binary's `__ingress` / `__worker` roles); `__null` is the
 //! HTTP ceiling's do-nothing server.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,8 @@
 //! tasks in this process). `--broker rabbitmq` / `--broker kafka` run the same burst
 //! through the real broker, on a queue / topic of its own for this run.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

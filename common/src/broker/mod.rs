@@ -5,10 +5,21 @@
 //! [`Delivery`] is settled exactly once — [`Delivery::ack`], [`Delivery::retry`] or
 //! [`Delivery::dead_letter`] take `self`, so settling twice does not compile — and a
 //! delivery dropped unsettled is released back to the broker for redelivery.
+//!
+//! Backends: [`memory`] is always there; [`rabbitmq`] and [`kafka`] are each one folder
+//! behind the cargo feature of the same name (both on by default), so a build that needs
+//! only one does not compile the other's client library. [`factory`] picks one at
+//! start-up; see it for how to add a backend.
 
+mod factory;
+#[cfg(feature = "kafka")]
+#[allow(unsafe_code)] // One block in `kafka/consumer.rs` (group generation); see lib.rs.
 pub mod kafka;
 pub mod memory;
+#[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+
+pub use factory::{connect, BrokerKind};
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -174,17 +185,6 @@ impl Drop for Delivery {
     }
 }
 
-/// Which backend to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BrokerKind {
-    /// In-process queue: fast, not durable, single process only.
-    Memory,
-    /// RabbitMQ over AMQP 0.9.1 (lapin).
-    Rabbitmq,
-    /// Apache Kafka or a Kafka-protocol broker (rdkafka).
-    Kafka,
-}
-
 /// Message header names shared by the backends.
 pub mod headers {
     /// The attempt number (1-based) of this delivery.
@@ -197,20 +197,4 @@ pub mod headers {
     pub const JOB_KIND: &str = "x-surge-job-kind";
     /// W3C trace context (also inside the job body, which is what the worker reads).
     pub const TRACEPARENT: &str = "traceparent";
-}
-
-/// Connects the backend `args` names. For `memory`, a fresh in-process queue.
-pub async fn connect(
-    args: &crate::config::BrokerArgs,
-) -> Result<std::sync::Arc<dyn Broker>, BrokerError> {
-    Ok(match args.broker {
-        BrokerKind::Memory => std::sync::Arc::new(memory::MemoryBroker::new()),
-        BrokerKind::Rabbitmq => std::sync::Arc::new(
-            rabbitmq::RabbitMqBroker::connect(&args.amqp_url, &args.queue).await?,
-        ),
-        BrokerKind::Kafka => std::sync::Arc::new(
-            kafka::KafkaBroker::connect(&args.kafka_brokers, &args.queue, args.kafka_partitions)
-                .await?,
-        ),
-    })
 }

@@ -332,7 +332,7 @@ fn record_accepted(state: &AppState, jobs: &[Job], publish_time: std::time::Dura
 
 /// `GET /jobs/{id}`: where a job is in its life.
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "The job id returned by POST /jobs")),
+    params(("id" = uuid::Uuid, Path, description = "The job id returned by POST /jobs")),
     responses(
         (status = 200, description = "status: queued | running | retrying (with attempt and last error) | succeeded (with result) | dead (with error)",
             content_type = "application/json"),
@@ -364,7 +364,7 @@ pub async fn status(
 
 /// `POST /jobs/{id}/replay`: publish a dead job again, as a fresh first attempt.
 #[utoipa::path(post, path = "/jobs/{id}/replay", tag = "jobs",
-    params(("id" = String, Path, description = "A dead job's id")),
+    params(("id" = uuid::Uuid, Path, description = "A dead job's id")),
     responses(
         (status = 202, description = "Published again; its status is queued", body = Accepted),
         (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),

@@ -1,0 +1,149 @@
+//! RabbitMQ backend (lapin), compiled with the `rabbitmq` cargo feature.
+//!
+//! Topology, declared on every (re)connect, for a queue named `Q`:
+//! - `Q`: durable; rejected messages dead-letter to `Q.dead`.
+//! - `Q.retry`: durable holding queue; a retried job waits here with a per-message TTL and
+//!   then dead-letters back into `Q` (RabbitMQ's delay-queue idiom, no plugin needed).
+//!   Classic queues expire messages at the head only, so a long delay ahead of a short one
+//!   can postpone it: retries may come late, never early.
+//! - `Q.dead`: durable dead letters, with the reason in the `x-surge-dead-reason` header.
+//!
+//! Publishing: persistent messages on a channel in confirm mode, shared by all callers.
+//! A call sends all its messages first and then awaits their confirms, so concurrent
+//! requests keep many publishes in flight on the one channel. `Ok` means every message was
+//! confirmed (and, being `mandatory`, routed to a queue).
+//!
+//! Consuming: a channel per consumer with `basic_qos(prefetch)`, manual acks. Retry and
+//! dead-letter publish the job to the holding queue, await the confirm, then ack the
+//! original: a crash between the two yields a duplicate, never a loss.
+//!
+//! The pieces:
+//! - `connection`: URL parsing, the shared publishing channel, reconnect with backoff.
+//! - `topology`: declaring, measuring and deleting the three queues.
+//! - `publish`: confirmed publishing and the Surge headers.
+//! - `consumer`: the delivery stream and how each delivery is settled.
+
+mod connection;
+mod consumer;
+mod publish;
+mod topology;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use lapin::uri::AMQPUri;
+use tokio::sync::Mutex;
+
+use super::{
+    headers, Broker, BrokerError, BrokerStats, ConsumeOptions, Deliveries, Delivery, Settle,
+};
+use crate::config::redact_url;
+use crate::job::Job;
+
+pub use connection::DEFAULT_FRAME_MAX;
+
+/// State shared by the broker's clones and its deliveries.
+struct Inner {
+    url: String,
+    uri: AMQPUri,
+    queue: String,
+    retry_queue: String,
+    dead_queue: String,
+    link: Mutex<Option<connection::Link>>,
+}
+
+/// The RabbitMQ broker. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct RabbitMqBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RabbitMqBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitMqBroker")
+            .field("url", &redact_url(&self.inner.url))
+            .field("queue", &self.inner.queue)
+            .finish()
+    }
+}
+
+impl RabbitMqBroker {
+    /// Connects to `url` and declares the topology for `queue`.
+    pub async fn connect(url: &str, queue: &str) -> Result<Self, BrokerError> {
+        if queue.is_empty() || queue.len() > 200 {
+            return Err(BrokerError::Config(
+                "queue name must be 1 to 200 bytes".into(),
+            ));
+        }
+        let broker = RabbitMqBroker {
+            inner: Arc::new(Inner {
+                url: url.to_owned(),
+                uri: connection::connection_uri(url)?,
+                queue: queue.to_owned(),
+                retry_queue: format!("{queue}.retry"),
+                dead_queue: format!("{queue}.dead"),
+                link: Mutex::new(None),
+            }),
+        };
+        broker.inner.link().await?;
+        Ok(broker)
+    }
+
+    /// The main queue's name.
+    pub fn queue(&self) -> &str {
+        &self.inner.queue
+    }
+}
+
+#[async_trait]
+impl Broker for RabbitMqBroker {
+    async fn publish(&self, jobs: &[Job]) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        inner
+            .publish_to(
+                &inner.queue,
+                jobs,
+                |job| publish::attempt_headers(job, 1),
+                None,
+            )
+            .await
+    }
+
+    async fn consume(&self, options: ConsumeOptions) -> Result<Deliveries, BrokerError> {
+        consumer::consume(self.inner.clone(), options).await
+    }
+
+    async fn stats(&self) -> Result<BrokerStats, BrokerError> {
+        let link = self.inner.link().await?;
+        // A fresh channel: a passive declare of a missing queue closes its channel.
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(connection::unavailable)?;
+        let (backlog, consumers) = self.inner.queue_depth(&channel, &self.inner.queue).await?;
+        let (dead, _) = self
+            .inner
+            .queue_depth(&channel, &self.inner.dead_queue)
+            .await?;
+        let _ = channel.close(200, "stats done".into()).await;
+        Ok(BrokerStats {
+            backlog: Some(backlog),
+            in_flight: None,
+            dead_letters: Some(dead),
+            consumers: Some(consumers),
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        self.inner.close().await
+    }
+
+    async fn delete_topology(&self) -> Result<(), BrokerError> {
+        self.inner.delete_queues().await
+    }
+}

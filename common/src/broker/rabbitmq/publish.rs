@@ -1,0 +1,92 @@
+//! Publishing with publisher confirms, and the Surge headers every message carries.
+
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+
+use super::connection::unavailable;
+use super::topology::text;
+use super::{headers, BrokerError, Inner};
+use crate::job::Job;
+
+/// Persistent delivery mode (survives a broker restart on a durable queue).
+const PERSISTENT: u8 = 2;
+
+impl Inner {
+    /// Publishes `jobs` to `routing_key` and waits for every confirm.
+    pub(super) async fn publish_to(
+        &self,
+        routing_key: &str,
+        jobs: &[Job],
+        headers: impl Fn(&Job) -> FieldTable,
+        expiration: Option<Duration>,
+    ) -> Result<(), BrokerError> {
+        let link = self.link().await?;
+        let mut confirms = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let mut properties = BasicProperties::default()
+                .with_delivery_mode(PERSISTENT)
+                .with_content_type("application/json".into())
+                .with_message_id(job.id.to_string().into())
+                .with_headers(headers(job));
+            if let Some(ttl) = expiration {
+                properties = properties.with_expiration(ttl.as_millis().to_string().into());
+            }
+            let confirm = link
+                .publisher
+                .basic_publish(
+                    "".into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &job.encode(),
+                    properties,
+                )
+                .await
+                .map_err(unavailable)?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            let confirmation = confirm.await.map_err(unavailable)?;
+            if confirmation.is_nack() {
+                return Err(BrokerError::Rejected("broker nacked the message".into()));
+            }
+            if let Some(returned) = confirmation.take_message() {
+                return Err(BrokerError::Rejected(format!(
+                    "message unroutable: {}",
+                    returned.reply_text
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The headers of `job`'s message for delivery attempt `attempt`.
+pub(super) fn attempt_headers(job: &Job, attempt: u32) -> FieldTable {
+    let mut table = FieldTable::default();
+    table.insert(headers::ATTEMPT.into(), AMQPValue::LongUInt(attempt));
+    table.insert(headers::JOB_ID.into(), text(&job.id.to_string()));
+    table.insert(headers::JOB_KIND.into(), text(job.kind.as_str()));
+    if let Some(traceparent) = &job.traceparent {
+        table.insert(headers::TRACEPARENT.into(), text(traceparent));
+    }
+    table
+}
+
+/// Header `name` as a `u32`, whichever integer type the sender used.
+pub(super) fn header_u32(properties: &BasicProperties, name: &str) -> Option<u32> {
+    let table = properties.headers().as_ref()?;
+    let key: ShortString = name.into();
+    match table.inner().get(&key)? {
+        AMQPValue::LongUInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => u32::try_from(*v).ok(),
+        AMQPValue::LongLongInt(v) => u32::try_from(*v).ok(),
+        AMQPValue::ShortUInt(v) => Some(u32::from(*v)),
+        _ => None,
+    }
+}
