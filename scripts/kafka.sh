@@ -245,6 +245,8 @@ start() {
 signal_node() {
     local signal=$1 pid
     if ! pid=$(running_pid); then
+        # Stopping what is not running is fine; a fault test asking to kill it is not.
+        [[ "$signal" == KILL ]] && die "no Kafka node $NODE started by this script runs (no live pid in $PID_FILE)"
         say "Kafka node $NODE is not running (no live pid in $PID_FILE)"
         return 0
     fi
