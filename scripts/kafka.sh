@@ -215,7 +215,8 @@ start() {
         format_storage
         [[ -f "$LOG" ]] && mv -f "$LOG" "$LOG.1"
         say "starting Apache Kafka $VERSION node $NODE on $HOST:$PORT (controller $CONTROLLER_PORT, log $LOG)"
-        # setsid: the broker outlives the shell (and the test) that started it.
+        # setsid: the broker outlives the shell (and the test) that started it; it must not
+        # inherit the lock descriptors, or it would hold the start lock while it runs.
         setsid nohup java \
             -Xms64m -Xmx"$HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
             -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
@@ -223,7 +224,7 @@ start() {
             -Dlog4j2.configurationFile="$LOG4J" \
             -Dkafka.logs.dir="$NODE_DIR" \
             -cp "$LIBS/*" kafka.Kafka "$CONFIG" \
-            >"$LOG" 2>&1 </dev/null &
+            >"$LOG" 2>&1 </dev/null 8>&- 9>&- &
         pid=$!
         echo "$pid" >"$PID_FILE"
     fi
