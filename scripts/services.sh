@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests need run on this machine: PostgreSQL and RabbitMQ
-# (installed from Debian's packages when missing) and Tansu, a Kafka-protocol broker
-# (scripts/tansu.sh builds it once from crates.io when missing). Idempotent: harmless when
-# everything already runs. Only loopback addresses are used.
+# (installed from Debian's packages when missing) and Apache Kafka (scripts/kafka.sh fetches
+# its jars once from Maven Central; Java 17 and Maven are installed here when missing).
+# Idempotent: harmless when everything already runs. Only loopback addresses are used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,7 +65,11 @@ rabbitmqctl -q start_app >/dev/null 2>&1 || true
 # --- Headless Chromium (the dashboard's browser test) -----------------------------------
 bash scripts/chromium.sh
 
-# --- Kafka protocol (Tansu) -----------------------------------------------------------
-bash scripts/tansu.sh
+# --- Apache Kafka (KRaft, single node) ------------------------------------------------
+if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+  log "installing Java 17 and Maven (Kafka's jars come from Maven Central)"
+  apt_install openjdk-17-jre-headless maven
+fi
+bash scripts/kafka.sh
 
-log "PostgreSQL, RabbitMQ, Tansu and Chromium are ready"
+log "PostgreSQL, RabbitMQ, Apache Kafka and Chromium are ready"

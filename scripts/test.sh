@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: start the services, check formatting and lints,
-# then run every test against real PostgreSQL, RabbitMQ and Kafka (Tansu).
+# then run every test against real PostgreSQL, RabbitMQ and Apache Kafka.
 #
 # With CI=true a test whose service is missing fails; without CI it skips loudly. This
 # script sets the service variables itself, so run this way nothing is skipped.

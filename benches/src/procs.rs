@@ -64,20 +64,30 @@ pub fn reset_peak(pid: &str) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
-/// The services whose CPU the reports include, by process name (`comm`): RabbitMQ's
-/// Erlang VM, Tansu (the Kafka-protocol broker) and every PostgreSQL process.
-const SERVICES: [(&str, &str); 3] = [
-    ("beam.smp", "rabbitmq-server"),
-    ("tansu", "kafka-server"),
-    ("postgres", "postgres"),
+/// The services whose CPU the reports include, by process name (`comm`) and, when given,
+/// a word of the command line: RabbitMQ's Erlang VM, Apache Kafka (the JVM running
+/// `kafka.Kafka`) and every PostgreSQL process.
+const SERVICES: [(&str, Option<&str>, &str); 3] = [
+    ("beam.smp", None, "rabbitmq-server"),
+    ("java", Some("kafka.Kafka"), "kafka-server"),
+    ("postgres", None, "postgres"),
 ];
+
+/// Whether process `pid` (named `comm`) is the service `(name, word, _)`.
+fn is_service(pid: u32, comm: &str, (name, word, _): &(&str, Option<&str>, &str)) -> bool {
+    comm == *name
+        && word.is_none_or(|word| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == word.as_bytes()))
+        })
+}
 
 /// CPU seconds used so far by each service's processes on this machine (summed over all
 /// processes of that name — other users of the same services count too).
 pub fn service_cpu() -> std::collections::BTreeMap<String, f64> {
     let mut out: std::collections::BTreeMap<String, f64> = SERVICES
         .iter()
-        .map(|(_, role)| ((*role).to_owned(), 0.0))
+        .map(|(_, _, role)| ((*role).to_owned(), 0.0))
         .collect();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -90,7 +100,7 @@ pub fn service_cpu() -> std::collections::BTreeMap<String, f64> {
         let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
             continue;
         };
-        if let Some((_, role)) = SERVICES.iter().find(|(c, _)| *c == comm.trim()) {
+        if let Some((_, _, role)) = SERVICES.iter().find(|s| is_service(pid, comm.trim(), s)) {
             if let Some(cpu) = cpu_seconds(pid) {
                 *out.entry((*role).to_owned()).or_default() += cpu;
             }

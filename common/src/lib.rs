@@ -17,10 +17,7 @@
 //! - [`trace`]: W3C `traceparent` carried from the request to the worker.
 //! - [`testing`]: how tests find real services (and fail in CI when one is missing).
 
-// `deny`, not yet `forbid`: the Kafka consumer still reads the group generation through
-// librdkafka's C API in one `unsafe` block, allowed on `broker::kafka` only. Once that
-// block is gone this becomes `#![forbid(unsafe_code)]` like the other crates.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod broker;
 pub mod clock;

@@ -64,7 +64,7 @@ impl Fixture {
                 (url, Arc::new(broker), None)
             }
             Backend::Kafka => {
-                let brokers = service(KAFKA_BROKERS_VAR, "a Kafka broker (scripts/tansu.sh)")?;
+                let brokers = service(KAFKA_BROKERS_VAR, "a Kafka broker (scripts/kafka.sh)")?;
                 let broker = KafkaBroker::connect(&brokers, &queue, KAFKA_PARTITIONS)
                     .await
                     .expect("connect to Kafka");
@@ -335,6 +335,15 @@ mod bodies {
         }
     }
 
+    /// stats() counts the consumers attached: one while a stream is open, none once it is
+    /// dropped (on Kafka: once its member has left the group).
+    pub async fn stats_count_consumers(fx: Arc<Fixture>) {
+        let stream = consume(&*fx.broker, &unique_name("group"), 8).await;
+        await_stats(&*fx.broker, "one consumer", |s| s.consumers == Some(1)).await;
+        drop(stream);
+        await_stats(&*fx.broker, "no consumer", |s| s.consumers == Some(0)).await;
+    }
+
     /// Many tasks publishing at once: every job is delivered, exactly once.
     pub async fn concurrent_publishers(fx: Arc<Fixture>) {
         const TASKS: usize = 8;
@@ -430,6 +439,12 @@ macro_rules! suite {
             $(#[$attr])*
             async fn redelivery_after_consumer_dies() {
                 run($backend, bodies::redelivery_after_consumer_dies).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn stats_count_consumers() {
+                run($backend, bodies::stats_count_consumers).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,12 @@
 //! The fault suite: real processes (`surge-producer`, two `surge-worker`s), real brokers
-//! (RabbitMQ, Kafka/Tansu) and real PostgreSQL, with clients posting jobs continuously
+//! (RabbitMQ, Apache Kafka) and real PostgreSQL, with clients posting jobs continuously
 //! while a fault hits:
 //!
 //! - a worker SIGKILLed (and replaced),
 //! - a worker SIGTERMed (it drains; replaced),
 //! - the ingress SIGTERMed mid-burst (it drains; restarted on the same port),
-//! - the broker restarted (`rabbitmqctl stop_app`/`start_app`; Tansu killed and restarted
-//!   on its SQLite storage),
+//! - the broker restarted (`rabbitmqctl stop_app`/`start_app`; Kafka SIGKILLed and
+//!   restarted on its log directory by `scripts/kafka.sh`),
 //! - PostgreSQL restarted.
 //!
 //! Each run needs at least [`DURING_FAULT`] jobs accepted from the moment the fault starts,
@@ -83,7 +83,7 @@ impl Fault {
             (Fault::WorkerTerm, _) => "worker SIGTERM",
             (Fault::IngressTerm, _) => "ingress SIGTERM",
             (Fault::BrokerRestart, Backend::RabbitMq) => "rabbitmqctl stop_app/start_app",
-            (Fault::BrokerRestart, Backend::Kafka) => "Tansu SIGKILL + restart",
+            (Fault::BrokerRestart, Backend::Kafka) => "Kafka SIGKILL + restart",
             (Fault::DatabaseRestart, _) => "PostgreSQL restart",
         }
     }
@@ -385,9 +385,10 @@ async fn inject(fault: Fault, stack: &mut Stack, load: &Load, at_fault: usize) {
                     run_command("rabbitmqctl", &["await_startup"]).await;
                 }
                 Backend::Kafka => {
-                    kill_tansu(&stack.broker_args[3]).await;
+                    kill_kafka(&stack.broker_args[3]).await;
+                    // The outage itself: clients keep posting into it.
                     tokio::time::sleep(Duration::from_secs(3)).await;
-                    run_command("bash", &[&scripts_dir().join("tansu.sh").to_string_lossy()]).await;
+                    run_command("bash", &[&scripts_dir().join("kafka.sh").to_string_lossy()]).await;
                 }
             }
             stack.wait_ready().await;
@@ -441,7 +442,7 @@ impl Stack {
                 ]
             }
             Backend::Kafka => {
-                let brokers = testing::service(KAFKA_BROKERS_VAR, "Kafka (Tansu)")?;
+                let brokers = testing::service(KAFKA_BROKERS_VAR, "Kafka (scripts/kafka.sh)")?;
                 vec![
                     "--broker".into(),
                     "kafka".into(),
@@ -802,30 +803,14 @@ fn postgres_cluster_version() -> String {
     versions.pop().expect("a PostgreSQL cluster version")
 }
 
-/// SIGKILLs the Tansu broker that `scripts/tansu.sh` started (its pid file) and waits
-/// until its port is closed.
-async fn kill_tansu(brokers: &str) {
-    let state = std::env::var("SURGE_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".local/state/surge")
-        });
-    let pid_file = state.join("tansu/tansu.pid");
-    let pid = std::fs::read_to_string(&pid_file).unwrap_or_else(|e| {
-        panic!(
-            "{} (Tansu started by scripts/tansu.sh): {e}",
-            pid_file.display()
-        )
-    });
-    let pid = pid.trim();
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", pid])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -KILL {pid} (Tansu)");
+/// SIGKILLs the Kafka broker that `scripts/kafka.sh` started (`kafka.sh kill` waits until
+/// the process is gone) and checks that its port is closed.
+async fn kill_kafka(brokers: &str) {
+    let script = scripts_dir().join("kafka.sh");
+    run_command("bash", &[&script.to_string_lossy(), "kill"]).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while tokio::net::TcpStream::connect(brokers).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "Tansu did not die");
+        assert!(tokio::time::Instant::now() < deadline, "Kafka did not die");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

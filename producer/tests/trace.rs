@@ -135,7 +135,7 @@ async fn one_trace_on_rabbitmq() {
     ignore = "set SURGE_TEST_KAFKA_BROKERS to run (scripts/test.sh does)"
 )]
 async fn one_trace_on_kafka() {
-    let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka (e.g. Tansu)") else {
+    let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka (scripts/kafka.sh)") else {
         return;
     };
     let broker = KafkaBroker::connect(&brokers, &testing::unique_name("trace"), 3)

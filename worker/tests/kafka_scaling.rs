@@ -22,7 +22,7 @@ const PARTITIONS: i32 = 6;
 /// The Kafka brokers, a fresh PostgreSQL database's URL and its storage; `None` (the test
 /// skips, loudly) when a service is not configured outside CI, a failure under CI.
 async fn kafka_and_database() -> Option<(String, String, Storage)> {
-    let brokers = testing::service(KAFKA_BROKERS_VAR, "Kafka (e.g. Tansu)")?;
+    let brokers = testing::service(KAFKA_BROKERS_VAR, "Kafka (scripts/kafka.sh)")?;
     let postgres = testing::service(POSTGRES_URL_VAR, "PostgreSQL")?;
     let database = testing::fresh_postgres_database(&postgres).await.unwrap();
     let storage = Storage::connect(&database).await.unwrap();
@@ -107,6 +107,7 @@ async fn three_workers_share_the_topic(kill_one: bool) {
     for worker in &mut workers {
         let _ = worker.kill().await;
     }
+    broker.delete_topology().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,5 +164,6 @@ async fn a_rebalance_does_not_rerun_in_flight_jobs() {
         );
         first.kill().await.unwrap();
         second.kill().await.unwrap();
+        broker.delete_topology().await.unwrap();
     }
 }

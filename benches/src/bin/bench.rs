@@ -492,7 +492,7 @@ fn notes(sizes: &Sizes) -> Vec<String> {
          /proc utime+stime over the step (workers summed), peak RSS their VmHWM (reset with \
          clear_refs before each step; workers: the largest). `bench` = a broker or database \
          ceiling measured in a child process of its own (getrusage, VmHWM). The servers' CPU \
-         (`rabbitmq-server` = beam.smp, `kafka-server` = Tansu, `postgres` = all its \
+         (`rabbitmq-server` = beam.smp, `kafka-server` = the Kafka JVM, `postgres` = all its \
          processes) is included; other users of those servers on the machine count too."
             .into(),
         "Memory broker: the workers run inside the ingress process (as surge-producer does), \

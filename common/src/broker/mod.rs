@@ -13,7 +13,6 @@
 
 mod factory;
 #[cfg(feature = "kafka")]
-#[allow(unsafe_code)] // One block in `kafka/consumer.rs` (group generation); see lib.rs.
 pub mod kafka;
 pub mod memory;
 #[cfg(feature = "rabbitmq")]

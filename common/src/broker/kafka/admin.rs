@@ -1,4 +1,5 @@
-//! Topic creation at connect, and the numbers behind [`Broker::stats`](crate::broker::Broker::stats).
+//! Topic creation at connect and deletion for tests, and the numbers behind
+//! [`Broker::stats`](crate::broker::Broker::stats).
 //!
 //! Every query here is a blocking librdkafka call with its own timeout, run on the blocking
 //! pool; `stats` additionally bounds the whole round at [`STATS_TIMEOUT`] so `/readyz` never
@@ -59,9 +60,7 @@ pub(super) async fn ensure_topics(
     let probe = topics.main.clone();
     blocking(move || client.client().fetch_metadata(Some(&probe), SETUP_TIMEOUT)).await?;
 
-    let admin: AdminClient<TracingContext> = base_config(bootstrap, "surge-admin")
-        .create_with_context(TracingContext)
-        .map_err(|e| broker_error(&e))?;
+    let admin = admin_client(bootstrap)?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .all()
         .into_iter()
@@ -89,6 +88,45 @@ pub(super) async fn ensure_topics(
                     code,
                     false,
                     format!("creating topic {name}: {code}"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An admin client on `bootstrap`.
+fn admin_client(bootstrap: &str) -> Result<AdminClient<TracingContext>, BrokerError> {
+    base_config(bootstrap, "surge-admin")
+        .create_with_context(TracingContext)
+        .map_err(|e| broker_error(&e))
+}
+
+/// Deletes the three topics (those already gone are fine). Kafka finishes the deletion in
+/// the background; consumers still subscribed log that their topics vanished.
+pub(super) async fn delete_topics(bootstrap: &str, topics: &Topics) -> Result<(), BrokerError> {
+    let admin = admin_client(bootstrap)?;
+    let options = AdminOptions::new()
+        .request_timeout(Some(ADMIN_TIMEOUT))
+        .operation_timeout(Some(ADMIN_TIMEOUT));
+    let outcome = tokio::time::timeout(
+        ADMIN_TIMEOUT + QUERY_TIMEOUT,
+        admin.delete_topics(&topics.all(), &options),
+    )
+    .await;
+    drop(tokio::task::spawn_blocking(move || drop(admin)));
+    let results = outcome
+        .map_err(|_| BrokerError::Unavailable("timed out deleting kafka topics".into()))?
+        .map_err(|e| broker_error(&e))?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "kafka topic deleted"),
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((name, code)) => {
+                return Err(code_error(
+                    code,
+                    false,
+                    format!("deleting topic {name}: {code}"),
                 ))
             }
         }
@@ -212,7 +250,7 @@ impl StatsSource {
         };
         let topics = self.topics.clone();
         let counts = self.counts;
-        let query = blocking(move || query(&client, &topics, counts));
+        let query = blocking(move || query(&client, &group, &topics, counts));
         let remaining = STATS_TIMEOUT.saturating_sub(started.elapsed());
         let stats = tokio::time::timeout(remaining, query)
             .await
@@ -258,10 +296,11 @@ fn list_offsets(
     Ok(out)
 }
 
-/// The blocking part of `stats()`: three round trips (committed offsets, low and high
-/// watermarks of every partition).
+/// The blocking part of `stats()`: four round trips (committed offsets, low and high
+/// watermarks of every partition, the group's members).
 fn query(
     client: &BaseConsumer<TracingContext>,
+    group: &str,
     topics: &Topics,
     counts: PartitionCounts,
 ) -> Result<BrokerStats, KafkaError> {
@@ -290,12 +329,19 @@ fn query(
     let dead = (0..counts.dead)
         .map(|p| span(&(topics.dead.clone(), p), None))
         .sum();
+    // DescribeGroups: a group that does not exist (yet) answers with no members.
+    let members = client.fetch_group_list(Some(group), QUERY_TIMEOUT)?;
+    let consumers = members
+        .groups()
+        .iter()
+        .filter(|g| g.name() == group)
+        .map(|g| g.members().len() as u64)
+        .sum();
     Ok(BrokerStats {
         backlog: Some(backlog),
+        // Kafka only knows committed offsets, not what a member holds unsettled.
         in_flight: None,
         dead_letters: Some(dead),
-        // Group membership would need DescribeGroups, which Tansu's SQLite engine cannot
-        // answer (it fails to decode its own group record); left unknown.
-        consumers: None,
+        consumers: Some(consumers),
     })
 }

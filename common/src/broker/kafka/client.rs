@@ -12,9 +12,8 @@ use crate::broker::BrokerError;
 
 /// Longest a `stats()` query (offsets, watermarks) may take before the broker counts as down.
 pub(super) const QUERY_TIMEOUT: Duration = Duration::from_millis(1500);
-/// Longest a set-up query (connect, consume) may take. Generous: Tansu's SQLite engine
-/// serves every request through one storage task, so under a produce burst a metadata
-/// request can wait seconds.
+/// Longest a set-up query (connect, consume) may take. Generous: on a loaded machine a
+/// broker that just started (or took over a partition) can take seconds to answer.
 pub(super) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A configuration naming `bootstrap`, with the settings all our clients share.
@@ -26,7 +25,7 @@ pub(super) fn base_config(bootstrap: &str, client_id: &str) -> ClientConfig {
         // Fail fast on an unreachable broker instead of the 30 s / 60 s defaults.
         .set("socket.connection.setup.timeout.ms", "5000")
         .set("socket.timeout.ms", "10000")
-        // Bootstrap lists are loopback / hostnames; IPv4 keeps Tansu's listener reachable.
+        // Test and compose brokers listen on IPv4 only; `localhost` may resolve to ::1 first.
         .set("broker.address.family", "v4")
         .set_log_level(RDKafkaLogLevel::Warning);
     config

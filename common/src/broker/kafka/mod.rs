@@ -1,8 +1,9 @@
-//! Kafka backend (rdkafka with a bundled librdkafka), tested against Tansu.
+//! Kafka backend (rdkafka with a bundled librdkafka), tested against Apache Kafka 4
+//! (`scripts/kafka.sh`).
 //!
 //! Topology for a topic `T`, created explicitly at connect with the admin client
-//! (`partitions` partitions, replication 1; "already exists" is fine — Tansu, like a
-//! locked-down Kafka, does not auto-create topics):
+//! (`partitions` partitions, replication 1; "already exists" is fine — Surge does not rely
+//! on auto-creation, which locked-down clusters and the test broker disable):
 //! - `T`: jobs, keyed by [`Job::partition_key`], headers `x-surge-attempt`, job id and kind.
 //! - `T.retry`: retried jobs, with an `x-surge-not-before-ms` header; consumed by the same
 //!   group as `T`.
@@ -28,12 +29,9 @@
 //!     everything unsettled is forgotten (its settles become no-ops); the new owner
 //!     re-reads from the committed offset. Duplicates are harmless: results are keyed by
 //!     job id.
-//!   - *forced rejoin*: an assignment in the same group generation as the previous one
-//!     means the coordinator did not really rebalance (Tansu 0.6 after evicting a dead
-//!     member on a heartbeat); the consumer then unsubscribes (LeaveGroup) and subscribes
-//!     again, which starts a new generation so the dead member's partitions get an owner.
 //! - `offsets`: the per-partition watermark tracker.
-//! - `admin`: topic creation and the lag / dead-letter counts behind [`Broker::stats`].
+//! - `admin`: topic creation and deletion, and the lag / dead-letter / member counts behind
+//!   [`Broker::stats`].
 //! - `client`: configuration shared by all clients, librdkafka logs into `tracing`, and
 //!   the mapping of librdkafka errors onto [`BrokerError`].
 
@@ -194,13 +192,9 @@ impl Broker for KafkaBroker {
         "kafka"
     }
 
-    /// Keeps the topics: a no-op. Tansu 0.6 (the broker tests and demos run against) breaks
-    /// when topics are deleted — its SQLite engine later panics in the idempotent-producer
-    /// check and stops serving every client — so Surge never deletes Kafka topics. Test
-    /// topics have unique names; delete them with Kafka's own tools if needed.
+    /// Deletes `T`, `T.retry` and `T.dead` (Kafka completes it in the background).
     async fn delete_topology(&self) -> Result<(), BrokerError> {
-        tracing::debug!(topic = %self.inner.topics.main, "kafka topics are kept, not deleted");
-        Ok(())
+        admin::delete_topics(&self.inner.bootstrap, &self.inner.topics).await
     }
 
     /// Waits for every dropped consumer stream's task to commit its last offsets and leave
