@@ -105,7 +105,8 @@ pub enum TypedPayload {
     Echo(Value),
     /// See [`FlakyPayload`].
     Flaky(FlakyPayload),
-    /// Any JSON value; the job always fails.
+    /// Any JSON value; the job always fails. With `{"panic": true}` its handler panics
+    /// instead (a handler bug on demand), which also ends the job `dead`.
     Poison(Value),
 }
 

@@ -279,6 +279,35 @@ async fn dead_jobs_show_their_error_and_replay() {
     worker.await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_ends_the_job_dead_at_once_with_the_panic_message() {
+    let (state, broker) = memory_state().await;
+    let (stop, worker) = start_worker(&state, RetryPolicy::default());
+    let answer = send(
+        &state,
+        post(
+            "/jobs",
+            json!({"kind": "poison", "payload": {"panic": true}}),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    let id = answer.body["id"].as_str().unwrap().to_owned();
+    // Before the fix the panic released the delivery with the same attempt count: the job
+    // was redelivered forever and never reached `dead`.
+    let dead = wait_for_status(&state, &id, "dead").await;
+    let error = dead["error"].as_str().unwrap();
+    assert!(error.contains("handler panicked"), "{dead}");
+    assert!(error.contains("poison job panicking on purpose"), "{dead}");
+    assert_eq!(dead["attempts"], 1, "a panic is not retried: {dead}");
+    assert_eq!(broker.dead_letters().len(), 1);
+    let stats = broker.stats().await.unwrap();
+    assert_eq!(stats.backlog, Some(0), "{stats:?}");
+    let _ = stop.send(());
+    worker.await.unwrap();
+}
+
 #[tokio::test]
 async fn idempotency_keys_return_the_original_job() {
     let (state, broker) = memory_state().await;

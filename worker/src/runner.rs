@@ -19,6 +19,7 @@ use backon::Retryable;
 use futures::StreamExt;
 use surge_common::broker::{Broker, BrokerError, ConsumeOptions, Deliveries, Delivery};
 use surge_common::clock::now_micros;
+use surge_common::job::Job;
 use surge_common::metrics as m;
 use surge_common::retry::{reconnect, RetryPolicy};
 use surge_common::storage::batch::{ResultWriter, StageWriter};
@@ -168,7 +169,12 @@ impl Worker {
             };
             let mut stopping = false;
             loop {
-                while tasks.try_join_next().is_some() {}
+                while let Some(joined) = tasks.try_join_next() {
+                    if let Err(e) = joined {
+                        // Handler panics are caught in `process`; this is a bug elsewhere.
+                        tracing::error!(error = %e, "job task failed; its delivery was released");
+                    }
+                }
                 let permit = tokio::select! {
                     _ = &mut shutdown => {
                         stopping = true;
@@ -311,7 +317,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             .record(stage(Stage::Running, delivery.attempt, None));
         let outcome = {
             let _in_flight = context.stats.start();
-            handlers::handle(&delivery.job, delivery.attempt).await
+            run_handler(&delivery.job, delivery.attempt).await
         };
         let finished_at_us = now_micros();
         metrics::histogram!(m::JOB_SECONDS)
@@ -379,6 +385,20 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
     }
     .instrument(span)
     .await
+}
+
+/// Runs the job's handler, turning a panic into a permanent failure carrying the panic
+/// message. Uncaught, the panic would end this task with the delivery unsettled: dropped,
+/// it is released with the same attempt count and redelivered forever. A panic is a bug
+/// in the handler, not a passing condition, so it is not retried (the design: "a panicking
+/// handler is a permanent failure, never a redelivery loop"); the job ends `dead` with the
+/// message and can be replayed once the handler is fixed.
+async fn run_handler(job: &Job, attempt: u32) -> Result<serde_json::Value, JobError> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(handlers::handle(job, attempt))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(JobError::Permanent(handlers::panicked(panic.as_ref()))))
 }
 
 /// Records the time from acceptance at the ingress until now (the result is committed).
