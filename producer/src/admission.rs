@@ -149,11 +149,34 @@ impl Admission {
         }
     }
 
-    /// Decides whether `client` may submit `jobs` more jobs now.
+    /// Takes one job's worth of `client`'s rate: the check a request passes before its
+    /// body is read, so a client over its rate is refused without costing a parse.
+    pub fn admit_client(&self, client: &str) -> Result<(), Refusal> {
+        match &self.clients {
+            Some(limiter) => limiter
+                .check(client, NonZeroU32::MIN)
+                .map_err(Refusal::RateLimited),
+            None => Ok(()),
+        }
+    }
+
+    /// Decides whether `client`, already admitted by [`Admission::admit_client`], may
+    /// submit `jobs` jobs now: takes the rest of their rate (`jobs - 1`) and checks the
+    /// backlog bound.
     pub async fn admit(&self, broker: &dyn Broker, client: &str, jobs: u32) -> Result<(), Refusal> {
-        if let Some(limiter) = &self.clients {
-            let n = NonZeroU32::new(jobs.max(1)).unwrap_or(NonZeroU32::MIN);
-            limiter.check(client, n).map_err(Refusal::RateLimited)?;
+        if let (Some(limiter), Some(more)) =
+            (&self.clients, NonZeroU32::new(jobs.saturating_sub(1)))
+        {
+            let burst = self
+                .config
+                .client_burst
+                .or(self.config.client_rate)
+                .map_or(u32::MAX, NonZeroU32::get);
+            if jobs > burst {
+                // More jobs at once than the bucket can ever hold.
+                return Err(Refusal::RateLimited(Duration::from_secs(1)));
+            }
+            limiter.check(client, more).map_err(Refusal::RateLimited)?;
         }
         let Some(max_backlog) = self.config.max_backlog else {
             return Ok(());

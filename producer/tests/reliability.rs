@@ -438,6 +438,96 @@ async fn api_keys_guard_the_job_endpoints_only() {
     assert_eq!(send(&state, get("/readyz")).await.status, StatusCode::OK);
 }
 
+/// A request whose body is not read as JSON: `body` verbatim, with `content_type`.
+fn raw_post(path: &str, content_type: &str, body: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut builder = Request::post(path).header("content-type", content_type);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn refusals_come_before_the_body_is_read() {
+    let (state, broker) = memory_state().await;
+    let state = state
+        .with_api_keys(ApiKeys::parse("s3cret"))
+        .with_admission(AdmissionConfig {
+            client_rate: NonZeroU32::new(1),
+            client_burst: NonZeroU32::new(1),
+            ..AdmissionConfig::default()
+        });
+    // Unauthenticated: 401 whatever the body, never the body's own 400 / 413 / 415.
+    let too_big = format!("{{\"kind\": \"{}\"}}", "x".repeat(300 * 1024));
+    for (path, content_type, body) in [
+        ("/jobs", "application/json", "{\"kind\": "),
+        ("/jobs/batch", "application/json", "[{]"),
+        ("/jobs", "text/plain", "hello"),
+        ("/jobs", "application/json", too_big.as_str()),
+    ] {
+        let answer = send(&state, raw_post(path, content_type, body, &[])).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "{path} {content_type}: {}",
+            answer.body
+        );
+        assert_eq!(
+            answer.body["error"]["code"], "unauthorized",
+            "{}",
+            answer.body
+        );
+    }
+    // Authenticated, the malformed body is the problem.
+    let auth = [("x-api-key", "s3cret")];
+    let first = send(
+        &state,
+        raw_post("/jobs", "application/json", "{\"kind\": ", &auth),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::BAD_REQUEST, "{}", first.body);
+    // That request used the client's only token: over its rate, the next one is 429 before
+    // its malformed body is looked at.
+    for body in ["{\"kind\": ", "{\"kind\": \"echo\"}"] {
+        let answer = send(&state, raw_post("/jobs", "application/json", body, &auth)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{body}: {}",
+            answer.body
+        );
+        assert!(answer.headers.contains_key("retry-after"));
+    }
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(0));
+}
+
+#[tokio::test]
+async fn a_batch_counts_every_job_against_the_rate() {
+    let (state, broker) = memory_state().await;
+    let state = state.with_admission(AdmissionConfig {
+        client_rate: NonZeroU32::new(1),
+        client_burst: NonZeroU32::new(3),
+        ..AdmissionConfig::default()
+    });
+    let job = json!({"kind": "echo"});
+    let never = send(
+        &state,
+        post("/jobs/batch", json!([job, job, job, job]), &[]),
+    )
+    .await;
+    assert_eq!(
+        never.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        never.body
+    );
+    let fits = send(&state, post("/jobs/batch", json!([job, job]), &[])).await;
+    assert_eq!(fits.status, StatusCode::ACCEPTED, "{}", fits.body);
+    let over = send(&state, post("/jobs/batch", json!([job, job]), &[])).await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS, "{}", over.body);
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(2));
+}
+
 #[tokio::test]
 async fn draining_refuses_new_jobs_and_reports_not_ready() {
     let (state, broker) = memory_state().await;

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -79,7 +79,7 @@ pub struct BatchAccepted {
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a client's retry of this POST safe: same key and body, same job")))]
 pub async fn submit(
     State(state): State<AppState>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(request): JsonBody<JobRequest>,
 ) -> Result<Response, ApiError> {
@@ -88,7 +88,7 @@ pub async fn submit(
     let request_hash = idempotency_key.as_ref().map(|_| request_hash(&request));
     let mut job = request.into_job()?;
     job.traceparent = Some(trace.child().header());
-    admit(&state, peer, &headers, 1).await?;
+    admit(&state, &caller, 1).await?;
     if let (Some(key), Some(hash)) = (&idempotency_key, &request_hash) {
         match state
             .storage
@@ -157,7 +157,7 @@ fn accepted_response(id: Uuid) -> Result<Response, ApiError> {
     ))]
 pub async fn submit_batch(
     State(state): State<AppState>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(requests): JsonBody<Vec<JobRequest>>,
 ) -> Result<Response, ApiError> {
@@ -182,7 +182,7 @@ pub async fn submit_batch(
         })
         .collect::<Result<Vec<Job>, InvalidJob>>()?;
     let count = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
-    admit(&state, peer, &headers, count).await?;
+    admit(&state, &caller, count).await?;
     publish_new(&state, &jobs).await?;
     let accepted = BatchAccepted {
         jobs: jobs.iter().map(Accepted::of).collect(),
@@ -225,36 +225,54 @@ fn request_hash(request: &JobRequest) -> String {
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-/// The checks every submission passes before anything is published: the ingress is not
-/// shutting down, the client is authenticated (when keys are configured), within its
-/// rate, and the backlog has room.
-async fn admit(
-    state: &AppState,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: &HeaderMap,
-    jobs: u32,
-) -> Result<(), ApiError> {
-    if state.draining.load(Ordering::Relaxed) {
-        return Err(ApiError::ShuttingDown);
+/// A submitting client that passed the checks made before its body is read: the ingress
+/// is not shutting down (503), the client is authenticated when keys are configured
+/// (401), and it has at least one job's worth of its rate left (429). As an extractor
+/// placed before the body's, it refuses such requests without reading or parsing their
+/// body, so a malformed body from a client that would be refused anyway gets the refusal.
+#[derive(Debug)]
+pub struct Caller {
+    /// Whom rate limits count against: the API key (hashed), else the client address.
+    client: String,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.draining.load(Ordering::Relaxed) {
+            return Err(ApiError::ShuttingDown);
+        }
+        let key = state
+            .api_keys
+            .authenticate(&parts.headers)
+            .map_err(ApiError::Unauthorized)?;
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        let client = match (key, peer) {
+            (Some(key), _) => format!("key:{}", hex::encode(Sha256::digest(key.as_bytes()))),
+            (None, Some(ConnectInfo(address))) => address.ip().to_string(),
+            (None, None) => "anonymous".to_owned(),
+        };
+        state.admission.admit_client(&client).map_err(refused)?;
+        Ok(Caller { client })
     }
-    let key = state
-        .api_keys
-        .authenticate(headers)
-        .map_err(ApiError::Unauthorized)?;
-    // Rate limits are per API key, else per client address.
-    let client = match (key, peer) {
-        (Some(key), _) => format!("key:{}", hex::encode(Sha256::digest(key.as_bytes()))),
-        (None, Some(Extension(ConnectInfo(address)))) => address.ip().to_string(),
-        (None, None) => "anonymous".to_owned(),
-    };
+}
+
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Overloaded(wait) => ApiError::Overloaded(wait),
+        Refusal::RateLimited(wait) => ApiError::RateLimited(wait),
+    }
+}
+
+/// The checks a parsed submission of `jobs` jobs passes before anything is published: the
+/// rest of the client's rate (its first job was taken by [`Caller`]) and the backlog bound.
+async fn admit(state: &AppState, caller: &Caller, jobs: u32) -> Result<(), ApiError> {
     state
         .admission
-        .admit(state.broker.as_ref(), &client, jobs)
+        .admit(state.broker.as_ref(), &caller.client, jobs)
         .await
-        .map_err(|refusal| match refusal {
-            Refusal::Overloaded(wait) => ApiError::Overloaded(wait),
-            Refusal::RateLimited(wait) => ApiError::RateLimited(wait),
-        })
+        .map_err(refused)
 }
 
 /// Checks the API key on read-only job endpoints.
