@@ -541,3 +541,130 @@ async fn draining_refuses_new_jobs_and_reports_not_ready() {
     );
     assert_eq!(broker.stats().await.unwrap().backlog, Some(0));
 }
+
+/// A broker whose publish fails (`stall: false`), or never answers (`stall: true`; the
+/// request then ends without an answer, as when the ingress crashes or the client hangs
+/// up). `entered` is notified when a stalling publish starts.
+struct BrokenBroker {
+    inner: MemoryBroker,
+    stall: bool,
+    entered: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl Broker for BrokenBroker {
+    async fn publish(&self, _jobs: &[surge_common::job::Job]) -> Result<(), BrokerError> {
+        if self.stall {
+            self.entered.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Err(BrokerError::Unavailable("the broker refuses".into()))
+    }
+    async fn consume(&self, options: ConsumeOptions) -> Result<Deliveries, BrokerError> {
+        self.inner.consume(options).await
+    }
+    async fn stats(&self) -> Result<BrokerStats, BrokerError> {
+        self.inner.stats().await
+    }
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+}
+
+/// Stores a dead job (with its body, so it can be replayed) and returns its id.
+async fn dead_job(storage: &Storage) -> String {
+    use surge_common::job::{Job, JobKind};
+    use surge_common::storage::{JobResult, JobStatus};
+    let mut job = Job::new(JobKind::Echo, json!({"n": 1}), None);
+    job.awaits_acceptance = true;
+    storage.accept(&[job.id]).await.unwrap();
+    let row = JobResult {
+        job_id: job.id,
+        kind: "echo".into(),
+        status: JobStatus::Dead,
+        result: None,
+        error: Some("gave up".into()),
+        attempts: 3,
+        deliveries: 1,
+        worker: "w".into(),
+        enqueued_at_us: job.enqueued_at_us,
+        started_at_us: job.enqueued_at_us,
+        finished_at_us: job.enqueued_at_us,
+        job: Some(job.clone()),
+    };
+    storage.record(&row).await.unwrap();
+    job.id.to_string()
+}
+
+/// A replay whose publish fails, or that ends before its publish answered, leaves the job
+/// dead and replayable (it used to delete the dead row first: a crash in between lost it).
+async fn a_replay_that_never_published_loses_nothing(storage: Storage) {
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let broken = |stall: bool| {
+        let broker = Arc::new(BrokenBroker {
+            inner: MemoryBroker::new(),
+            stall,
+            entered: entered.clone(),
+        });
+        AppState::new(broker, storage.clone(), Limits::default())
+    };
+    let id = dead_job(&storage).await;
+    let path = format!("/jobs/{id}/replay");
+    let replay = move || post(&path, json!({}), &[]);
+
+    // The broker refuses: 503, and the job is still dead.
+    let refused = send(&broken(false), replay()).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    let seen = send(&broken(false), get(&format!("/jobs/{id}"))).await;
+    assert_eq!(seen.body["status"], "dead", "{}", seen.body);
+
+    // The request ends while publishing (the ingress crashed, the client hung up).
+    let stalled = broken(true);
+    let request = tokio::spawn({
+        let (stalled, request) = (stalled.clone(), replay());
+        async move { send(&stalled, request).await }
+    });
+    entered.notified().await;
+    request.abort();
+    assert!(request.await.is_err_and(|e| e.is_cancelled()));
+    let seen = send(&stalled, get(&format!("/jobs/{id}"))).await;
+    assert_eq!(
+        seen.body["status"], "dead",
+        "the job was lost: {}",
+        seen.body
+    );
+    assert_eq!(seen.body["error"], "gave up");
+
+    // With a working broker the job can still be replayed, and runs to a result.
+    let working = Arc::new(MemoryBroker::new());
+    let state = AppState::new(working.clone(), storage.clone(), Limits::default());
+    let replayed = send(&state, replay()).await;
+    assert_eq!(replayed.status, StatusCode::ACCEPTED, "{}", replayed.body);
+    assert_eq!(working.stats().await.unwrap().backlog, Some(1));
+    assert_eq!(wait_for_status(&state, &id, "queued").await["attempt"], 1);
+    let (stop, worker) = start_worker(&state, RetryPolicy::default());
+    let done = wait_for_status(&state, &id, "succeeded").await;
+    assert_eq!(done["result"], json!({"n": 1}), "{done}");
+    let _ = stop.send(());
+    worker.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_never_published_loses_nothing_sqlite() {
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
+    a_replay_that_never_published_loses_nothing(storage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_never_published_loses_nothing_postgres() {
+    let Some(base) = testing::service(testing::POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let url = testing::fresh_postgres_database(&base).await.unwrap();
+    a_replay_that_never_published_loses_nothing(Storage::connect(&url).await.unwrap()).await;
+}

@@ -24,7 +24,7 @@ use surge_common::metrics as m;
 use surge_common::retry::{reconnect, RetryPolicy};
 use surge_common::storage::batch::{ResultWriter, StageWriter};
 use surge_common::storage::lifecycle::{Stage, StageUpdate};
-use surge_common::storage::{JobResult, JobStatus, Recorded, Storage};
+use surge_common::storage::{JobResult, JobStatus, PendingResult, Recorded, Storage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -339,7 +339,8 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
         let settled = match outcome {
             Ok(value) => {
                 let row = row(JobStatus::Succeeded, Some(value), None);
-                let Some(recorded) = commit(&context, &row).await else {
+                let Some(recorded) = commit(&context, delivery.job.awaits_acceptance, row).await
+                else {
                     return; // dropping the delivery releases it for redelivery
                 };
                 if recorded == Recorded::Cancelled {
@@ -366,7 +367,8 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             Err(error) => {
                 let reason = error.to_string();
                 let row = row(JobStatus::Dead, None, Some(reason.clone()));
-                let Some(recorded) = commit(&context, &row).await else {
+                let Some(recorded) = commit(&context, delivery.job.awaits_acceptance, row).await
+                else {
                     return;
                 };
                 if recorded == Recorded::Cancelled {
@@ -418,11 +420,32 @@ async fn settle_cancelled(delivery: Delivery) {
 }
 
 /// Commits `row`, retrying a failing database with backoff. `None`: give the job back.
-async fn commit(context: &JobContext, row: &JobResult) -> Option<Recorded> {
-    let stored = (|| context.writer.record(row.clone()))
-        .retry(reconnect(6))
-        .notify(|e, after| tracing::warn!(error = %e, ?after, "result commit failed; retrying"))
-        .await;
+///
+/// A job the ingress has not yet recorded accepted ([`Recorded::Unaccepted`]: its publish
+/// may still fail, and its client be refused) keeps its delivery and is tried again after
+/// a growing pause, until the ingress decides or the decision is overdue and the storage
+/// takes the job as accepted (see `surge_common::storage::acceptance`).
+async fn commit(context: &JobContext, awaits_acceptance: bool, row: JobResult) -> Option<Recorded> {
+    let result = PendingResult {
+        row,
+        awaits_acceptance,
+    };
+    let mut pause = Duration::from_millis(5);
+    let stored = loop {
+        let stored = (|| context.writer.record_pending(result.clone()))
+            .retry(reconnect(6))
+            .notify(|e, after| tracing::warn!(error = %e, ?after, "result commit failed; retrying"))
+            .await;
+        if !matches!(stored, Ok(Recorded::Unaccepted)) {
+            break stored;
+        }
+        tracing::debug!(
+            ?pause,
+            "the ingress has not recorded the job accepted yet; waiting"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    };
     match stored {
         Ok(Recorded::Duplicate) => {
             context.stats.duplicate();

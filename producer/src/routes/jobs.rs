@@ -88,6 +88,7 @@ pub async fn submit(
     let request_hash = idempotency_key.as_ref().map(|_| request_hash(&request));
     let mut job = request.into_job()?;
     job.traceparent = Some(trace.child().header());
+    job.awaits_acceptance = true;
     admit(&state, &caller, 1).await?;
     if let (Some(key), Some(hash)) = (&idempotency_key, &request_hash) {
         match state
@@ -178,6 +179,7 @@ pub async fn submit_batch(
         .map(|(i, request)| {
             let mut job = request.into_job().map_err(|e| e.under(&format!("[{i}]")))?;
             job.traceparent = Some(trace.child().header());
+            job.awaits_acceptance = true;
             Ok(job)
         })
         .collect::<Result<Vec<Job>, InvalidJob>>()?;
@@ -284,20 +286,31 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .map_err(ApiError::Unauthorized)
 }
 
-/// Publishes new jobs. If the publish fails, the broker may still hold them (it stored a
-/// message whose confirm was lost): they are cancelled before the client hears the error,
-/// so a refused job never gets a result (see `surge_common::storage::cancel`). If every job
-/// already has a result, the jobs evidently were accepted and the answer is success.
+/// Publishes new jobs (which await acceptance) and records them accepted. If the publish
+/// fails, the broker may still hold them (it stored a message whose confirm was lost):
+/// they are cancelled instead, so a refused job never gets a result (see
+/// `surge_common::storage::acceptance`). If every job turns out accepted already (a worker
+/// found its acceptance overdue), the answer is success.
 async fn publish_new(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     let Err(error) = publish(state, jobs).await else {
+        accept(state, jobs).await;
         return Ok(());
     };
     let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
     match tokio::time::timeout(CANCEL_TIMEOUT, state.storage.cancel(&ids)).await {
-        Ok(Ok(finished)) if !ids.is_empty() && finished.len() == ids.len() => {
-            tracing::warn!(error = %error, "publish reported failure but the jobs already ran; accepting");
+        Ok(Ok(accepted)) if !ids.is_empty() && accepted.len() == ids.len() => {
+            tracing::warn!(error = %error, "publish reported failure but the jobs were accepted already; accepting");
             record_accepted(state, jobs, std::time::Duration::ZERO);
             return Ok(());
+        }
+        Ok(Ok(accepted)) if !accepted.is_empty() => {
+            tracing::error!(
+                error = %error,
+                accepted = accepted.len(),
+                jobs = ids.len(),
+                "publish failed and some of the refused jobs were taken as accepted after \
+                 the acceptance deadline; they may run although their client is refused"
+            );
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => cancel_later(state, ids, e.to_string()),
@@ -306,14 +319,31 @@ async fn publish_new(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     Err(error)
 }
 
+/// Records freshly published `jobs` accepted, so their results may commit. Waits at most
+/// [`QUEUED_WRITE_TIMEOUT`] (the write continues in the background); should it fail, the
+/// results still commit once the acceptance is overdue.
+async fn accept(state: &AppState, jobs: &[Job]) {
+    match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.accepts.accept(jobs)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, jobs = jobs.len(), "could not record jobs accepted; their results wait until the acceptance is overdue");
+        }
+        Err(_) => {
+            tracing::warn!("recording jobs accepted timed out; it continues in the background")
+        }
+    }
+}
+
 /// Keeps trying to cancel `ids` in the background (the database is struggling; the
-/// client gets its 503 now). Logged loudly if it never succeeds.
+/// client gets its 503 now) for about three minutes, well within the acceptance deadline
+/// (`surge_common::storage::acceptance::ACCEPTANCE_OVERDUE`). Logged loudly if it never
+/// succeeds.
 fn cancel_later(state: &AppState, ids: Vec<Uuid>, first_error: String) {
     use backon::Retryable;
     tracing::warn!(error = %first_error, jobs = ids.len(), "cancelling refused jobs failed; retrying in the background");
     let storage = state.storage.clone();
     tokio::spawn(async move {
-        if let Err(e) = (|| storage.cancel(&ids)).retry(reconnect(40)).await {
+        if let Err(e) = (|| storage.cancel(&ids)).retry(reconnect(24)).await {
             tracing::error!(error = %e, jobs = ?ids, "refused jobs could not be cancelled; they may still run");
         }
     });
@@ -401,7 +431,7 @@ pub async fn replay(
         return Err(ApiError::ShuttingDown);
     }
     let id = parse_id(&id)?;
-    let Some(dead) = state.storage.take_dead(id).await? else {
+    let Some(dead) = state.storage.claim_replay(id).await? else {
         return match state.storage.lifecycle(id).await? {
             None => Err(ApiError::NotFound(format!("no job {id}"))),
             Some(_) => Err(ApiError::NotDead(format!(
@@ -410,19 +440,25 @@ pub async fn replay(
         };
     };
     let Some(mut job) = dead.job.clone() else {
-        state.storage.record(&dead).await?;
+        state.storage.abandon_replay(id).await?;
         return Err(ApiError::NotDead(format!(
             "job {id} died before replay was possible (its body was not kept)"
         )));
     };
     job.enqueued_at_us = surge_common::clock::now_micros();
+    // The dead row stays until the publish succeeded: if this request ends before (a
+    // crash, a client hanging up), the job is still dead and replayable.
     if let Err(e) = publish(&state, std::slice::from_ref(&job)).await {
-        // Put the dead row back so the job is not lost from view.
-        if let Err(restore) = state.storage.record(&dead).await {
-            tracing::error!(error = %restore, job_id = %id, "could not restore the dead row");
+        if let Err(restore) = state.storage.abandon_replay(id).await {
+            tracing::warn!(error = %restore, job_id = %id, "could not clear the replay mark; the dead row stays");
         }
         return Err(e);
     }
+    if job.awaits_acceptance {
+        // Accepted when it first ran; a no-op unless that record was lost.
+        accept(&state, std::slice::from_ref(&job)).await;
+    }
+    state.storage.finish_replay(id).await?;
     accepted_response(id)
 }
 
