@@ -185,6 +185,30 @@ async fn acceptance(storage: &Storage) {
     );
     assert_eq!(storage.count().await.unwrap(), before + 4);
 
+    // The acceptance committing while the result is inserted: a row is only ever reported
+    // stored (new or a repeat) when it is, and every job ends with its result.
+    let racing: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
+    let accepts = futures::future::join_all(racing.iter().map(|&id| {
+        let storage = storage.clone();
+        async move { storage.accept(&[id]).await.unwrap() }
+    }));
+    let writes = futures::future::join_all(racing.iter().map(|&id| {
+        let storage = storage.clone();
+        async move {
+            loop {
+                match storage.record_pending(&[pending(id, now)]).await.unwrap()[0] {
+                    Recorded::Unaccepted => tokio::task::yield_now().await,
+                    recorded => {
+                        assert_eq!(recorded, Recorded::New, "job {id}");
+                        break;
+                    }
+                }
+            }
+        }
+    }));
+    tokio::join!(accepts, writes);
+    assert_eq!(storage.get_many(&racing).await.unwrap().len(), racing.len());
+
     // Both orders at once, many times: whatever the interleaving, a job the cancel did not
     // report accepted has no result.
     let ids: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();

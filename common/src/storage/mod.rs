@@ -398,11 +398,15 @@ impl Storage {
             .map(|(r, _)| r.job_id.to_string())
             .filter(|id| !inserted.contains(id))
             .collect();
+        // Why each skipped row was skipped, read after the insert: a decision committed in
+        // between is visible here although the insert did not see it, so only a row that
+        // exists makes a repeat; anything else is tried again.
         let decided = self.decisions(&mut tx, &skipped).await?;
+        let present = self.ids_in(&mut tx, "job_results", &skipped).await?;
         let mut outcome = Vec::with_capacity(rows.len());
         let mut repeated = Vec::new();
         let mut written = std::collections::HashSet::new();
-        for (r, awaits) in rows {
+        for (r, _) in rows {
             let id = r.job_id.to_string();
             // The first row of an id that was inserted is new; any other is a repeat.
             if inserted.remove(&id) {
@@ -415,13 +419,15 @@ impl Storage {
                 repeated.push(id);
                 continue;
             }
-            match decided.get(&id) {
-                Some(false) => outcome.push(Recorded::Cancelled),
-                None if *awaits => outcome.push(Recorded::Unaccepted),
-                _ => {
-                    outcome.push(Recorded::Duplicate);
-                    repeated.push(id);
-                }
+            if decided.get(&id) == Some(&false) {
+                outcome.push(Recorded::Cancelled);
+            } else if present.contains(&id) {
+                outcome.push(Recorded::Duplicate);
+                repeated.push(id);
+            } else {
+                // Not yet accepted (or accepted, or written by another worker, just after
+                // the insert looked): nothing stored, try again.
+                outcome.push(Recorded::Unaccepted);
             }
         }
         for id in repeated {

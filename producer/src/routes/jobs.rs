@@ -320,18 +320,25 @@ async fn publish_new(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
 }
 
 /// Records freshly published `jobs` accepted, so their results may commit. Waits at most
-/// [`QUEUED_WRITE_TIMEOUT`] (the write continues in the background); should it fail, the
-/// results still commit once the acceptance is overdue.
+/// [`QUEUED_WRITE_TIMEOUT`]; after that, or a failed write (the database is struggling),
+/// keeps trying in the background. Should it never succeed, the results still commit
+/// once the acceptance is overdue.
 async fn accept(state: &AppState, jobs: &[Job]) {
-    match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.accepts.accept(jobs)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, jobs = jobs.len(), "could not record jobs accepted; their results wait until the acceptance is overdue");
+    use backon::Retryable;
+    let failure = match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.accepts.accept(jobs)).await
+    {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    tracing::warn!(error = %failure, jobs = jobs.len(), "recording jobs accepted failed; retrying in the background");
+    let storage = state.storage.clone();
+    let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
+    tokio::spawn(async move {
+        if let Err(e) = (|| storage.accept(&ids)).retry(reconnect(24)).await {
+            tracing::error!(error = %e, jobs = ids.len(), "jobs could not be recorded accepted; their results wait until the acceptance is overdue");
         }
-        Err(_) => {
-            tracing::warn!("recording jobs accepted timed out; it continues in the background")
-        }
-    }
+    });
 }
 
 /// Keeps trying to cancel `ids` in the background (the database is struggling; the
