@@ -385,3 +385,46 @@ async fn heartbeats_postgres() {
     let url = testing::fresh_postgres_database(&base).await.unwrap();
     heartbeats_and_live_figures(Storage::connect(&url).await.unwrap()).await;
 }
+
+/// The acceptance commits between the result insert (which does not see it and skips the
+/// row) and the read that explains the skip (which does). The skipped row must not be
+/// reported stored (it used to be a `Duplicate`, acked without a row). A statement trigger
+/// on PostgreSQL, which fires even when the insert skipped every row, records the
+/// acceptance at exactly that point.
+#[tokio::test]
+async fn postgres_acceptance_landing_between_insert_and_its_explanation() {
+    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let url = testing::fresh_postgres_database(&base).await.unwrap();
+    let storage = Storage::connect(&url).await.unwrap();
+    let id = Uuid::now_v7();
+    let function = format!(
+        "CREATE FUNCTION accept_meanwhile() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         INSERT INTO job_acceptance (job_id, accepted, decided_at_us) VALUES ('{id}', 1, 0) \
+         ON CONFLICT (job_id) DO NOTHING; RETURN NULL; END $$"
+    );
+    sqlx::query(&function)
+        .execute(storage.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER accept_meanwhile AFTER INSERT ON job_results \
+         FOR EACH STATEMENT EXECUTE FUNCTION accept_meanwhile()",
+    )
+    .execute(storage.pool())
+    .await
+    .unwrap();
+    let now = surge_common::clock::now_micros();
+    assert_eq!(
+        storage.record_pending(&[pending(id, now)]).await.unwrap(),
+        [Recorded::Unaccepted],
+        "a skipped row is not stored"
+    );
+    assert_eq!(storage.get(id).await.unwrap(), None);
+    // Tried again, now that the acceptance is committed, the result is stored.
+    assert_eq!(
+        storage.record_pending(&[pending(id, now)]).await.unwrap(),
+        [Recorded::New]
+    );
+}
