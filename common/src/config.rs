@@ -143,19 +143,62 @@ impl RetryArgs {
 }
 
 /// `url` with any password replaced by `***`, safe to log.
+///
+/// Meant for connection URLs written by hand, which are often not valid URLs: a password
+/// may hold `/`, `@`, `:`, `?` or `#` unescaped. So the user information is everything up
+/// to the *last* `@` (a host never contains one), and the user is what precedes its first
+/// `:`. When that user part holds a `/`, `?` or `#`, the `@` may sit in a path or query and
+/// nothing can be told apart: everything before it is hidden. `password=` style query
+/// parameters (`password`, `pass`, `pwd`, `sslpassword`) are hidden too. Without `://` the
+/// whole string is treated the same way (`user:pw@host` → `user:***@host`).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    let (userinfo, host_and_path) = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => {
             let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{path}")
+            let shown = if user.contains(['/', '?', '#']) {
+                "***@".to_owned()
+            } else {
+                format!("{user}:***@")
+            };
+            (shown, after)
         }
-        None => url.to_owned(),
+        None => (String::new(), rest),
+    };
+    format!("{scheme}{userinfo}{}", redact_query(host_and_path))
+}
+
+/// `rest` (host, path, query, fragment) with password-like query values replaced by `***`.
+fn redact_query(rest: &str) -> String {
+    let Some((before, query)) = rest.split_once('?') else {
+        return rest.to_owned();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((query, fragment)) => (query, Some(fragment)),
+        None => (query, None),
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((key, _))
+                if ["password", "pass", "pwd", "sslpassword"]
+                    .iter()
+                    .any(|secret| key.eq_ignore_ascii_case(secret)) =>
+            {
+                format!("{key}=***")
+            }
+            _ => param.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{before}?{}", params.join("&"));
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
     }
+    out
 }
 
 #[cfg(test)]
@@ -173,5 +216,60 @@ mod tests {
             "postgres://postgres:***@127.0.0.1/test"
         );
         assert_eq!(redact_url("sqlite://surge.db"), "sqlite://surge.db");
+    }
+
+    /// Each case: the URL, the secret that must not survive, and the expected redaction.
+    #[test]
+    fn passwords_with_reserved_characters_never_survive() {
+        let cases = [
+            // `/` in the password: the authority used to end at the first `/`.
+            (
+                "postgres://u:se/cr3t@db.internal:5432/surge",
+                "cr3t",
+                "postgres://u:***@db.internal:5432/surge",
+            ),
+            (
+                "postgres://u:p@ss@db/surge",
+                "p@ss",
+                "postgres://u:***@db/surge",
+            ),
+            ("amqp://u:a:b:c@mq/%2f", "a:b:c", "amqp://u:***@mq/%2f"),
+            ("postgres://u:wh?at@db/x", "wh?at", "postgres://u:***@db/x"),
+            ("postgres://u:ha#sh@db/x", "ha#sh", "postgres://u:***@db/x"),
+            (
+                "postgres://u:p%2Fw%40rd@db/x",
+                "p%2Fw%40rd",
+                "postgres://u:***@db/x",
+            ),
+            // All of them at once.
+            (
+                "postgres://u:/@:?#x@db/x",
+                "/@:?#x",
+                "postgres://u:***@db/x",
+            ),
+            // No password: nothing to hide, the user stays readable.
+            ("postgres://u@db/x", "\0", "postgres://u:***@db/x"),
+            ("postgres://db/x", "\0", "postgres://db/x"),
+            // No scheme.
+            ("u:se/cr3t@db/x", "se/cr3t", "u:***@db/x"),
+            ("surge.db", "\0", "surge.db"),
+            // A password in the query.
+            (
+                "postgres://db/x?user=u&password=se/cr3t&sslmode=require",
+                "se/cr3t",
+                "postgres://db/x?user=u&password=***&sslmode=require",
+            ),
+            // An `@` in the query with a password there: nothing before it is shown.
+            (
+                "postgres://db/x?password=p@host",
+                "password=p",
+                "postgres://***@host",
+            ),
+        ];
+        for (url, secret, expected) in cases {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, expected, "{url}");
+            assert!(!redacted.contains(secret), "{url} leaked {secret}");
+        }
     }
 }

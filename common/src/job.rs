@@ -105,7 +105,8 @@ pub enum TypedPayload {
     Echo(Value),
     /// See [`FlakyPayload`].
     Flaky(FlakyPayload),
-    /// Any JSON value; the job always fails.
+    /// Any JSON value; the job always fails. With `{"panic": true}` its handler panics
+    /// instead (a handler bug on demand), which also ends the job `dead`.
     Poison(Value),
 }
 
@@ -248,6 +249,11 @@ pub struct Job {
     /// W3C trace context of the request that submitted the job (see [`crate::trace`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Set by the ingress: whether the job stands is decided after its publish (a publish
+    /// can fail with the message stored), so its result commits only once the ingress
+    /// recorded it accepted (see [`crate::storage::acceptance`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaits_acceptance: bool,
 }
 
 impl Job {
@@ -260,6 +266,7 @@ impl Job {
             key,
             enqueued_at_us: crate::clock::now_micros(),
             traceparent: None,
+            awaits_acceptance: false,
         }
     }
 

@@ -2,8 +2,9 @@
 //! all-or-nothing per commit, the group-commit writer answering every caller.
 
 use serde_json::json;
+use surge_common::storage::acceptance::ACCEPTANCE_OVERDUE;
 use surge_common::storage::batch::ResultWriter;
-use surge_common::storage::{JobResult, JobStatus, Recorded, Storage};
+use surge_common::storage::{JobResult, JobStatus, PendingResult, Recorded, Storage};
 use surge_common::testing::{self, POSTGRES_URL_VAR};
 use uuid::Uuid;
 
@@ -66,6 +67,174 @@ async fn behaves(storage: Storage) {
     assert_eq!(repeat, Recorded::Duplicate);
 
     cancellation(&storage).await;
+    acceptance(&storage).await;
+}
+
+/// A result of a job awaiting acceptance, stamped `enqueued_at_us`.
+fn pending(id: Uuid, enqueued_at_us: i64) -> PendingResult {
+    let mut row = row(id, "w");
+    row.enqueued_at_us = enqueued_at_us;
+    PendingResult {
+        row,
+        awaits_acceptance: true,
+    }
+}
+
+/// A job answered with an error never has a result, even when the worker's result insert
+/// comes before the ingress's cancel (the race that let a job answered 503 run to a result
+/// in the RabbitMQ restart test). Drives the storage calls in that order.
+async fn acceptance(storage: &Storage) {
+    let before = storage.count().await.unwrap();
+    let now = surge_common::clock::now_micros();
+
+    // The racy order: the worker commits first, then the ingress cancels.
+    let refused = Uuid::now_v7();
+    assert_eq!(
+        storage
+            .record_pending(&[pending(refused, now)])
+            .await
+            .unwrap(),
+        [Recorded::Unaccepted],
+        "no result before the ingress decided"
+    );
+    assert_eq!(storage.get(refused).await.unwrap(), None);
+    assert_eq!(
+        storage.cancel(&[refused]).await.unwrap(),
+        Vec::<Uuid>::new()
+    );
+    assert_eq!(
+        storage
+            .record_pending(&[pending(refused, now)])
+            .await
+            .unwrap(),
+        [Recorded::Cancelled]
+    );
+    assert_eq!(storage.get(refused).await.unwrap(), None);
+    assert_eq!(storage.lifecycle(refused).await.unwrap(), None);
+
+    // The same order for a job whose publish succeeded: the result waits, then commits.
+    let accepted = Uuid::now_v7();
+    assert_eq!(
+        storage
+            .record_pending(&[pending(accepted, now)])
+            .await
+            .unwrap(),
+        [Recorded::Unaccepted]
+    );
+    storage.accept(&[accepted]).await.unwrap();
+    assert_eq!(
+        storage
+            .record_pending(&[pending(accepted, now)])
+            .await
+            .unwrap(),
+        [Recorded::New]
+    );
+    // A cancel after the acceptance changes nothing and reports the job accepted.
+    assert_eq!(storage.cancel(&[accepted]).await.unwrap(), vec![accepted]);
+    assert!(!storage.is_cancelled(accepted).await.unwrap());
+
+    // Never decided (the ingress crashed after the confirm): once overdue, the worker takes
+    // the job as accepted, and a cancel arriving later loses.
+    let overdue = i64::try_from(ACCEPTANCE_OVERDUE.as_micros()).unwrap() + 1_000_000;
+    let stranded = Uuid::now_v7();
+    assert_eq!(
+        storage
+            .record_pending(&[pending(stranded, now - overdue)])
+            .await
+            .unwrap(),
+        [Recorded::New]
+    );
+    assert_eq!(storage.cancel(&[stranded]).await.unwrap(), vec![stranded]);
+    // But an overdue job that was cancelled in time stays cancelled.
+    let late = Uuid::now_v7();
+    storage.cancel(&[late]).await.unwrap();
+    assert_eq!(
+        storage
+            .record_pending(&[pending(late, now - overdue)])
+            .await
+            .unwrap(),
+        [Recorded::Cancelled]
+    );
+
+    // One batch mixing them all, with a repeat of a row written in the same batch.
+    let (fresh, waiting, plain) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    storage.accept(&[fresh]).await.unwrap();
+    let mut ungated = pending(plain, now);
+    ungated.awaits_acceptance = false;
+    let outcome = storage
+        .record_pending(&[
+            pending(fresh, now),
+            pending(refused, now),
+            pending(waiting, now),
+            ungated,
+            pending(fresh, now),
+            pending(accepted, now),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        [
+            Recorded::New,
+            Recorded::Cancelled,
+            Recorded::Unaccepted,
+            Recorded::New,
+            Recorded::Duplicate,
+            Recorded::Duplicate,
+        ]
+    );
+    assert_eq!(storage.count().await.unwrap(), before + 4);
+
+    // The acceptance committing while the result is inserted: a row is only ever reported
+    // stored (new or a repeat) when it is, and every job ends with its result.
+    let racing: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
+    let accepts = futures::future::join_all(racing.iter().map(|&id| {
+        let storage = storage.clone();
+        async move { storage.accept(&[id]).await.unwrap() }
+    }));
+    let writes = futures::future::join_all(racing.iter().map(|&id| {
+        let storage = storage.clone();
+        async move {
+            loop {
+                match storage.record_pending(&[pending(id, now)]).await.unwrap()[0] {
+                    Recorded::Unaccepted => tokio::task::yield_now().await,
+                    recorded => {
+                        assert_eq!(recorded, Recorded::New, "job {id}");
+                        break;
+                    }
+                }
+            }
+        }
+    }));
+    tokio::join!(accepts, writes);
+    assert_eq!(storage.get_many(&racing).await.unwrap().len(), racing.len());
+
+    // Both orders at once, many times: whatever the interleaving, a job the cancel did not
+    // report accepted has no result.
+    let ids: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
+    let (halves, _) = ids.split_at(100);
+    storage.accept(&ids[100..]).await.unwrap();
+    let cancels = futures::future::join_all(ids.iter().map(|&id| {
+        let storage = storage.clone();
+        async move { (id, storage.cancel(&[id]).await.unwrap()) }
+    }));
+    let results = futures::future::join_all(ids.iter().map(|&id| {
+        let storage = storage.clone();
+        async move { storage.record_pending(&[pending(id, now)]).await.unwrap() }
+    }));
+    let (cancels, _) = tokio::join!(cancels, results);
+    for (id, accepted) in cancels {
+        let stored = storage.get(id).await.unwrap();
+        if accepted.is_empty() {
+            assert_eq!(stored, None, "job {id} was cancelled but has a result");
+            assert!(halves.contains(&id));
+        } else {
+            assert!(
+                !halves.contains(&id),
+                "job {id} was accepted though never accepted"
+            );
+        }
+    }
 }
 
 /// A job cancelled because its publish failed never gets a result; cancelling a job that
@@ -223,4 +392,47 @@ async fn heartbeats_postgres() {
     };
     let url = testing::fresh_postgres_database(&base).await.unwrap();
     heartbeats_and_live_figures(Storage::connect(&url).await.unwrap()).await;
+}
+
+/// The acceptance commits between the result insert (which does not see it and skips the
+/// row) and the read that explains the skip (which does). The skipped row must not be
+/// reported stored (it used to be a `Duplicate`, acked without a row). A statement trigger
+/// on PostgreSQL, which fires even when the insert skipped every row, records the
+/// acceptance at exactly that point.
+#[tokio::test]
+async fn postgres_acceptance_landing_between_insert_and_its_explanation() {
+    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let url = testing::fresh_postgres_database(&base).await.unwrap();
+    let storage = Storage::connect(&url).await.unwrap();
+    let id = Uuid::now_v7();
+    let function = format!(
+        "CREATE FUNCTION accept_meanwhile() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         INSERT INTO job_acceptance (job_id, accepted, decided_at_us) VALUES ('{id}', 1, 0) \
+         ON CONFLICT (job_id) DO NOTHING; RETURN NULL; END $$"
+    );
+    sqlx::query(&function)
+        .execute(storage.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER accept_meanwhile AFTER INSERT ON job_results \
+         FOR EACH STATEMENT EXECUTE FUNCTION accept_meanwhile()",
+    )
+    .execute(storage.pool())
+    .await
+    .unwrap();
+    let now = surge_common::clock::now_micros();
+    assert_eq!(
+        storage.record_pending(&[pending(id, now)]).await.unwrap(),
+        [Recorded::Unaccepted],
+        "a skipped row is not stored"
+    );
+    assert_eq!(storage.get(id).await.unwrap(), None);
+    // Tried again, now that the acceptance is committed, the result is stored.
+    assert_eq!(
+        storage.record_pending(&[pending(id, now)]).await.unwrap(),
+        [Recorded::New]
+    );
 }

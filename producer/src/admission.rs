@@ -8,6 +8,11 @@
 //!   its address) may submit that many jobs per second with bursts of `client_burst`; past
 //!   it, `429` with `Retry-After`.
 //!
+//! Clients are remembered only while their bucket is not full again: every
+//! [`SWEEP_EVERY`] checks the limiter forgets clients whose bucket has refilled (their
+//! state is the same as a new client's), so memory follows the number of clients active
+//! within one refill period, not every address ever seen.
+//!
 //! The backlog is read from the broker at most every 500 ms (one request refreshes it,
 //! the others use the last reading), so admission costs no broker round trip per request.
 
@@ -17,11 +22,61 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 use surge_common::broker::Broker;
 
 /// How often the broker backlog is re-read.
 const REFRESH: Duration = Duration::from_millis(500);
+
+/// The per-client limiter forgets idle clients once every this many checks (so at most
+/// this many new clients are added between two sweeps).
+pub const SWEEP_EVERY: u64 = 1024;
+
+/// Per-client token buckets that forget idle clients (see the module docs).
+struct ClientLimiter<C: Clock = DefaultClock> {
+    limiter: RateLimiter<String, DefaultKeyedStateStore<String>, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
+    checks: AtomicU64,
+}
+
+impl<C: Clock + Clone> ClientLimiter<C> {
+    fn new(quota: Quota, clock: C) -> ClientLimiter<C> {
+        ClientLimiter {
+            limiter: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()),
+            clock,
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `n` tokens from `client`'s bucket, or says how long to wait.
+    fn check(&self, client: &str, n: NonZeroU32) -> Result<(), Duration> {
+        let checked = match self.limiter.check_key_n(&client.to_owned(), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(not_until
+                .wait_time_from(self.clock.now())
+                .max(Duration::from_secs(1))),
+            // More jobs at once than the bucket can ever hold.
+            Err(_) => Err(Duration::from_secs(1)),
+        };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.sweep();
+        }
+        checked
+    }
+
+    /// Forgets clients whose bucket is full again and releases the memory they held.
+    fn sweep(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// How many clients are remembered.
+    fn len(&self) -> usize {
+        self.limiter.len()
+    }
+}
 
 /// Admission settings.
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,7 +113,7 @@ pub struct Admission {
     accepted: AtomicU64,
     reading: Mutex<Option<Reading>>,
     refreshing: tokio::sync::Mutex<()>,
-    clients: Option<DefaultKeyedRateLimiter<String>>,
+    clients: Option<ClientLimiter>,
 }
 
 impl std::fmt::Debug for Admission {
@@ -80,7 +135,10 @@ impl Admission {
     pub fn new(config: AdmissionConfig) -> Admission {
         let clients = config.client_rate.map(|rate| {
             let burst = config.client_burst.unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+            ClientLimiter::new(
+                Quota::per_second(rate).allow_burst(burst),
+                DefaultClock::default(),
+            )
         });
         Admission {
             config,
@@ -91,19 +149,34 @@ impl Admission {
         }
     }
 
-    /// Decides whether `client` may submit `jobs` more jobs now.
+    /// Takes one job's worth of `client`'s rate: the check a request passes before its
+    /// body is read, so a client over its rate is refused without costing a parse.
+    pub fn admit_client(&self, client: &str) -> Result<(), Refusal> {
+        match &self.clients {
+            Some(limiter) => limiter
+                .check(client, NonZeroU32::MIN)
+                .map_err(Refusal::RateLimited),
+            None => Ok(()),
+        }
+    }
+
+    /// Decides whether `client`, already admitted by [`Admission::admit_client`], may
+    /// submit `jobs` jobs now: takes the rest of their rate (`jobs - 1`) and checks the
+    /// backlog bound.
     pub async fn admit(&self, broker: &dyn Broker, client: &str, jobs: u32) -> Result<(), Refusal> {
-        if let Some(limiter) = &self.clients {
-            let n = NonZeroU32::new(jobs.max(1)).unwrap_or(NonZeroU32::MIN);
-            match limiter.check_key_n(&client.to_owned(), n) {
-                Ok(Ok(())) => {}
-                Ok(Err(not_until)) => {
-                    let wait = not_until.wait_time_from(DefaultClock::default().now());
-                    return Err(Refusal::RateLimited(wait.max(Duration::from_secs(1))));
-                }
+        if let (Some(limiter), Some(more)) =
+            (&self.clients, NonZeroU32::new(jobs.saturating_sub(1)))
+        {
+            let burst = self
+                .config
+                .client_burst
+                .or(self.config.client_rate)
+                .map_or(u32::MAX, NonZeroU32::get);
+            if jobs > burst {
                 // More jobs at once than the bucket can ever hold.
-                Err(_) => return Err(Refusal::RateLimited(Duration::from_secs(1))),
+                return Err(Refusal::RateLimited(Duration::from_secs(1)));
             }
+            limiter.check(client, more).map_err(Refusal::RateLimited)?;
         }
         let Some(max_backlog) = self.config.max_backlog else {
             return Ok(());
@@ -130,6 +203,11 @@ impl Admission {
         Err(Refusal::Overloaded(Duration::from_secs_f64(
             wait.clamp(1.0, 60.0).ceil(),
         )))
+    }
+
+    /// How many clients the per-client limiter remembers (0 without a limit).
+    pub fn tracked_clients(&self) -> usize {
+        self.clients.as_ref().map_or(0, ClientLimiter::len)
     }
 
     /// Counts jobs the broker confirmed.
@@ -171,5 +249,64 @@ impl Admission {
             accepted_at_reading: accepted_now,
             drain_rate,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    #[test]
+    fn idle_clients_are_forgotten() {
+        let clock = FakeRelativeClock::default();
+        let quota = Quota::per_second(NonZeroU32::new(10).unwrap());
+        let limiter = ClientLimiter::new(quota, clock.clone());
+        let one = NonZeroU32::MIN;
+        let distinct = 20 * SWEEP_EVERY;
+        for client in 0..distinct {
+            assert_eq!(limiter.check(&format!("10.0.{client}"), one), Ok(()));
+        }
+        // Every client was seen within the refill period: all are remembered.
+        assert!(
+            limiter.len() as u64 >= distinct - SWEEP_EVERY,
+            "{}",
+            limiter.len()
+        );
+
+        // Once their buckets are full again, a sweep forgets them.
+        clock.advance(Duration::from_secs(2));
+        for _ in 0..SWEEP_EVERY {
+            limiter.check("busy", one).ok();
+        }
+        assert!(limiter.len() <= 1, "{} clients remembered", limiter.len());
+
+        // New clients keep coming: the map never holds more than one sweep's worth of
+        // clients plus those active within the refill period.
+        for client in 0..distinct {
+            limiter.check(&format!("10.1.{client}"), one).ok();
+            clock.advance(Duration::from_millis(1));
+            assert!(
+                limiter.len() as u64 <= SWEEP_EVERY + 1_100,
+                "{}",
+                limiter.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_remembered_client_keeps_its_limit_across_sweeps() {
+        let clock = FakeRelativeClock::default();
+        let quota = Quota::per_second(NonZeroU32::new(1).unwrap());
+        let limiter = ClientLimiter::new(quota, clock.clone());
+        let one = NonZeroU32::MIN;
+        assert_eq!(limiter.check("greedy", one), Ok(()));
+        for client in 0..2 * SWEEP_EVERY {
+            limiter.check(&format!("other-{client}"), one).ok();
+        }
+        assert!(
+            limiter.check("greedy", one).is_err(),
+            "a sweep reset its bucket"
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use surge_common::broker::Broker;
-use surge_common::storage::batch::QueuedWriter;
+use surge_common::storage::batch::{AcceptWriter, QueuedWriter};
 use surge_common::storage::Storage;
 
 use crate::admission::{Admission, AdmissionConfig};
@@ -41,6 +41,8 @@ pub struct AppState {
     pub storage: Storage,
     /// Marks accepted jobs `queued`, many requests per commit.
     pub queued: QueuedWriter,
+    /// Records published jobs accepted, many requests per commit.
+    pub accepts: AcceptWriter,
     /// Request limits.
     pub limits: Limits,
     /// Counters for the live dashboard.
@@ -61,6 +63,7 @@ impl AppState {
         AppState {
             broker,
             queued: QueuedWriter::spawn(storage.clone(), QUEUED_WRITE_BATCH),
+            accepts: AcceptWriter::spawn(storage.clone(), QUEUED_WRITE_BATCH),
             storage,
             limits,
             live: Arc::default(),

@@ -279,6 +279,35 @@ async fn dead_jobs_show_their_error_and_replay() {
     worker.await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_ends_the_job_dead_at_once_with_the_panic_message() {
+    let (state, broker) = memory_state().await;
+    let (stop, worker) = start_worker(&state, RetryPolicy::default());
+    let answer = send(
+        &state,
+        post(
+            "/jobs",
+            json!({"kind": "poison", "payload": {"panic": true}}),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    let id = answer.body["id"].as_str().unwrap().to_owned();
+    // Before the fix the panic released the delivery with the same attempt count: the job
+    // was redelivered forever and never reached `dead`.
+    let dead = wait_for_status(&state, &id, "dead").await;
+    let error = dead["error"].as_str().unwrap();
+    assert!(error.contains("handler panicked"), "{dead}");
+    assert!(error.contains("poison job panicking on purpose"), "{dead}");
+    assert_eq!(dead["attempts"], 1, "a panic is not retried: {dead}");
+    assert_eq!(broker.dead_letters().len(), 1);
+    let stats = broker.stats().await.unwrap();
+    assert_eq!(stats.backlog, Some(0), "{stats:?}");
+    let _ = stop.send(());
+    worker.await.unwrap();
+}
+
 #[tokio::test]
 async fn idempotency_keys_return_the_original_job() {
     let (state, broker) = memory_state().await;
@@ -409,6 +438,96 @@ async fn api_keys_guard_the_job_endpoints_only() {
     assert_eq!(send(&state, get("/readyz")).await.status, StatusCode::OK);
 }
 
+/// A request whose body is not read as JSON: `body` verbatim, with `content_type`.
+fn raw_post(path: &str, content_type: &str, body: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut builder = Request::post(path).header("content-type", content_type);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn refusals_come_before_the_body_is_read() {
+    let (state, broker) = memory_state().await;
+    let state = state
+        .with_api_keys(ApiKeys::parse("s3cret"))
+        .with_admission(AdmissionConfig {
+            client_rate: NonZeroU32::new(1),
+            client_burst: NonZeroU32::new(1),
+            ..AdmissionConfig::default()
+        });
+    // Unauthenticated: 401 whatever the body, never the body's own 400 / 413 / 415.
+    let too_big = format!("{{\"kind\": \"{}\"}}", "x".repeat(300 * 1024));
+    for (path, content_type, body) in [
+        ("/jobs", "application/json", "{\"kind\": "),
+        ("/jobs/batch", "application/json", "[{]"),
+        ("/jobs", "text/plain", "hello"),
+        ("/jobs", "application/json", too_big.as_str()),
+    ] {
+        let answer = send(&state, raw_post(path, content_type, body, &[])).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "{path} {content_type}: {}",
+            answer.body
+        );
+        assert_eq!(
+            answer.body["error"]["code"], "unauthorized",
+            "{}",
+            answer.body
+        );
+    }
+    // Authenticated, the malformed body is the problem.
+    let auth = [("x-api-key", "s3cret")];
+    let first = send(
+        &state,
+        raw_post("/jobs", "application/json", "{\"kind\": ", &auth),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::BAD_REQUEST, "{}", first.body);
+    // That request used the client's only token: over its rate, the next one is 429 before
+    // its malformed body is looked at.
+    for body in ["{\"kind\": ", "{\"kind\": \"echo\"}"] {
+        let answer = send(&state, raw_post("/jobs", "application/json", body, &auth)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{body}: {}",
+            answer.body
+        );
+        assert!(answer.headers.contains_key("retry-after"));
+    }
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(0));
+}
+
+#[tokio::test]
+async fn a_batch_counts_every_job_against_the_rate() {
+    let (state, broker) = memory_state().await;
+    let state = state.with_admission(AdmissionConfig {
+        client_rate: NonZeroU32::new(1),
+        client_burst: NonZeroU32::new(3),
+        ..AdmissionConfig::default()
+    });
+    let job = json!({"kind": "echo"});
+    let never = send(
+        &state,
+        post("/jobs/batch", json!([job, job, job, job]), &[]),
+    )
+    .await;
+    assert_eq!(
+        never.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        never.body
+    );
+    let fits = send(&state, post("/jobs/batch", json!([job, job]), &[])).await;
+    assert_eq!(fits.status, StatusCode::ACCEPTED, "{}", fits.body);
+    let over = send(&state, post("/jobs/batch", json!([job, job]), &[])).await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS, "{}", over.body);
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(2));
+}
+
 #[tokio::test]
 async fn draining_refuses_new_jobs_and_reports_not_ready() {
     let (state, broker) = memory_state().await;
@@ -421,4 +540,131 @@ async fn draining_refuses_new_jobs_and_reports_not_ready() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(broker.stats().await.unwrap().backlog, Some(0));
+}
+
+/// A broker whose publish fails (`stall: false`), or never answers (`stall: true`; the
+/// request then ends without an answer, as when the ingress crashes or the client hangs
+/// up). `entered` is notified when a stalling publish starts.
+struct BrokenBroker {
+    inner: MemoryBroker,
+    stall: bool,
+    entered: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl Broker for BrokenBroker {
+    async fn publish(&self, _jobs: &[surge_common::job::Job]) -> Result<(), BrokerError> {
+        if self.stall {
+            self.entered.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Err(BrokerError::Unavailable("the broker refuses".into()))
+    }
+    async fn consume(&self, options: ConsumeOptions) -> Result<Deliveries, BrokerError> {
+        self.inner.consume(options).await
+    }
+    async fn stats(&self) -> Result<BrokerStats, BrokerError> {
+        self.inner.stats().await
+    }
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+}
+
+/// Stores a dead job (with its body, so it can be replayed) and returns its id.
+async fn dead_job(storage: &Storage) -> String {
+    use surge_common::job::{Job, JobKind};
+    use surge_common::storage::{JobResult, JobStatus};
+    let mut job = Job::new(JobKind::Echo, json!({"n": 1}), None);
+    job.awaits_acceptance = true;
+    storage.accept(&[job.id]).await.unwrap();
+    let row = JobResult {
+        job_id: job.id,
+        kind: "echo".into(),
+        status: JobStatus::Dead,
+        result: None,
+        error: Some("gave up".into()),
+        attempts: 3,
+        deliveries: 1,
+        worker: "w".into(),
+        enqueued_at_us: job.enqueued_at_us,
+        started_at_us: job.enqueued_at_us,
+        finished_at_us: job.enqueued_at_us,
+        job: Some(job.clone()),
+    };
+    storage.record(&row).await.unwrap();
+    job.id.to_string()
+}
+
+/// A replay whose publish fails, or that ends before its publish answered, leaves the job
+/// dead and replayable (it used to delete the dead row first: a crash in between lost it).
+async fn a_replay_that_never_published_loses_nothing(storage: Storage) {
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let broken = |stall: bool| {
+        let broker = Arc::new(BrokenBroker {
+            inner: MemoryBroker::new(),
+            stall,
+            entered: entered.clone(),
+        });
+        AppState::new(broker, storage.clone(), Limits::default())
+    };
+    let id = dead_job(&storage).await;
+    let path = format!("/jobs/{id}/replay");
+    let replay = move || post(&path, json!({}), &[]);
+
+    // The broker refuses: 503, and the job is still dead.
+    let refused = send(&broken(false), replay()).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    let seen = send(&broken(false), get(&format!("/jobs/{id}"))).await;
+    assert_eq!(seen.body["status"], "dead", "{}", seen.body);
+
+    // The request ends while publishing (the ingress crashed, the client hung up).
+    let stalled = broken(true);
+    let request = tokio::spawn({
+        let (stalled, request) = (stalled.clone(), replay());
+        async move { send(&stalled, request).await }
+    });
+    entered.notified().await;
+    request.abort();
+    assert!(request.await.is_err_and(|e| e.is_cancelled()));
+    let seen = send(&stalled, get(&format!("/jobs/{id}"))).await;
+    assert_eq!(
+        seen.body["status"], "dead",
+        "the job was lost: {}",
+        seen.body
+    );
+    assert_eq!(seen.body["error"], "gave up");
+
+    // With a working broker the job can still be replayed, and runs to a result.
+    let working = Arc::new(MemoryBroker::new());
+    let state = AppState::new(working.clone(), storage.clone(), Limits::default());
+    let replayed = send(&state, replay()).await;
+    assert_eq!(replayed.status, StatusCode::ACCEPTED, "{}", replayed.body);
+    assert_eq!(working.stats().await.unwrap().backlog, Some(1));
+    assert_eq!(wait_for_status(&state, &id, "queued").await["attempt"], 1);
+    let (stop, worker) = start_worker(&state, RetryPolicy::default());
+    let done = wait_for_status(&state, &id, "succeeded").await;
+    assert_eq!(done["result"], json!({"n": 1}), "{done}");
+    let _ = stop.send(());
+    worker.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_never_published_loses_nothing_sqlite() {
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
+    a_replay_that_never_published_loses_nothing(storage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_never_published_loses_nothing_postgres() {
+    let Some(base) = testing::service(testing::POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let url = testing::fresh_postgres_database(&base).await.unwrap();
+    a_replay_that_never_published_loses_nothing(Storage::connect(&url).await.unwrap()).await;
 }

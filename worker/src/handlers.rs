@@ -34,7 +34,10 @@ pub async fn handle(job: &Job, attempt: u32) -> Result<Value, JobError> {
             // CPU-bound: keep it off the async executor's threads.
             let digest = tokio::task::spawn_blocking(move || hash_rounds(&p.data, p.rounds))
                 .await
-                .map_err(|e| JobError::Retryable(format!("hash task failed: {e}")))?;
+                .map_err(|e| match e.try_into_panic() {
+                    Ok(panic) => JobError::Permanent(panicked(panic.as_ref())),
+                    Err(e) => JobError::Retryable(format!("hash task failed: {e}")),
+                })?;
             Ok(json!({ "rounds": p.rounds, "sha256": digest }))
         }
         TypedPayload::Echo(value) => Ok(value),
@@ -48,8 +51,22 @@ pub async fn handle(job: &Job, attempt: u32) -> Result<Value, JobError> {
                 Ok(json!({ "succeeded_on_attempt": attempt }))
             }
         }
+        TypedPayload::Poison(p) if p.get("panic") == Some(&Value::Bool(true)) => {
+            // A handler bug on demand, to show (and test) that a panic ends the job dead.
+            panic!("poison job panicking on purpose")
+        }
         TypedPayload::Poison(_) => Err(JobError::Permanent("poison job always fails".into())),
     }
+}
+
+/// The message of a handler panic, as stored on the job's `dead` row.
+pub fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    format!("handler panicked: {message}")
 }
 
 /// `rounds` iterations of SHA-256 over `data`, hex-encoded.
@@ -93,6 +110,8 @@ mod tests {
 
         let poison = handle(&job(JobKind::Poison, json!({})), 1).await;
         assert!(matches!(poison, Err(JobError::Permanent(_))));
+        let calm = handle(&job(JobKind::Poison, json!({"panic": "no"})), 1).await;
+        assert!(matches!(calm, Err(JobError::Permanent(_))));
 
         // A message someone else wrote with a bad payload is permanent, not a panic.
         let bad = handle(&job(JobKind::Sleep, json!({"ms": "soon"})), 1).await;

@@ -19,11 +19,12 @@ use backon::Retryable;
 use futures::StreamExt;
 use surge_common::broker::{Broker, BrokerError, ConsumeOptions, Deliveries, Delivery};
 use surge_common::clock::now_micros;
+use surge_common::job::Job;
 use surge_common::metrics as m;
 use surge_common::retry::{reconnect, RetryPolicy};
 use surge_common::storage::batch::{ResultWriter, StageWriter};
 use surge_common::storage::lifecycle::{Stage, StageUpdate};
-use surge_common::storage::{JobResult, JobStatus, Recorded, Storage};
+use surge_common::storage::{JobResult, JobStatus, PendingResult, Recorded, Storage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -168,7 +169,12 @@ impl Worker {
             };
             let mut stopping = false;
             loop {
-                while tasks.try_join_next().is_some() {}
+                while let Some(joined) = tasks.try_join_next() {
+                    if let Err(e) = joined {
+                        // Handler panics are caught in `process`; this is a bug elsewhere.
+                        tracing::error!(error = %e, "job task failed; its delivery was released");
+                    }
+                }
                 let permit = tokio::select! {
                     _ = &mut shutdown => {
                         stopping = true;
@@ -311,7 +317,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             .record(stage(Stage::Running, delivery.attempt, None));
         let outcome = {
             let _in_flight = context.stats.start();
-            handlers::handle(&delivery.job, delivery.attempt).await
+            run_handler(&delivery.job, delivery.attempt).await
         };
         let finished_at_us = now_micros();
         metrics::histogram!(m::JOB_SECONDS)
@@ -333,7 +339,8 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
         let settled = match outcome {
             Ok(value) => {
                 let row = row(JobStatus::Succeeded, Some(value), None);
-                let Some(recorded) = commit(&context, &row).await else {
+                let Some(recorded) = commit(&context, delivery.job.awaits_acceptance, row).await
+                else {
                     return; // dropping the delivery releases it for redelivery
                 };
                 if recorded == Recorded::Cancelled {
@@ -360,7 +367,8 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             Err(error) => {
                 let reason = error.to_string();
                 let row = row(JobStatus::Dead, None, Some(reason.clone()));
-                let Some(recorded) = commit(&context, &row).await else {
+                let Some(recorded) = commit(&context, delivery.job.awaits_acceptance, row).await
+                else {
                     return;
                 };
                 if recorded == Recorded::Cancelled {
@@ -381,6 +389,20 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
     .await
 }
 
+/// Runs the job's handler, turning a panic into a permanent failure carrying the panic
+/// message. Uncaught, the panic would end this task with the delivery unsettled: dropped,
+/// it is released with the same attempt count and redelivered forever. A panic is a bug
+/// in the handler, not a passing condition, so it is not retried (the design: "a panicking
+/// handler is a permanent failure, never a redelivery loop"); the job ends `dead` with the
+/// message and can be replayed once the handler is fixed.
+async fn run_handler(job: &Job, attempt: u32) -> Result<serde_json::Value, JobError> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(handlers::handle(job, attempt))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(JobError::Permanent(handlers::panicked(panic.as_ref()))))
+}
+
 /// Records the time from acceptance at the ingress until now (the result is committed).
 fn record_end_to_end(enqueued_at_us: i64) {
     let seconds = (now_micros() - enqueued_at_us).max(0) as f64 / 1_000_000.0;
@@ -398,11 +420,32 @@ async fn settle_cancelled(delivery: Delivery) {
 }
 
 /// Commits `row`, retrying a failing database with backoff. `None`: give the job back.
-async fn commit(context: &JobContext, row: &JobResult) -> Option<Recorded> {
-    let stored = (|| context.writer.record(row.clone()))
-        .retry(reconnect(6))
-        .notify(|e, after| tracing::warn!(error = %e, ?after, "result commit failed; retrying"))
-        .await;
+///
+/// A job the ingress has not yet recorded accepted ([`Recorded::Unaccepted`]: its publish
+/// may still fail, and its client be refused) keeps its delivery and is tried again after
+/// a growing pause, until the ingress decides or the decision is overdue and the storage
+/// takes the job as accepted (see `surge_common::storage::acceptance`).
+async fn commit(context: &JobContext, awaits_acceptance: bool, row: JobResult) -> Option<Recorded> {
+    let result = PendingResult {
+        row,
+        awaits_acceptance,
+    };
+    let mut pause = Duration::from_millis(5);
+    let stored = loop {
+        let stored = (|| context.writer.record_pending(result.clone()))
+            .retry(reconnect(6))
+            .notify(|e, after| tracing::warn!(error = %e, ?after, "result commit failed; retrying"))
+            .await;
+        if !matches!(stored, Ok(Recorded::Unaccepted)) {
+            break stored;
+        }
+        tracing::debug!(
+            ?pause,
+            "the ingress has not recorded the job accepted yet; waiting"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    };
     match stored {
         Ok(Recorded::Duplicate) => {
             context.stats.duplicate();

@@ -1,4 +1,5 @@
-//! Batched writers: group commit for results and `queued` marks, fire-and-forget stages.
+//! Batched writers: group commit for results, `queued` marks and acceptances,
+//! fire-and-forget stages.
 //!
 //! Hundreds of jobs finishing (or being accepted) at once would otherwise each pay a
 //! commit (an fsync). A [`GroupCommit`] task takes the first waiting item, sweeps up every
@@ -12,7 +13,7 @@ use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 
 use super::lifecycle::{queued_updates, StageUpdate};
-use super::{JobResult, Recorded, Storage};
+use super::{JobResult, PendingResult, Recorded, Storage};
 use crate::job::Job;
 
 type Reply<O> = oneshot::Sender<Result<O, String>>;
@@ -89,25 +90,73 @@ impl<T: Send + 'static, O: Send + 'static> GroupCommit<T, O> {
     }
 }
 
-/// Group commit of job results ([`Storage::record_many`]). Cheap to clone.
+/// Group commit of job results ([`Storage::record_pending`]). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ResultWriter {
-    inner: GroupCommit<JobResult, Recorded>,
+    inner: GroupCommit<PendingResult, Recorded>,
 }
 
 impl ResultWriter {
     /// Starts the writer task on the current runtime. It stops when every clone is dropped.
     pub fn spawn(storage: Storage, max_batch: usize) -> ResultWriter {
-        let inner = GroupCommit::spawn(max_batch, move |rows: Vec<JobResult>| {
+        let inner = GroupCommit::spawn(max_batch, move |rows: Vec<PendingResult>| {
             let storage = storage.clone();
-            async move { storage.record_many(&rows).await.map_err(|e| e.to_string()) }
+            async move {
+                storage
+                    .record_pending(&rows)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         });
         ResultWriter { inner }
     }
 
-    /// Stores `row` in the next batch and returns once that batch is committed.
+    /// Stores `row` of a job that does not await acceptance in the next batch and returns
+    /// once that batch is committed.
     pub async fn record(&self, row: JobResult) -> Result<Recorded, WriteError> {
-        self.inner.submit(row).await
+        self.record_pending(PendingResult {
+            row,
+            awaits_acceptance: false,
+        })
+        .await
+    }
+
+    /// Stores `result` in the next batch and returns once that batch is committed.
+    pub async fn record_pending(&self, result: PendingResult) -> Result<Recorded, WriteError> {
+        self.inner.submit(result).await
+    }
+}
+
+/// Group commit of acceptances of published jobs ([`Storage::accept`]), so that
+/// concurrent requests share one insert and one commit. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AcceptWriter {
+    inner: GroupCommit<Vec<uuid::Uuid>, ()>,
+}
+
+impl AcceptWriter {
+    /// Starts the writer task on the current runtime. `max_batch` counts requests.
+    pub fn spawn(storage: Storage, max_batch: usize) -> AcceptWriter {
+        let inner = GroupCommit::spawn(max_batch, move |requests: Vec<Vec<uuid::Uuid>>| {
+            let storage = storage.clone();
+            async move {
+                let count = requests.len();
+                let ids: Vec<uuid::Uuid> = requests.into_iter().flatten().collect();
+                storage
+                    .accept(&ids)
+                    .await
+                    .map(|()| vec![(); count])
+                    .map_err(|e| e.to_string())
+            }
+        });
+        AcceptWriter { inner }
+    }
+
+    /// Records `jobs` accepted in the next batch; returns once that batch is committed.
+    pub async fn accept(&self, jobs: &[Job]) -> Result<(), WriteError> {
+        self.inner
+            .submit(jobs.iter().map(|job| job.id).collect())
+            .await
     }
 }
 

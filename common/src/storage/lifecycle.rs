@@ -167,10 +167,13 @@ impl Storage {
         })))
     }
 
-    /// Takes a dead job out of the results so it can run again: deletes its `dead` row and
-    /// returns it (with the job), or `None` when the job is not dead. If publishing the
-    /// replay fails, put the row back with [`Storage::record`].
-    pub async fn take_dead(&self, job_id: Uuid) -> Result<Option<JobResult>, StorageError> {
+    /// Claims a dead job for replay and returns its row (with the job), or `None` when the
+    /// job is not dead. The dead row stays, marked as being replayed, and the job is marked
+    /// `queued`; the row still answers `GET /jobs/{id}` until [`Storage::finish_replay`].
+    /// Nothing is lost if the caller never gets further (a crash, a dropped request): the
+    /// job is still dead and can be replayed again. A second claim of the same job succeeds
+    /// too; publishing it twice is harmless, as results are stored once per job id.
+    pub async fn claim_replay(&self, job_id: Uuid) -> Result<Option<JobResult>, StorageError> {
         let mut tx = self.pool().begin().await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM job_results WHERE job_id = $1 AND status = $2"
@@ -183,11 +186,14 @@ impl Storage {
             return Ok(None);
         };
         let dead = decode(&row)?;
-        sqlx::query("DELETE FROM job_results WHERE job_id = $1 AND status = $2")
-            .bind(job_id.to_string())
-            .bind(JobStatus::Dead.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE job_results SET replaying_since_us = $1 WHERE job_id = $2 AND status = $3",
+        )
+        .bind(now_micros())
+        .bind(job_id.to_string())
+        .bind(JobStatus::Dead.as_str())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
              VALUES ($1, $2, 'queued', 1, NULL, $3) ON CONFLICT (job_id) DO UPDATE SET \
@@ -200,6 +206,26 @@ impl Storage {
         .await?;
         tx.commit().await?;
         Ok(Some(dead))
+    }
+
+    /// The replay of a claimed job is published: removes its dead row, unless the replayed
+    /// run already replaced it with its own outcome.
+    pub async fn finish_replay(&self, job_id: Uuid) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM job_results WHERE job_id = $1 AND replaying_since_us IS NOT NULL")
+            .bind(job_id.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The replay of a claimed job could not be published: the job stays dead, and a run
+    /// of a message the broker may have kept anyway finds its dead row and changes nothing.
+    pub async fn abandon_replay(&self, job_id: Uuid) -> Result<(), StorageError> {
+        sqlx::query("UPDATE job_results SET replaying_since_us = NULL WHERE job_id = $1")
+            .bind(job_id.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 }
 

@@ -11,16 +11,18 @@
 //! with a linear search, so a 500-row insert spends most of its time finding parameters —
 //! SQLite gets positional `?` ([`Storage::placeholders`]).
 //!
-//! A job whose publish failed (the client got a 503) may still have reached the broker:
-//! the ingress then records it in `cancelled_jobs` ([`Storage::cancel`]), and the result
-//! insert skips cancelled ids, so a job refused to its client never gets a result.
+//! A job whose publish failed (the client got a 503) may still have reached the broker, and
+//! a worker may finish a job before the ingress knows whether its publish succeeded. So the
+//! ingress records each job it published accepted or cancelled, and a result of a job that
+//! awaits that decision commits only once the job is accepted (see [`acceptance`]): a job
+//! refused to its client never gets a result.
 //!
 //! Writes come one at a time ([`Storage::record`]) or many per statement and commit
 //! ([`Storage::record_many`]); [`batch::ResultWriter`] gathers concurrent workers' rows
 //! into such batches (group commit).
 
+pub mod acceptance;
 pub mod batch;
-pub mod cancel;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod lifecycle;
@@ -146,6 +148,19 @@ pub enum Recorded {
     /// The job was cancelled because its publish failed (the client got a 503 and may
     /// resubmit): no result is stored, the delivery should be acked.
     Cancelled,
+    /// The job awaits the ingress's decision, which is not recorded yet: nothing is
+    /// stored; keep the delivery and try again shortly (see [`acceptance`]).
+    Unaccepted,
+}
+
+/// A result to store, and whether its job awaits the ingress's acceptance
+/// ([`Job::awaits_acceptance`](crate::job::Job::awaits_acceptance)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingResult {
+    /// The row.
+    pub row: JobResult,
+    /// Store it only once the ingress accepted the job (or the decision is overdue).
+    pub awaits_acceptance: bool,
 }
 
 /// Connection pool to the results database.
@@ -192,6 +207,16 @@ pub(crate) const COLUMNS: &str =
 
 /// Number of columns in [`COLUMNS`].
 const COLUMN_COUNT: usize = 12;
+
+/// How the result insert treats an existing row: keep it, unless it is a dead row being
+/// replayed (`replaying_since_us` set), which the replayed run's outcome replaces.
+const ON_CONFLICT: &str = "ON CONFLICT (job_id) DO UPDATE SET kind = excluded.kind, \
+     status = excluded.status, result = excluded.result, error = excluded.error, \
+     attempts = excluded.attempts, deliveries = excluded.deliveries, \
+     worker = excluded.worker, enqueued_at_us = excluded.enqueued_at_us, \
+     started_at_us = excluded.started_at_us, finished_at_us = excluded.finished_at_us, \
+     job = excluded.job, replaying_since_us = NULL \
+     WHERE job_results.replaying_since_us IS NOT NULL";
 
 impl Storage {
     /// Connects (creating a SQLite file if needed) and runs the embedded migrations.
@@ -261,27 +286,70 @@ impl Storage {
         Ok(outcome[0])
     }
 
-    /// Stores many results in one transaction: one multi-row insert that skips ids already
-    /// present and cancelled ids, then one update counting the extra delivery of repeats.
-    /// Returns, per input row and in order, whether it was new, a repeat or cancelled. Rows
-    /// for the same id in one call count as a first write and duplicates.
+    /// Stores many results of jobs that do not await acceptance; see
+    /// [`Storage::record_pending`].
     pub async fn record_many(&self, rows: &[JobResult]) -> Result<Vec<Recorded>, StorageError> {
+        let items: Vec<(&JobResult, bool)> = rows.iter().map(|r| (r, false)).collect();
+        self.store(&items).await
+    }
+
+    /// Stores many results in one transaction: one multi-row insert that skips ids already
+    /// present, cancelled ids and ids still awaiting acceptance, then one update counting
+    /// the extra delivery of repeats. A dead row being replayed is replaced. Before that,
+    /// only when some row's acceptance is overdue, one insert records those accepted (see
+    /// [`acceptance`]). Returns, per input row and in order, whether it was new, a repeat,
+    /// cancelled or unaccepted. Rows for the same id in one call count as a first write
+    /// and duplicates.
+    pub async fn record_pending(
+        &self,
+        rows: &[PendingResult],
+    ) -> Result<Vec<Recorded>, StorageError> {
+        let items: Vec<(&JobResult, bool)> =
+            rows.iter().map(|r| (&r.row, r.awaits_acceptance)).collect();
+        self.store(&items).await
+    }
+
+    async fn store(&self, rows: &[(&JobResult, bool)]) -> Result<Vec<Recorded>, StorageError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        // One row per id in the insert: PostgreSQL refuses an upsert touching a row twice.
+        let mut seen = std::collections::HashSet::new();
+        let firsts: Vec<(&JobResult, bool)> = rows
+            .iter()
+            .filter(|(r, _)| seen.insert(r.job_id))
+            .copied()
+            .collect();
         let mut tx = self.pool.begin().await?;
+        let cutoff = acceptance::overdue_before();
+        let overdue: Vec<String> = firsts
+            .iter()
+            .filter(|(r, awaits)| *awaits && r.enqueued_at_us < cutoff)
+            .map(|(r, _)| r.job_id.to_string())
+            .collect();
+        if !overdue.is_empty() {
+            tracing::warn!(
+                jobs = overdue.len(),
+                "the ingress never recorded these jobs accepted; taking them as accepted"
+            );
+            self.decide(&mut tx, &overdue, true).await?;
+        }
         let mut inserted = std::collections::HashSet::new();
-        for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
-            // VALUES columns are named column1, column2, … on both databases.
+        for chunk in firsts.chunks(MAX_ROWS_PER_STATEMENT) {
+            // VALUES columns are named column1, column2, … on both databases; column13
+            // says whether the job awaits acceptance.
+            let values: Vec<String> = (1..=COLUMN_COUNT).map(|c| format!("v.column{c}")).collect();
             let sql = format!(
-                "INSERT INTO job_results ({COLUMNS}) SELECT * FROM (VALUES {}) AS v \
-                 WHERE v.column1 IS NOT NULL AND NOT EXISTS \
-                 (SELECT 1 FROM cancelled_jobs c WHERE c.job_id = v.column1) \
-                 ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
-                self.placeholders(1, padded(chunk.len()), COLUMN_COUNT)
+                "INSERT INTO job_results ({COLUMNS}) SELECT {} FROM (VALUES {}) AS v \
+                 WHERE v.column1 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM job_acceptance a \
+                 WHERE a.job_id = v.column1 AND a.accepted = 0) AND (v.column13 = 0 OR EXISTS \
+                 (SELECT 1 FROM job_acceptance a WHERE a.job_id = v.column1 AND a.accepted = 1)) \
+                 {ON_CONFLICT} RETURNING job_id",
+                values.join(", "),
+                self.placeholders(1, padded(chunk.len()), COLUMN_COUNT + 1)
             );
             let mut query = sqlx::query(&sql);
-            for r in chunk {
+            for (r, awaits) in chunk {
                 query = query
                     .bind(r.job_id.to_string())
                     .bind(r.kind.clone())
@@ -298,7 +366,8 @@ impl Storage {
                         r.job
                             .as_ref()
                             .map(|j| String::from_utf8_lossy(&j.encode()).into_owned()),
-                    );
+                    )
+                    .bind(i64::from(*awaits));
             }
             for _ in chunk.len()..padded(chunk.len()) {
                 let (text, int) = (None::<String>, None::<i64>);
@@ -316,31 +385,49 @@ impl Storage {
                     .bind(int)
                     .bind(int)
                     .bind(int)
-                    .bind(text);
+                    .bind(text)
+                    .bind(int);
             }
             for row in query.fetch_all(&mut *tx).await? {
                 let id: String = row.try_get("job_id")?;
                 inserted.insert(id);
             }
         }
-        let skipped: Vec<String> = rows
+        let skipped: Vec<String> = firsts
             .iter()
-            .map(|r| r.job_id.to_string())
+            .map(|(r, _)| r.job_id.to_string())
             .filter(|id| !inserted.contains(id))
             .collect();
-        let cancelled = self.cancelled_among(&mut tx, &skipped).await?;
+        // Why each skipped row was skipped, read after the insert: a decision committed in
+        // between is visible here although the insert did not see it, so only a row that
+        // exists makes a repeat; anything else is tried again.
+        let decided = self.decisions(&mut tx, &skipped).await?;
+        let present = self.ids_in(&mut tx, "job_results", &skipped).await?;
         let mut outcome = Vec::with_capacity(rows.len());
         let mut repeated = Vec::new();
-        for r in rows {
+        let mut written = std::collections::HashSet::new();
+        for (r, _) in rows {
             let id = r.job_id.to_string();
             // The first row of an id that was inserted is new; any other is a repeat.
             if inserted.remove(&id) {
                 outcome.push(Recorded::New);
-            } else if cancelled.contains(&id) {
-                outcome.push(Recorded::Cancelled);
-            } else {
+                written.insert(id);
+                continue;
+            }
+            if written.contains(&id) {
                 outcome.push(Recorded::Duplicate);
                 repeated.push(id);
+                continue;
+            }
+            if decided.get(&id) == Some(&false) {
+                outcome.push(Recorded::Cancelled);
+            } else if present.contains(&id) {
+                outcome.push(Recorded::Duplicate);
+                repeated.push(id);
+            } else {
+                // Not yet accepted (or accepted, or written by another worker, just after
+                // the insert looked): nothing stored, try again.
+                outcome.push(Recorded::Unaccepted);
             }
         }
         for id in repeated {

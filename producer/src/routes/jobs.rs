@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -79,7 +79,7 @@ pub struct BatchAccepted {
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a client's retry of this POST safe: same key and body, same job")))]
 pub async fn submit(
     State(state): State<AppState>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(request): JsonBody<JobRequest>,
 ) -> Result<Response, ApiError> {
@@ -88,7 +88,8 @@ pub async fn submit(
     let request_hash = idempotency_key.as_ref().map(|_| request_hash(&request));
     let mut job = request.into_job()?;
     job.traceparent = Some(trace.child().header());
-    admit(&state, peer, &headers, 1).await?;
+    job.awaits_acceptance = true;
+    admit(&state, &caller, 1).await?;
     if let (Some(key), Some(hash)) = (&idempotency_key, &request_hash) {
         match state
             .storage
@@ -157,7 +158,7 @@ fn accepted_response(id: Uuid) -> Result<Response, ApiError> {
     ))]
 pub async fn submit_batch(
     State(state): State<AppState>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(requests): JsonBody<Vec<JobRequest>>,
 ) -> Result<Response, ApiError> {
@@ -178,11 +179,12 @@ pub async fn submit_batch(
         .map(|(i, request)| {
             let mut job = request.into_job().map_err(|e| e.under(&format!("[{i}]")))?;
             job.traceparent = Some(trace.child().header());
+            job.awaits_acceptance = true;
             Ok(job)
         })
         .collect::<Result<Vec<Job>, InvalidJob>>()?;
     let count = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
-    admit(&state, peer, &headers, count).await?;
+    admit(&state, &caller, count).await?;
     publish_new(&state, &jobs).await?;
     let accepted = BatchAccepted {
         jobs: jobs.iter().map(Accepted::of).collect(),
@@ -225,36 +227,54 @@ fn request_hash(request: &JobRequest) -> String {
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-/// The checks every submission passes before anything is published: the ingress is not
-/// shutting down, the client is authenticated (when keys are configured), within its
-/// rate, and the backlog has room.
-async fn admit(
-    state: &AppState,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: &HeaderMap,
-    jobs: u32,
-) -> Result<(), ApiError> {
-    if state.draining.load(Ordering::Relaxed) {
-        return Err(ApiError::ShuttingDown);
+/// A submitting client that passed the checks made before its body is read: the ingress
+/// is not shutting down (503), the client is authenticated when keys are configured
+/// (401), and it has at least one job's worth of its rate left (429). As an extractor
+/// placed before the body's, it refuses such requests without reading or parsing their
+/// body, so a malformed body from a client that would be refused anyway gets the refusal.
+#[derive(Debug)]
+pub struct Caller {
+    /// Whom rate limits count against: the API key (hashed), else the client address.
+    client: String,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.draining.load(Ordering::Relaxed) {
+            return Err(ApiError::ShuttingDown);
+        }
+        let key = state
+            .api_keys
+            .authenticate(&parts.headers)
+            .map_err(ApiError::Unauthorized)?;
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        let client = match (key, peer) {
+            (Some(key), _) => format!("key:{}", hex::encode(Sha256::digest(key.as_bytes()))),
+            (None, Some(ConnectInfo(address))) => address.ip().to_string(),
+            (None, None) => "anonymous".to_owned(),
+        };
+        state.admission.admit_client(&client).map_err(refused)?;
+        Ok(Caller { client })
     }
-    let key = state
-        .api_keys
-        .authenticate(headers)
-        .map_err(ApiError::Unauthorized)?;
-    // Rate limits are per API key, else per client address.
-    let client = match (key, peer) {
-        (Some(key), _) => format!("key:{}", hex::encode(Sha256::digest(key.as_bytes()))),
-        (None, Some(Extension(ConnectInfo(address)))) => address.ip().to_string(),
-        (None, None) => "anonymous".to_owned(),
-    };
+}
+
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Overloaded(wait) => ApiError::Overloaded(wait),
+        Refusal::RateLimited(wait) => ApiError::RateLimited(wait),
+    }
+}
+
+/// The checks a parsed submission of `jobs` jobs passes before anything is published: the
+/// rest of the client's rate (its first job was taken by [`Caller`]) and the backlog bound.
+async fn admit(state: &AppState, caller: &Caller, jobs: u32) -> Result<(), ApiError> {
     state
         .admission
-        .admit(state.broker.as_ref(), &client, jobs)
+        .admit(state.broker.as_ref(), &caller.client, jobs)
         .await
-        .map_err(|refusal| match refusal {
-            Refusal::Overloaded(wait) => ApiError::Overloaded(wait),
-            Refusal::RateLimited(wait) => ApiError::RateLimited(wait),
-        })
+        .map_err(refused)
 }
 
 /// Checks the API key on read-only job endpoints.
@@ -266,20 +286,31 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .map_err(ApiError::Unauthorized)
 }
 
-/// Publishes new jobs. If the publish fails, the broker may still hold them (it stored a
-/// message whose confirm was lost): they are cancelled before the client hears the error,
-/// so a refused job never gets a result (see `surge_common::storage::cancel`). If every job
-/// already has a result, the jobs evidently were accepted and the answer is success.
+/// Publishes new jobs (which await acceptance) and records them accepted. If the publish
+/// fails, the broker may still hold them (it stored a message whose confirm was lost):
+/// they are cancelled instead, so a refused job never gets a result (see
+/// `surge_common::storage::acceptance`). If every job turns out accepted already (a worker
+/// found its acceptance overdue), the answer is success.
 async fn publish_new(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     let Err(error) = publish(state, jobs).await else {
+        accept(state, jobs).await;
         return Ok(());
     };
     let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
     match tokio::time::timeout(CANCEL_TIMEOUT, state.storage.cancel(&ids)).await {
-        Ok(Ok(finished)) if !ids.is_empty() && finished.len() == ids.len() => {
-            tracing::warn!(error = %error, "publish reported failure but the jobs already ran; accepting");
+        Ok(Ok(accepted)) if !ids.is_empty() && accepted.len() == ids.len() => {
+            tracing::warn!(error = %error, "publish reported failure but the jobs were accepted already; accepting");
             record_accepted(state, jobs, std::time::Duration::ZERO);
             return Ok(());
+        }
+        Ok(Ok(accepted)) if !accepted.is_empty() => {
+            tracing::error!(
+                error = %error,
+                accepted = accepted.len(),
+                jobs = ids.len(),
+                "publish failed and some of the refused jobs were taken as accepted after \
+                 the acceptance deadline; they may run although their client is refused"
+            );
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => cancel_later(state, ids, e.to_string()),
@@ -288,14 +319,38 @@ async fn publish_new(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     Err(error)
 }
 
+/// Records freshly published `jobs` accepted, so their results may commit. Waits at most
+/// [`QUEUED_WRITE_TIMEOUT`]; after that, or a failed write (the database is struggling),
+/// keeps trying in the background. Should it never succeed, the results still commit
+/// once the acceptance is overdue.
+async fn accept(state: &AppState, jobs: &[Job]) {
+    use backon::Retryable;
+    let failure = match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.accepts.accept(jobs)).await
+    {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    tracing::warn!(error = %failure, jobs = jobs.len(), "recording jobs accepted failed; retrying in the background");
+    let storage = state.storage.clone();
+    let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
+    tokio::spawn(async move {
+        if let Err(e) = (|| storage.accept(&ids)).retry(reconnect(24)).await {
+            tracing::error!(error = %e, jobs = ids.len(), "jobs could not be recorded accepted; their results wait until the acceptance is overdue");
+        }
+    });
+}
+
 /// Keeps trying to cancel `ids` in the background (the database is struggling; the
-/// client gets its 503 now). Logged loudly if it never succeeds.
+/// client gets its 503 now) for about three minutes, well within the acceptance deadline
+/// (`surge_common::storage::acceptance::ACCEPTANCE_OVERDUE`). Logged loudly if it never
+/// succeeds.
 fn cancel_later(state: &AppState, ids: Vec<Uuid>, first_error: String) {
     use backon::Retryable;
     tracing::warn!(error = %first_error, jobs = ids.len(), "cancelling refused jobs failed; retrying in the background");
     let storage = state.storage.clone();
     tokio::spawn(async move {
-        if let Err(e) = (|| storage.cancel(&ids)).retry(reconnect(40)).await {
+        if let Err(e) = (|| storage.cancel(&ids)).retry(reconnect(24)).await {
             tracing::error!(error = %e, jobs = ?ids, "refused jobs could not be cancelled; they may still run");
         }
     });
@@ -383,7 +438,7 @@ pub async fn replay(
         return Err(ApiError::ShuttingDown);
     }
     let id = parse_id(&id)?;
-    let Some(dead) = state.storage.take_dead(id).await? else {
+    let Some(dead) = state.storage.claim_replay(id).await? else {
         return match state.storage.lifecycle(id).await? {
             None => Err(ApiError::NotFound(format!("no job {id}"))),
             Some(_) => Err(ApiError::NotDead(format!(
@@ -392,19 +447,25 @@ pub async fn replay(
         };
     };
     let Some(mut job) = dead.job.clone() else {
-        state.storage.record(&dead).await?;
+        state.storage.abandon_replay(id).await?;
         return Err(ApiError::NotDead(format!(
             "job {id} died before replay was possible (its body was not kept)"
         )));
     };
     job.enqueued_at_us = surge_common::clock::now_micros();
+    // The dead row stays until the publish succeeded: if this request ends before (a
+    // crash, a client hanging up), the job is still dead and replayable.
     if let Err(e) = publish(&state, std::slice::from_ref(&job)).await {
-        // Put the dead row back so the job is not lost from view.
-        if let Err(restore) = state.storage.record(&dead).await {
-            tracing::error!(error = %restore, job_id = %id, "could not restore the dead row");
+        if let Err(restore) = state.storage.abandon_replay(id).await {
+            tracing::warn!(error = %restore, job_id = %id, "could not clear the replay mark; the dead row stays");
         }
         return Err(e);
     }
+    if job.awaits_acceptance {
+        // Accepted when it first ran; a no-op unless that record was lost.
+        accept(&state, std::slice::from_ref(&job)).await;
+    }
+    state.storage.finish_replay(id).await?;
     accepted_response(id)
 }
 
