@@ -71,7 +71,18 @@ impl OffsetTracker {
     }
 
     /// The partition was (re)assigned: start a new generation with nothing outstanding.
+    ///
+    /// A partition already tracked keeps its generation. That happens when its first
+    /// messages were read before the assign callback ran (`delivered` tracks them then):
+    /// librdkafka starts fetching inside its assign, and the callback runs after it.
+    /// Starting a new generation there would orphan those deliveries — a job still queued
+    /// would be dropped as "revoked", and librdkafka never sends it again while it keeps
+    /// the partition. A real reassignment always comes after a revoke, which forgets the
+    /// partition, so it still gets a fresh generation.
     pub(crate) fn assign(&mut self, tp: TopicPartition) -> u64 {
+        if let Some(track) = self.partitions.get(&tp) {
+            return track.generation;
+        }
         let track = self.fresh();
         let generation = track.generation;
         self.partitions.insert(tp, track);
@@ -244,6 +255,26 @@ mod tests {
         // Redelivered below the watermark (e.g. a refetch): not tracked again.
         t.delivered(&tp(0), 6);
         assert_eq!(t.unsettled(), 0);
+    }
+
+    #[test]
+    fn messages_read_before_the_assign_callback_stay_current() {
+        let mut t = OffsetTracker::default();
+        // librdkafka fetched offset 0 before our assign callback recorded the partition.
+        let early = t.delivered(&tp(0), 0);
+        let assigned = t.assign(tp(0));
+        assert_eq!(
+            assigned, early,
+            "the assign callback kept the early generation"
+        );
+        assert!(
+            t.is_current(&tp(0), early),
+            "the early delivery is not orphaned"
+        );
+        t.delivered(&tp(0), 1);
+        assert!(t.settle(&tp(0), early, 0));
+        assert!(t.settle(&tp(0), assigned, 1));
+        assert_eq!(t.watermark(&tp(0)), Some(2));
     }
 
     #[test]
