@@ -400,6 +400,10 @@ async fn heartbeats_postgres() {
 /// on PostgreSQL, which fires even when the insert skipped every row, records the
 /// acceptance at exactly that point.
 #[tokio::test]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 async fn postgres_acceptance_landing_between_insert_and_its_explanation() {
     let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
         return;

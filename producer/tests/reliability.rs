@@ -661,6 +661,10 @@ async fn a_replay_that_never_published_loses_nothing_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
 async fn a_replay_that_never_published_loses_nothing_postgres() {
     let Some(base) = testing::service(testing::POSTGRES_URL_VAR, "PostgreSQL") else {
         return;
