@@ -30,6 +30,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
@@ -134,21 +135,12 @@ impl Storage {
         ids: &[String],
     ) -> Result<HashMap<String, bool>, StorageError> {
         let mut out = HashMap::new();
-        for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
-            let rows = padded(chunk.len());
-            let sql = format!(
-                "SELECT job_id, accepted FROM job_acceptance WHERE job_id IN ({})",
-                self.list(1, rows)
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            query = bind_nulls(query, rows - chunk.len());
-            for row in query.fetch_all(&mut **tx).await? {
-                let accepted: i64 = row.try_get("accepted")?;
-                out.insert(row.try_get::<String, _>("job_id")?, accepted != 0);
-            }
+        for row in self
+            .rows_for_ids(tx, "job_id, accepted FROM job_acceptance", ids)
+            .await?
+        {
+            let accepted: i64 = row.try_get("accepted")?;
+            out.insert(row.try_get::<String, _>("job_id")?, accepted != 0);
         }
         Ok(out)
     }
@@ -161,11 +153,27 @@ impl Storage {
         table: &'static str,
         ids: &[String],
     ) -> Result<HashSet<String>, StorageError> {
+        let from = format!("job_id FROM {table}");
         let mut out = HashSet::new();
+        for row in self.rows_for_ids(tx, &from, ids).await? {
+            out.insert(row.try_get::<String, _>("job_id")?);
+        }
+        Ok(out)
+    }
+
+    /// `SELECT <columns_from> WHERE job_id IN (ids)`, in padded chunks (so the server and
+    /// sqlx cache a few statement texts), inside a running transaction.
+    async fn rows_for_ids(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        columns_from: &str,
+        ids: &[String],
+    ) -> Result<Vec<AnyRow>, StorageError> {
+        let mut out = Vec::new();
         for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
             let rows = padded(chunk.len());
             let sql = format!(
-                "SELECT job_id FROM {table} WHERE job_id IN ({})",
+                "SELECT {columns_from} WHERE job_id IN ({})",
                 self.list(1, rows)
             );
             let mut query = sqlx::query(&sql);
@@ -173,9 +181,7 @@ impl Storage {
                 query = query.bind(id.clone());
             }
             query = bind_nulls(query, rows - chunk.len());
-            for row in query.fetch_all(&mut **tx).await? {
-                out.insert(row.try_get::<String, _>("job_id")?);
-            }
+            out.extend(query.fetch_all(&mut **tx).await?);
         }
         Ok(out)
     }
