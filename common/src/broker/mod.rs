@@ -206,7 +206,12 @@ pub async fn connect(
     Ok(match args.broker {
         BrokerKind::Memory => std::sync::Arc::new(memory::MemoryBroker::new()),
         BrokerKind::Rabbitmq => std::sync::Arc::new(
-            rabbitmq::RabbitMqBroker::connect(&args.amqp_url, &args.queue).await?,
+            rabbitmq::RabbitMqBroker::connect_with(
+                &args.amqp_url,
+                &args.queue,
+                args.rabbitmq_queue_type,
+            )
+            .await?,
         ),
         BrokerKind::Kafka => std::sync::Arc::new(
             kafka::KafkaBroker::connect(&args.kafka_brokers, &args.queue, args.kafka_partitions)

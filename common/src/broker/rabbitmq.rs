@@ -8,6 +8,18 @@
 //!   can postpone it: retries may come late, never early.
 //! - `Q.dead`: durable dead letters, with the reason in the `x-surge-dead-reason` header.
 //!
+//! The queue type is a choice ([`QueueType`]): classic, or quorum (replicated over a
+//! cluster by Raft; dead-lettering at-least-once, which needs `x-overflow=reject-publish`).
+//! Per-message TTL on quorum queues, which the retry queue needs, came with RabbitMQ 3.10.
+//! A queue already declared with another type fails the start with a message naming
+//! `--rabbitmq-queue-type`.
+//!
+//! Several nodes: the URL may be a comma-separated list of AMQP URLs (one cluster). The
+//! broker connects to the first that answers and, when the connection drops, to the next
+//! one that answers, round the list, with backoff ([`crate::retry::reconnect`]). A publish
+//! whose connection drops before its confirm fails (`Unavailable`): the caller treats the
+//! jobs as not accepted.
+//!
 //! Publishing: persistent messages on a channel in confirm mode, shared by all callers.
 //! A call sends all its messages first and then awaits their confirms, so concurrent
 //! requests keep many publishes in flight on the one channel. `Ok` means every message was
@@ -17,6 +29,7 @@
 //! dead-letter publish the job to the holding queue, await the confirm, then ack the
 //! original: a crash between the two yields a duplicate, never a loss.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +48,7 @@ use tokio::sync::Mutex;
 use super::{
     headers, Broker, BrokerError, BrokerStats, ConsumeOptions, Deliveries, Delivery, Settle,
 };
-use crate::config::redact_url;
+use crate::config::{redact_url, redact_urls};
 use crate::job::Job;
 
 /// Persistent delivery mode (survives a broker restart on a durable queue).
@@ -47,6 +60,106 @@ const PERSISTENT: u8 = 2;
 /// frames 1 MiB. A larger message body is split over several frames, so job size is not
 /// limited by it.
 pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
+/// Longest wait for one node to accept a connection, before trying the next one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The kind of RabbitMQ queue Surge declares for the main, retry and dead-letter queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueType {
+    /// Classic queue: on one node; fastest, lost with that node's disk.
+    #[default]
+    Classic,
+    /// Quorum queue: replicated over the cluster (Raft); survives the loss of a minority of
+    /// nodes. Dead-lettering is at-least-once.
+    Quorum,
+}
+
+impl QueueType {
+    /// The name RabbitMQ and the flag use (`classic`, `quorum`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+/// The declare arguments of a queue of type `queue_type` whose dead letters (rejected or
+/// expired messages) go to `dead_letter_to`, if any.
+fn queue_arguments(queue_type: QueueType, dead_letter_to: Option<&str>) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text(queue_type.as_str()));
+    if let Some(target) = dead_letter_to {
+        args.insert("x-dead-letter-exchange".into(), text(""));
+        args.insert("x-dead-letter-routing-key".into(), text(target));
+    }
+    if queue_type == QueueType::Quorum {
+        // At-most-once (the default) drops a dead letter the target did not confirm; at-
+        // least-once keeps it until confirmed, and RabbitMQ requires reject-publish for it.
+        args.insert("x-overflow".into(), text("reject-publish"));
+        if dead_letter_to.is_some() {
+            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        }
+    }
+    args
+}
+
+/// Whether a declare failed with `PRECONDITION_FAILED` (406): the queue exists with other
+/// arguments.
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+}
+
+/// The error for a failed queue declare. `PRECONDITION_FAILED` means the queue exists with
+/// other arguments, usually another type (`existing`, when known), which only the operator
+/// can resolve: the message says how.
+fn declare_error(
+    name: &str,
+    queue_type: QueueType,
+    existing: Option<QueueType>,
+    e: lapin::Error,
+) -> BrokerError {
+    let wanted = queue_type.as_str();
+    match (e.kind(), existing) {
+        (lapin::ErrorKind::ProtocolError(_), Some(existing)) if is_precondition_failed(&e) => {
+            let existing = existing.as_str();
+            BrokerError::Config(format!(
+                "queue {name} is a {existing} queue, but --rabbitmq-queue-type \
+                 (SURGE_RABBITMQ_QUEUE_TYPE) asks for {wanted}: start with \
+                 --rabbitmq-queue-type {existing}, or, to switch to {wanted} queues, drain the \
+                 queue and delete it with its .retry and .dead queues first"
+            ))
+        }
+        (lapin::ErrorKind::ProtocolError(amqp), None) if is_precondition_failed(&e) => {
+            BrokerError::Config(format!(
+                "queue {name} already exists with other arguments than a {wanted} queue \
+                 (--rabbitmq-queue-type / SURGE_RABBITMQ_QUEUE_TYPE): {}. Pass the type it \
+                 was declared with, or drain and delete it (with its .retry and .dead \
+                 queues) so Surge can declare it again",
+                amqp.get_message()
+            ))
+        }
+        (lapin::ErrorKind::ProtocolError(_), _) => {
+            BrokerError::Config(format!("queue {name} cannot be declared: {e}"))
+        }
+        _ => unavailable(e),
+    }
+}
+
+/// Splits a comma-separated list of AMQP URLs (one or more nodes of one cluster).
+fn connection_uris(urls: &str) -> Result<Vec<AMQPUri>, BrokerError> {
+    let uris = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(connection_uri)
+        .collect::<Result<Vec<_>, _>>()?;
+    if uris.is_empty() {
+        return Err(BrokerError::Config("no AMQP URL given".into()));
+    }
+    Ok(uris)
+}
 
 /// Parses the AMQP URL and asks for [`DEFAULT_FRAME_MAX`] unless the URL names a
 /// `frame_max` of its own. The error never carries the URL's password.
@@ -76,8 +189,14 @@ impl Link {
 }
 
 struct Inner {
+    /// The URLs as given (comma separated); log only through `redact_urls`.
     url: String,
-    uri: AMQPUri,
+    /// One per node, in the order given.
+    uris: Vec<AMQPUri>,
+    /// The node to try first on the next connect: the last one that answered, or the one
+    /// after it once its connection broke.
+    preferred: AtomicUsize,
+    queue_type: QueueType,
     queue: String,
     retry_queue: String,
     dead_queue: String,
@@ -93,8 +212,9 @@ pub struct RabbitMqBroker {
 impl std::fmt::Debug for RabbitMqBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RabbitMqBroker")
-            .field("url", &redact_url(&self.inner.url))
+            .field("url", &redact_urls(&self.inner.url))
             .field("queue", &self.inner.queue)
+            .field("queue_type", &self.inner.queue_type)
             .finish()
     }
 }
@@ -104,8 +224,19 @@ fn unavailable(e: lapin::Error) -> BrokerError {
 }
 
 impl RabbitMqBroker {
-    /// Connects to `url` and declares the topology for `queue`.
+    /// Connects to `url` (one AMQP URL, or several comma separated) and declares the
+    /// topology for `queue`, of the default [`QueueType`].
     pub async fn connect(url: &str, queue: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(url, queue, QueueType::default()).await
+    }
+
+    /// Connects to the first of `urls` (comma separated) that answers and declares the
+    /// topology for `queue` with queues of `queue_type`.
+    pub async fn connect_with(
+        urls: &str,
+        queue: &str,
+        queue_type: QueueType,
+    ) -> Result<Self, BrokerError> {
         if queue.is_empty() || queue.len() > 200 {
             return Err(BrokerError::Config(
                 "queue name must be 1 to 200 bytes".into(),
@@ -113,8 +244,10 @@ impl RabbitMqBroker {
         }
         let broker = RabbitMqBroker {
             inner: Arc::new(Inner {
-                url: url.to_owned(),
-                uri: connection_uri(url)?,
+                url: urls.to_owned(),
+                uris: connection_uris(urls)?,
+                preferred: AtomicUsize::new(0),
+                queue_type,
                 queue: queue.to_owned(),
                 retry_queue: format!("{queue}.retry"),
                 dead_queue: format!("{queue}.dead"),
@@ -140,6 +273,8 @@ impl Inner {
                 return Ok(link.clone());
             }
             tracing::warn!("rabbitmq connection lost; reconnecting");
+            // Start with the next node: the one just lost is likely down.
+            self.preferred.fetch_add(1, Ordering::Relaxed);
         }
         *guard = None;
         let link = (|| self.open())
@@ -153,45 +288,78 @@ impl Inner {
         Ok(link)
     }
 
+    /// Opens a link to the first node that answers, starting with the preferred one.
     async fn open(&self) -> Result<Link, BrokerError> {
-        let connection = Connection::connect_uri(self.uri.clone(), ConnectionProperties::default())
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failure = BrokerError::Unavailable("no AMQP URL".into());
+        for step in 0..self.uris.len() {
+            let index = (first + step) % self.uris.len();
+            match self.open_node(index).await {
+                Ok(link) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(link);
+                }
+                Err(e @ BrokerError::Unavailable(_)) if step + 1 < self.uris.len() => {
+                    tracing::warn!(node = index + 1, error = %e, "rabbitmq node unreachable; trying the next");
+                    failure = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(failure)
+    }
+
+    /// Opens a link to node `index` of [`Inner::uris`].
+    async fn open_node(&self, index: usize) -> Result<Link, BrokerError> {
+        let uri = self.uris[index].clone();
+        let connecting = Connection::connect_uri(uri, ConnectionProperties::default());
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
+            .map_err(|_| BrokerError::Unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
             .map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
-        self.declare(&publisher).await?;
+        self.declare(&connection, &publisher).await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(unavailable)?;
-        tracing::info!(url = %redact_url(&self.url), queue = %self.queue, "rabbitmq connected");
+        tracing::info!(
+            node = index + 1,
+            url = %redact_urls(&self.url),
+            queue = %self.queue,
+            queue_type = self.queue_type.as_str(),
+            "rabbitmq connected"
+        );
         Ok(Link {
             connection: Arc::new(connection),
             publisher,
         })
     }
 
-    async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
-        let durable = QueueDeclareOptions::durable();
-        let mut main_args = FieldTable::default();
-        main_args.insert("x-dead-letter-exchange".into(), text(""));
-        main_args.insert("x-dead-letter-routing-key".into(), text(&self.dead_queue));
-        let mut retry_args = FieldTable::default();
-        retry_args.insert("x-dead-letter-exchange".into(), text(""));
-        retry_args.insert("x-dead-letter-routing-key".into(), text(&self.queue));
-        for (name, args) in [
-            (&self.queue, main_args),
-            (&self.retry_queue, retry_args),
-            (&self.dead_queue, FieldTable::default()),
+    /// Declares the three queues on `channel`; on a mismatch, finds out the existing type
+    /// through `connection` for the error message.
+    async fn declare(&self, connection: &Connection, channel: &Channel) -> Result<(), BrokerError> {
+        let kind = self.queue_type;
+        for (name, dead_letter_to) in [
+            (&self.queue, Some(self.dead_queue.as_str())),
+            (&self.retry_queue, Some(self.queue.as_str())),
+            (&self.dead_queue, None),
         ] {
-            channel
-                .queue_declare(name.as_str().into(), durable, args)
-                .await
-                .map_err(|e| match e.kind() {
-                    lapin::ErrorKind::ProtocolError(_) => {
-                        BrokerError::Config(format!("queue {name} exists with other settings: {e}"))
-                    }
-                    _ => unavailable(e),
-                })?;
+            let declared = channel
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    queue_arguments(kind, dead_letter_to),
+                )
+                .await;
+            if let Err(e) = declared {
+                let existing = if is_precondition_failed(&e) {
+                    probe_queue_type(connection, name, kind, dead_letter_to).await
+                } else {
+                    None
+                };
+                return Err(declare_error(name, kind, existing, e));
+            }
         }
         Ok(())
     }
@@ -260,6 +428,32 @@ impl Inner {
             u64::from(queue.consumer_count()),
         ))
     }
+}
+
+/// The type of the existing queue `name`, which refused a declare as `refused`: declares it
+/// again as each other type on a throwaway channel (an equivalent declare changes nothing;
+/// a refused one closes only that channel).
+async fn probe_queue_type(
+    connection: &Connection,
+    name: &str,
+    refused: QueueType,
+    dead_letter_to: Option<&str>,
+) -> Option<QueueType> {
+    for candidate in [QueueType::Classic, QueueType::Quorum] {
+        if candidate == refused {
+            continue;
+        }
+        let channel = connection.create_channel().await.ok()?;
+        let args = queue_arguments(candidate, dead_letter_to);
+        let declared = channel
+            .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
+            .await;
+        if declared.is_ok() {
+            let _ = channel.close(200, "probe done".into()).await;
+            return Some(candidate);
+        }
+    }
+    None
 }
 
 fn text(s: &str) -> AMQPValue {
