@@ -12,6 +12,9 @@ bash scripts/services.sh
 export SURGE_TEST_AMQP_URL="${SURGE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export SURGE_TEST_POSTGRES_URL="${SURGE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export SURGE_TEST_KAFKA_BROKERS="${SURGE_TEST_KAFKA_BROKERS:-127.0.0.1:9092}"
+# producer/tests/cluster.rs starts (and stops) its own 3-node RabbitMQ cluster on loopback
+# ports 5681-5683 through scripts/rabbitmq-cluster.sh; services.sh installed rabbitmq-server.
+export SURGE_TEST_RABBITMQ_CLUSTER="${SURGE_TEST_RABBITMQ_CLUSTER:-1}"
 
 # Each service test creates its own surge_test_<uuid> database; drop those of earlier runs
 # (run one test suite at a time per machine).

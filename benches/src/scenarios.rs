@@ -864,6 +864,8 @@ pub async fn connect_broker(
             Backend::Kafka => BrokerKind::Kafka,
         },
         amqp_url: amqp_url.to_owned(),
+        // The scenarios declare queues of their own, of the default (classic) type.
+        rabbitmq_queue_type: Default::default(),
         kafka_brokers: kafka_brokers.to_owned(),
         queue: queue.to_owned(),
         kafka_partitions: crate::deploy::KAFKA_PARTITIONS,

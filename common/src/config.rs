@@ -16,7 +16,8 @@ pub struct BrokerArgs {
     /// Broker backend.
     #[arg(long, env = "SURGE_BROKER", value_enum, default_value = "memory")]
     pub broker: BrokerKind,
-    /// RabbitMQ URL (with `--broker rabbitmq`).
+    /// RabbitMQ URL (with `--broker rabbitmq`); several nodes of one cluster as a
+    /// comma-separated list: the first that answers is used, the next one when it drops.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -24,6 +25,15 @@ pub struct BrokerArgs {
         hide_env_values = true
     )]
     pub amqp_url: String,
+    /// RabbitMQ queue type of the main, retry and dead-letter queues (with `--broker
+    /// rabbitmq`): `quorum` replicates them over a cluster.
+    #[arg(
+        long,
+        env = "SURGE_RABBITMQ_QUEUE_TYPE",
+        value_enum,
+        default_value_t = crate::broker::QueueType::default()
+    )]
+    pub rabbitmq_queue_type: crate::broker::QueueType,
     /// Kafka bootstrap servers, comma separated (with `--broker kafka`).
     #[arg(long, env = "SURGE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
@@ -70,7 +80,7 @@ impl BrokerArgs {
                 target: match self.broker {
                     crate::broker::BrokerKind::Memory => "the memory broker".to_owned(),
                     crate::broker::BrokerKind::Rabbitmq => {
-                        format!("RabbitMQ at {}", redact_url(&self.amqp_url))
+                        format!("RabbitMQ at {}", redact_urls(&self.amqp_url))
                     }
                     crate::broker::BrokerKind::Kafka => format!("Kafka at {}", self.kafka_brokers),
                 },
@@ -201,9 +211,25 @@ fn redact_query(rest: &str) -> String {
     out
 }
 
+/// A comma-separated list of URLs with every password replaced by `***`, safe to log.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| redact_url(url.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, redact_urls};
+
+    #[test]
+    fn passwords_in_a_url_list_never_survive_redaction() {
+        assert_eq!(
+            redact_urls("amqp://a:one@h1:5681/%2f, amqp://b:two@h2:5682/%2f"),
+            "amqp://a:***@h1:5681/%2f,amqp://b:***@h2:5682/%2f"
+        );
+    }
 
     #[test]
     fn passwords_never_survive_redaction() {

@@ -2,10 +2,10 @@
 //!
 //! Each body in [`bodies`] takes a [`Fixture`] — a broker on a queue / topic no other run
 //! uses — and exercises one promise of the [`Broker`] contract. The `suite!` macro at the
-//! bottom instantiates every body once per backend (`memory::*`, `rabbitmq::*`,
-//! `kafka::*`). RabbitMQ and Kafka come from `SURGE_TEST_AMQP_URL` and
-//! `SURGE_TEST_KAFKA_BROKERS`: without them the tests are reported ignored, except in CI,
-//! where they run and fail.
+//! bottom instantiates every body once per backend (`memory::*`, `rabbitmq::*` on classic
+//! queues, `rabbitmq_quorum::*` on quorum queues, `kafka::*`). RabbitMQ and Kafka come from
+//! `SURGE_TEST_AMQP_URL` and `SURGE_TEST_KAFKA_BROKERS`: without them the tests are
+//! reported ignored, except in CI, where they run and fail.
 //!
 //! Waiting is always on a condition with a deadline (a delivery, a stats value), never a
 //! bare sleep.
@@ -19,7 +19,7 @@ use futures::StreamExt;
 use serde_json::json;
 use surge_common::broker::kafka::KafkaBroker;
 use surge_common::broker::memory::MemoryBroker;
-use surge_common::broker::rabbitmq::RabbitMqBroker;
+use surge_common::broker::rabbitmq::{QueueType, RabbitMqBroker};
 use surge_common::broker::{Broker, BrokerStats, ConsumeOptions, Deliveries, Delivery};
 use surge_common::job::{Job, JobKind};
 use surge_common::testing::{service, unique_name, AMQP_URL_VAR, KAFKA_BROKERS_VAR};
@@ -33,7 +33,7 @@ const KAFKA_PARTITIONS: i32 = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Memory,
-    Rabbitmq,
+    Rabbitmq(QueueType),
     Kafka,
 }
 
@@ -56,9 +56,9 @@ impl Fixture {
                 let memory = MemoryBroker::new();
                 (String::new(), Arc::new(memory.clone()), Some(memory))
             }
-            Backend::Rabbitmq => {
+            Backend::Rabbitmq(queue_type) => {
                 let url = service(AMQP_URL_VAR, "RabbitMQ")?;
-                let broker = RabbitMqBroker::connect(&url, &queue)
+                let broker = RabbitMqBroker::connect_with(&url, &queue, queue_type)
                     .await
                     .expect("connect to RabbitMQ");
                 (url, Arc::new(broker), None)
@@ -85,8 +85,8 @@ impl Fixture {
     async fn second(&self) -> Arc<dyn Broker> {
         match self.backend {
             Backend::Memory => Arc::new(self.memory.clone().expect("memory fixture")),
-            Backend::Rabbitmq => Arc::new(
-                RabbitMqBroker::connect(&self.address, &self.queue)
+            Backend::Rabbitmq(queue_type) => Arc::new(
+                RabbitMqBroker::connect_with(&self.address, &self.queue, queue_type)
                     .await
                     .expect("second RabbitMQ connection"),
             ),
@@ -469,7 +469,15 @@ suite!(
         ignore = "set SURGE_TEST_AMQP_URL to run (scripts/test.sh does)"
     )]
     rabbitmq,
-    Backend::Rabbitmq
+    Backend::Rabbitmq(QueueType::Classic)
+);
+suite!(
+    #[cfg_attr(
+        not(surge_amqp),
+        ignore = "set SURGE_TEST_AMQP_URL to run (scripts/test.sh does)"
+    )]
+    rabbitmq_quorum,
+    Backend::Rabbitmq(QueueType::Quorum)
 );
 suite!(
     #[cfg_attr(

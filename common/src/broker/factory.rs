@@ -60,9 +60,14 @@ pub async fn connect(args: &BrokerArgs) -> Result<Arc<dyn Broker>, BrokerError> 
     Ok(match args.broker {
         BrokerKind::Memory => Arc::new(memory::MemoryBroker::new()),
         #[cfg(feature = "rabbitmq")]
-        BrokerKind::Rabbitmq => {
-            Arc::new(super::rabbitmq::RabbitMqBroker::connect(&args.amqp_url, &args.queue).await?)
-        }
+        BrokerKind::Rabbitmq => Arc::new(
+            super::rabbitmq::RabbitMqBroker::connect_with(
+                &args.amqp_url,
+                &args.queue,
+                args.rabbitmq_queue_type,
+            )
+            .await?,
+        ),
         #[cfg(feature = "kafka")]
         BrokerKind::Kafka => Arc::new(
             super::kafka::KafkaBroker::connect(
@@ -95,6 +100,7 @@ mod tests {
             broker,
             // Unroutable addresses: these tests must not reach a real broker.
             amqp_url: "not a url".into(),
+            rabbitmq_queue_type: Default::default(),
             kafka_brokers: String::new(),
             queue: String::new(),
             kafka_partitions: 1,

@@ -15,10 +15,12 @@ mod factory;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
+mod queue_type;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 
 pub use factory::{connect, BrokerKind};
+pub use queue_type::QueueType;
 
 use std::pin::Pin;
 use std::time::Duration;

@@ -1,7 +1,10 @@
-//! The connection: URL parsing (with a small default frame size), the shared
-//! confirm-mode publishing channel, and reconnecting with backoff when either broke.
+//! The connection: parsing the URL list (one URL per node, with a small default frame
+//! size), the shared confirm-mode publishing channel, and reconnecting with backoff when
+//! either broke, to the first node that answers, starting after the one just lost.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use backon::Retryable;
 use lapin::options::ConfirmSelectOptions;
@@ -9,7 +12,7 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 
 use super::{BrokerError, Inner};
-use crate::config::redact_url;
+use crate::config::{redact_url, redact_urls};
 
 /// The AMQP frame size asked for when the URL sets no `frame_max`. lapin keeps a send and a
 /// receive buffer of 32 frames per connection, zero-filled up front: with RabbitMQ's default
@@ -18,9 +21,26 @@ use crate::config::redact_url;
 /// limited by it.
 pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
 
+/// Longest wait for one node to accept a connection, before trying the next one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Splits a comma-separated list of AMQP URLs (one or more nodes of one cluster).
+pub(super) fn connection_uris(urls: &str) -> Result<Vec<AMQPUri>, BrokerError> {
+    let uris = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(connection_uri)
+        .collect::<Result<Vec<_>, _>>()?;
+    if uris.is_empty() {
+        return Err(BrokerError::Config("no AMQP URL given".into()));
+    }
+    Ok(uris)
+}
+
 /// Parses the AMQP URL and asks for [`DEFAULT_FRAME_MAX`] unless the URL names a
 /// `frame_max` of its own. The error never carries the URL's password.
-pub(super) fn connection_uri(url: &str) -> Result<AMQPUri, BrokerError> {
+fn connection_uri(url: &str) -> Result<AMQPUri, BrokerError> {
     let mut uri: AMQPUri = url.parse().map_err(|e: String| {
         BrokerError::Config(format!(
             "invalid AMQP URL {}: {}",
@@ -45,7 +65,8 @@ pub(super) struct Link {
 }
 
 impl Link {
-    fn healthy(&self) -> bool {
+    /// Whether both the connection and the publishing channel are still open.
+    pub(super) fn healthy(&self) -> bool {
         self.connection.status().connected() && self.publisher.status().connected()
     }
 }
@@ -59,6 +80,8 @@ impl Inner {
                 return Ok(link.clone());
             }
             tracing::warn!("rabbitmq connection lost; reconnecting");
+            // Start with the next node: the one just lost is likely down.
+            self.preferred.fetch_add(1, Ordering::Relaxed);
         }
         *guard = None;
         let link = (|| self.open())
@@ -72,18 +95,49 @@ impl Inner {
         Ok(link)
     }
 
-    /// Opens a connection, declares the topology and puts the publisher in confirm mode.
+    /// Opens a link to the first node that answers, starting with the preferred one.
     async fn open(&self) -> Result<Link, BrokerError> {
-        let connection = Connection::connect_uri(self.uri.clone(), ConnectionProperties::default())
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failure = BrokerError::Unavailable("no AMQP URL".into());
+        for step in 0..self.uris.len() {
+            let index = (first + step) % self.uris.len();
+            match self.open_node(index).await {
+                Ok(link) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(link);
+                }
+                Err(e @ BrokerError::Unavailable(_)) if step + 1 < self.uris.len() => {
+                    tracing::warn!(node = index + 1, error = %e, "rabbitmq node unreachable; trying the next");
+                    failure = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(failure)
+    }
+
+    /// Opens a connection to node `index` of [`Inner::uris`], declares the topology and puts
+    /// the publisher in confirm mode.
+    async fn open_node(&self, index: usize) -> Result<Link, BrokerError> {
+        let uri = self.uris[index].clone();
+        let connecting = Connection::connect_uri(uri, ConnectionProperties::default());
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
+            .map_err(|_| BrokerError::Unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
             .map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
-        self.declare(&publisher).await?;
+        self.declare(&connection, &publisher).await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(unavailable)?;
-        tracing::info!(url = %redact_url(&self.url), queue = %self.queue, "rabbitmq connected");
+        tracing::info!(
+            node = index + 1,
+            url = %redact_urls(&self.url),
+            queue = %self.queue,
+            queue_type = self.queue_type.as_str(),
+            "rabbitmq connected"
+        );
         Ok(Link {
             connection: Arc::new(connection),
             publisher,
@@ -115,6 +169,19 @@ mod tests {
         assert_eq!(default.query.frame_max, Some(DEFAULT_FRAME_MAX));
         let own = connection_uri("amqp://guest:guest@127.0.0.1:5672/%2f?frame_max=131072").unwrap();
         assert_eq!(own.query.frame_max, Some(131_072));
+    }
+
+    #[test]
+    fn a_url_list_has_one_uri_per_node_and_an_empty_list_is_a_config_error() {
+        let uris =
+            connection_uris("amqp://a:one@127.0.0.1:5681/%2f, amqp://b:two@127.0.0.1:5682/%2f,")
+                .unwrap();
+        let ports: Vec<u16> = uris.iter().map(|uri| uri.authority.port).collect();
+        assert_eq!(ports, [5681, 5682]);
+        for empty in ["", " , "] {
+            let e = connection_uris(empty).unwrap_err();
+            assert!(matches!(e, BrokerError::Config(_)), "{empty:?}: {e:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,18 @@
 //!   can postpone it: retries may come late, never early.
 //! - `Q.dead`: durable dead letters, with the reason in the `x-surge-dead-reason` header.
 //!
+//! The queue type is a choice ([`QueueType`]): classic, or quorum (replicated over a
+//! cluster by Raft; dead-lettering at-least-once, which needs `x-overflow=reject-publish`).
+//! Per-message TTL on quorum queues, which the retry queue needs, came with RabbitMQ 3.10.
+//! A queue already declared with another type fails the start with a message naming
+//! `--rabbitmq-queue-type`.
+//!
+//! Several nodes: the URL may be a comma-separated list of AMQP URLs (one cluster). The
+//! broker connects to the first that answers and, when the connection drops, to the next
+//! one that answers, round the list, with backoff ([`crate::retry::reconnect`]). A publish
+//! whose connection drops before its confirm fails (`Unavailable`): the caller treats the
+//! jobs as not accepted.
+//!
 //! Publishing: persistent messages on a channel in confirm mode, shared by all callers.
 //! A call sends all its messages first and then awaits their confirms, so concurrent
 //! requests keep many publishes in flight on the one channel. `Ok` means every message was
@@ -18,9 +30,11 @@
 //! original: a crash between the two yields a duplicate, never a loss.
 //!
 //! The pieces:
-//! - `connection`: URL parsing, the shared publishing channel, reconnect with backoff.
-//! - `topology`: declaring, measuring and deleting the three queues.
-//! - `publish`: confirmed publishing and the Surge headers.
+//! - `connection`: URL list parsing, the shared publishing channel, reconnect with backoff
+//!   and fail-over to the next node.
+//! - `topology`: the queue arguments per type; declaring, measuring and deleting the three
+//!   queues.
+//! - `publish`: confirmed publishing (a fresh channel after a nack) and the Surge headers.
 //! - `consumer`: the delivery stream and how each delivery is settled.
 
 mod connection;
@@ -28,6 +42,7 @@ mod consumer;
 mod publish;
 mod topology;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -37,15 +52,22 @@ use tokio::sync::Mutex;
 use super::{
     headers, Broker, BrokerError, BrokerStats, ConsumeOptions, Deliveries, Delivery, Settle,
 };
-use crate::config::redact_url;
+use crate::config::redact_urls;
 use crate::job::Job;
 
+pub use super::QueueType;
 pub use connection::DEFAULT_FRAME_MAX;
 
 /// State shared by the broker's clones and its deliveries.
 struct Inner {
+    /// The URLs as given (comma separated); log only through `redact_urls`.
     url: String,
-    uri: AMQPUri,
+    /// One per node, in the order given.
+    uris: Vec<AMQPUri>,
+    /// The node to try first on the next connect: the last one that answered, or the one
+    /// after it once its connection broke.
+    preferred: AtomicUsize,
+    queue_type: QueueType,
     queue: String,
     retry_queue: String,
     dead_queue: String,
@@ -61,15 +83,27 @@ pub struct RabbitMqBroker {
 impl std::fmt::Debug for RabbitMqBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RabbitMqBroker")
-            .field("url", &redact_url(&self.inner.url))
+            .field("url", &redact_urls(&self.inner.url))
             .field("queue", &self.inner.queue)
+            .field("queue_type", &self.inner.queue_type)
             .finish()
     }
 }
 
 impl RabbitMqBroker {
-    /// Connects to `url` and declares the topology for `queue`.
+    /// Connects to `url` (one AMQP URL, or several comma separated) and declares the
+    /// topology for `queue`, of the default [`QueueType`].
     pub async fn connect(url: &str, queue: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(url, queue, QueueType::default()).await
+    }
+
+    /// Connects to the first of `urls` (comma separated) that answers and declares the
+    /// topology for `queue` with queues of `queue_type`.
+    pub async fn connect_with(
+        urls: &str,
+        queue: &str,
+        queue_type: QueueType,
+    ) -> Result<Self, BrokerError> {
         if queue.is_empty() || queue.len() > 200 {
             return Err(BrokerError::Config(
                 "queue name must be 1 to 200 bytes".into(),
@@ -77,8 +111,10 @@ impl RabbitMqBroker {
         }
         let broker = RabbitMqBroker {
             inner: Arc::new(Inner {
-                url: url.to_owned(),
-                uri: connection::connection_uri(url)?,
+                url: urls.to_owned(),
+                uris: connection::connection_uris(urls)?,
+                preferred: AtomicUsize::new(0),
+                queue_type,
                 queue: queue.to_owned(),
                 retry_queue: format!("{queue}.retry"),
                 dead_queue: format!("{queue}.dead"),

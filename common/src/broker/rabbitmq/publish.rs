@@ -1,12 +1,14 @@
-//! Publishing with publisher confirms, and the Surge headers every message carries.
+//! Publishing with publisher confirms (on a fresh channel after a nack), and the Surge
+//! headers every message carries.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 
-use super::connection::unavailable;
+use super::connection::{unavailable, Link};
 use super::topology::text;
 use super::{headers, BrokerError, Inner};
 use crate::job::Job;
@@ -53,6 +55,7 @@ impl Inner {
         for confirm in confirms {
             let confirmation = confirm.await.map_err(unavailable)?;
             if confirmation.is_nack() {
+                self.renew_publisher(&link).await;
                 return Err(BrokerError::Rejected("broker nacked the message".into()));
             }
             if let Some(returned) = confirmation.take_message() {
@@ -63,6 +66,41 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Replaces `link`'s publishing channel with a fresh one after a nack. Seen on RabbitMQ
+    /// 3.10: a channel that first published to a quorum queue while it was electing a
+    /// leader nacked every later publish to it, for minutes, while a new channel on the same
+    /// connection published fine. The old channel is closed (its pending confirms fail,
+    /// so their publishes count as not accepted). A broken connection is left to
+    /// [`Inner::link`].
+    async fn renew_publisher(&self, link: &Link) {
+        let mut guard = self.link.lock().await;
+        let Some(current) = guard.as_mut() else {
+            return;
+        };
+        let same = Arc::ptr_eq(&current.connection, &link.connection)
+            && current.publisher.id() == link.publisher.id();
+        if !same || !current.healthy() {
+            return; // Already renewed by a concurrent caller, or reconnecting anyway.
+        }
+        let fresh = async {
+            let channel = current.connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(channel)
+        };
+        match fresh.await {
+            Ok(channel) => {
+                let old = std::mem::replace(&mut current.publisher, channel);
+                tracing::warn!("rabbitmq nacked a publish; publishing on a fresh channel");
+                tokio::spawn(async move {
+                    let _ = old.close(200, "replaced after a nack".into()).await;
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "could not open a fresh publishing channel"),
+        }
     }
 }
 

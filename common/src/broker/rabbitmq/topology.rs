@@ -1,42 +1,137 @@
-//! The queues of one Surge queue `Q` (`Q`, `Q.retry`, `Q.dead`): declaring them, reading
-//! their depth, deleting them.
+//! The queues of one Surge queue `Q` (`Q`, `Q.retry`, `Q.dead`): their arguments per
+//! [`QueueType`], declaring them (with a clear error when they exist with another type),
+//! reading their depth, deleting them.
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::Channel;
+use lapin::{Channel, Connection};
 
 use super::connection::unavailable;
-use super::{BrokerError, Inner};
+use super::{BrokerError, Inner, QueueType};
 
 /// An AMQP long-string value.
 pub(super) fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }
 
+/// The declare arguments of a queue of type `queue_type` whose dead letters (rejected or
+/// expired messages) go to `dead_letter_to`, if any.
+fn queue_arguments(queue_type: QueueType, dead_letter_to: Option<&str>) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text(queue_type.as_str()));
+    if let Some(target) = dead_letter_to {
+        args.insert("x-dead-letter-exchange".into(), text(""));
+        args.insert("x-dead-letter-routing-key".into(), text(target));
+    }
+    if queue_type == QueueType::Quorum {
+        // At-most-once (the default) drops a dead letter the target did not confirm; at-
+        // least-once keeps it until confirmed, and RabbitMQ requires reject-publish for it.
+        args.insert("x-overflow".into(), text("reject-publish"));
+        if dead_letter_to.is_some() {
+            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        }
+    }
+    args
+}
+
+/// Whether a declare failed with `PRECONDITION_FAILED` (406): the queue exists with other
+/// arguments.
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+}
+
+/// The error for a failed queue declare. `PRECONDITION_FAILED` means the queue exists with
+/// other arguments, usually another type (`existing`, when known), which only the operator
+/// can resolve: the message says how.
+fn declare_error(
+    name: &str,
+    queue_type: QueueType,
+    existing: Option<QueueType>,
+    e: lapin::Error,
+) -> BrokerError {
+    let wanted = queue_type.as_str();
+    match (e.kind(), existing) {
+        (lapin::ErrorKind::ProtocolError(_), Some(existing)) if is_precondition_failed(&e) => {
+            let existing = existing.as_str();
+            BrokerError::Config(format!(
+                "queue {name} is a {existing} queue, but --rabbitmq-queue-type \
+                 (SURGE_RABBITMQ_QUEUE_TYPE) asks for {wanted}: start with \
+                 --rabbitmq-queue-type {existing}, or, to switch to {wanted} queues, drain the \
+                 queue and delete it with its .retry and .dead queues first"
+            ))
+        }
+        (lapin::ErrorKind::ProtocolError(amqp), None) if is_precondition_failed(&e) => {
+            BrokerError::Config(format!(
+                "queue {name} already exists with other arguments than a {wanted} queue \
+                 (--rabbitmq-queue-type / SURGE_RABBITMQ_QUEUE_TYPE): {}. Pass the type it \
+                 was declared with, or drain and delete it (with its .retry and .dead \
+                 queues) so Surge can declare it again",
+                amqp.get_message()
+            ))
+        }
+        (lapin::ErrorKind::ProtocolError(_), _) => {
+            BrokerError::Config(format!("queue {name} cannot be declared: {e}"))
+        }
+        _ => unavailable(e),
+    }
+}
+
+/// The type of the existing queue `name`, which refused a declare as `refused`: declares it
+/// again as each other type on a throwaway channel (an equivalent declare changes nothing;
+/// a refused one closes only that channel).
+async fn probe_queue_type(
+    connection: &Connection,
+    name: &str,
+    refused: QueueType,
+    dead_letter_to: Option<&str>,
+) -> Option<QueueType> {
+    for candidate in [QueueType::Classic, QueueType::Quorum] {
+        if candidate == refused {
+            continue;
+        }
+        let channel = connection.create_channel().await.ok()?;
+        let args = queue_arguments(candidate, dead_letter_to);
+        let declared = channel
+            .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
+            .await;
+        if declared.is_ok() {
+            let _ = channel.close(200, "probe done".into()).await;
+            return Some(candidate);
+        }
+    }
+    None
+}
+
 impl Inner {
-    /// Declares the three durable queues and their dead-letter routing.
-    pub(super) async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
-        let durable = QueueDeclareOptions::durable();
-        let mut main_args = FieldTable::default();
-        main_args.insert("x-dead-letter-exchange".into(), text(""));
-        main_args.insert("x-dead-letter-routing-key".into(), text(&self.dead_queue));
-        let mut retry_args = FieldTable::default();
-        retry_args.insert("x-dead-letter-exchange".into(), text(""));
-        retry_args.insert("x-dead-letter-routing-key".into(), text(&self.queue));
-        for (name, args) in [
-            (&self.queue, main_args),
-            (&self.retry_queue, retry_args),
-            (&self.dead_queue, FieldTable::default()),
+    /// Declares the three durable queues, of [`Inner::queue_type`], and their dead-letter
+    /// routing on `channel`; on a mismatch, finds out the existing type through
+    /// `connection` for the error message.
+    pub(super) async fn declare(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+    ) -> Result<(), BrokerError> {
+        let kind = self.queue_type;
+        for (name, dead_letter_to) in [
+            (&self.queue, Some(self.dead_queue.as_str())),
+            (&self.retry_queue, Some(self.queue.as_str())),
+            (&self.dead_queue, None),
         ] {
-            channel
-                .queue_declare(name.as_str().into(), durable, args)
-                .await
-                .map_err(|e| match e.kind() {
-                    lapin::ErrorKind::ProtocolError(_) => {
-                        BrokerError::Config(format!("queue {name} exists with other settings: {e}"))
-                    }
-                    _ => unavailable(e),
-                })?;
+            let declared = channel
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    queue_arguments(kind, dead_letter_to),
+                )
+                .await;
+            if let Err(e) = declared {
+                let existing = if is_precondition_failed(&e) {
+                    probe_queue_type(connection, name, kind, dead_letter_to).await
+                } else {
+                    None
+                };
+                return Err(declare_error(name, kind, existing, e));
+            }
         }
         Ok(())
     }
