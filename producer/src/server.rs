@@ -18,7 +18,6 @@
 //! Graceful shutdown: when the shutdown future completes the listener is closed, idle
 //! connections are closed, and in-flight requests finish (hyper-util's `GracefulShutdown`).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,12 +105,8 @@ pub async fn serve(
         let service =
             hyper::service::service_fn(move |mut request: axum::http::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
-                let router = router.clone();
-                async move {
-                    Ok::<_, Infallible>(
-                        router.oneshot(request).await.unwrap_or_else(|e| match e {}),
-                    )
-                }
+                // Router's error type is Infallible: every failure is a response.
+                router.clone().oneshot(request)
             });
         let connection = builder
             .serve_connection_with_upgrades(io, service)
