@@ -72,6 +72,9 @@ pub async fn soak(
         let load =
             load::open_loop(&pool, &request, sizes.soak_rate, sizes.soak, Some(&label)).await;
         let _ = stop.send(());
+        if let Some(error) = &load.first_error {
+            eprintln!("    first error: {error}");
+        }
         let samples = sampler.await?;
         dep.accepted_total += load.accepted;
         let stored = drain(
