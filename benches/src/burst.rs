@@ -30,7 +30,8 @@ pub struct BurstConfig {
     pub jobs: usize,
     /// Jobs in flight at most, across all workers.
     pub capacity: u16,
-    /// Worker tasks sharing the capacity.
+    /// Workers sharing the capacity on a real broker (the memory broker runs the
+    /// ingress's embedded worker, as `surge-producer` does).
     pub workers: u16,
     /// Each job sleeps this long.
     pub job_ms: u64,

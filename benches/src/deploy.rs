@@ -273,6 +273,18 @@ impl Deployment {
         Ok(())
     }
 
+    /// Each process's role and pid: `ingress`, then each worker by id.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        std::iter::once(("ingress".to_owned(), self.ingress.pid()))
+            .chain(
+                self.worker_ids
+                    .iter()
+                    .zip(&self.workers)
+                    .map(|(id, w)| (format!("worker {id}"), w.pid())),
+            )
+            .collect()
+    }
+
     /// Worker processes running.
     pub fn worker_count(&self) -> usize {
         self.workers.len()

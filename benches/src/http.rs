@@ -89,8 +89,8 @@ impl Conn {
 
     /// Sends `request` and reads the whole response.
     pub async fn send(&mut self, request: &[u8]) -> std::io::Result<Response> {
-        self.stream.write_all(request).await?;
         self.buf.clear();
+        self.stream.write_all(request).await?;
         let (head_len, status, content_length) = loop {
             if let Some(parsed) = parse_head(&self.buf)? {
                 break parsed;
@@ -102,6 +102,11 @@ impl Conn {
         }
         let body = self.buf[head_len..head_len + content_length].to_vec();
         Ok(Response { status, body })
+    }
+
+    /// Whether any byte of an answer to the last request arrived.
+    pub fn answered(&self) -> bool {
+        !self.buf.is_empty()
     }
 
     /// Whether the server left the connection open for another request.
@@ -217,9 +222,24 @@ impl Pool {
         }
     }
 
-    /// Sends `request` on a pooled connection.
+    /// Sends `request` on a pooled connection. Like any HTTP client, when an idle pooled
+    /// connection turns out closed by the server (its keep-alive / header timeout) before
+    /// any byte of an answer, the request is sent once more on a new connection.
     pub async fn send(&self, request: &[u8]) -> std::io::Result<Response> {
-        let mut conn = self.take().await?;
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(mut conn) = idle {
+            match conn.send(request).await {
+                Ok(response) => {
+                    self.put(conn);
+                    return Ok(response);
+                }
+                Err(e) if !conn.answered() => {
+                    tracing::debug!(error = %e, "a pooled connection was closed; reconnecting");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut conn = self.open().await?;
         let response = conn.send(request).await?;
         self.put(conn);
         Ok(response)

@@ -11,7 +11,7 @@
 //! Which executables: `surge-producer` and `surge-worker` from the folder this binary
 //! lives in (`target/<profile>/`) when they are there; otherwise this binary re-runs
 //! itself in the `__ingress` / `__worker` role, which runs the same library code with the
-//! same flags (see `bin/bench.rs`). The report names the executables used.
+//! same flags (see `bin/bench/roles.rs`). The report names the executables used.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

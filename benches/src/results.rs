@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::deploy::Cost;
@@ -175,6 +177,51 @@ pub struct TargetRow {
     pub met: bool,
 }
 
+/// Resident memory of each process at one moment of the soak.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SoakSample {
+    /// Seconds since the load started.
+    pub t_s: f64,
+    /// `VmRSS` in MiB by process (`ingress`, then each worker by id).
+    pub rss_mb: BTreeMap<String, f64>,
+}
+
+/// Scenario 5 on one backend.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SoakRow {
+    /// Backend.
+    pub backend: String,
+    /// Offered jobs/s.
+    pub rate: f64,
+    /// Seconds of load.
+    pub secs: f64,
+    /// Jobs answered 202.
+    pub accepted: u64,
+    /// Requests not accepted.
+    pub errors: u64,
+    /// Accepted jobs without a stored result after the drain.
+    pub lost: u64,
+    /// RSS over time.
+    pub samples: Vec<SoakSample>,
+}
+
+impl SoakRow {
+    /// `(process, first RSS, last RSS)` for each process sampled.
+    pub fn start_end(&self) -> Vec<(String, f64, f64)> {
+        let (Some(first), Some(last)) = (self.samples.first(), self.samples.last()) else {
+            return Vec::new();
+        };
+        first
+            .rss_mb
+            .iter()
+            .map(|(role, start)| {
+                let end = last.rss_mb.get(role).copied().unwrap_or(f64::NAN);
+                (role.clone(), *start, end)
+            })
+            .collect()
+    }
+}
+
 /// Everything.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Results {
@@ -188,6 +235,8 @@ pub struct Results {
     pub scaling: Vec<ScalingRow>,
     /// Scenario 4.
     pub ceilings: Vec<CeilingRow>,
+    /// Scenario 5.
+    pub soak: Vec<SoakRow>,
     /// The targets.
     pub targets: Vec<TargetRow>,
     /// Scenarios that could not run, with why.
@@ -317,6 +366,24 @@ impl Results {
                     cost_cpu(&c.cost),
                     cost_rss(&c.cost)
                 );
+            }
+        }
+        if !self.soak.is_empty() {
+            let _ = writeln!(md, "\n## 5. Soak: resident memory at a fixed rate, nobody scraping /metrics\n\n| backend | process | load | accepted | errors | lost | RSS MiB over time | start → end |\n|---|---|---|---|---|---|---|---|");
+            for s in &self.soak {
+                for (role, start, end) in s.start_end() {
+                    let series: Vec<String> = s
+                        .samples
+                        .iter()
+                        .filter_map(|x| x.rss_mb.get(&role).map(|mb| format!("{mb:.1}")))
+                        .collect();
+                    let every = s.samples.get(1).map_or(0.0, |x| x.t_s);
+                    let _ = writeln!(
+                        md,
+                        "| {} | {role} | {:.0}/s × {:.0} s | {} | {} | {} | every {every:.0} s: {} | {start:.1} → {end:.1} ({:+.1}) |",
+                        s.backend, s.rate, s.secs, s.accepted, s.errors, s.lost, series.join(" "), end - start
+                    );
+                }
             }
         }
         if !self.errors.is_empty() {

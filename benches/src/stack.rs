@@ -1,14 +1,22 @@
-//! An in-process Surge: the ingress on an ephemeral loopback port plus worker tasks, on
-//! whichever broker and database the caller connected.
+//! An in-process Surge: the ingress on an ephemeral loopback port plus workers, on
+//! whichever broker and database the caller connected — started through the same entry
+//! points as `surge-producer` and `surge-worker` ([`Ingress`], [`WorkerService`]), from
+//! the same flags.
+//!
+//! Memory broker: the ingress's embedded workers run the jobs, as `surge-producer --broker
+//! memory` does. Real brokers: `worker_count` worker services share the capacity.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use clap::Parser;
 use surge_common::broker::Broker;
 use surge_common::storage::Storage;
-use surge_producer::{app, AppState, Limits};
+use surge_producer::config::ProducerArgs;
+use surge_producer::Ingress;
+use surge_worker::config::WorkerArgs;
 use surge_worker::stats::StatsSnapshot;
-use surge_worker::{Worker, WorkerOptions, WorkerStats};
+use surge_worker::{WorkerService, WorkerStats};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -16,62 +24,83 @@ use tokio::task::JoinHandle;
 pub struct Stack {
     /// Where the ingress listens.
     pub address: SocketAddr,
-    workers: Vec<(Arc<WorkerStats>, JoinHandle<()>)>,
-    server: JoinHandle<()>,
+    stats: Vec<Arc<WorkerStats>>,
+    tasks: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
 }
 
 impl Stack {
-    /// Starts the ingress and `worker_count` worker tasks sharing `capacity` (each gets an
-    /// equal share, so the total in flight never exceeds `capacity`).
+    /// Starts the ingress and workers with `capacity` jobs in flight at most: on the
+    /// memory broker the ingress's embedded workers; otherwise `worker_count` worker
+    /// services, each with an equal share.
     pub async fn start(
         broker: Arc<dyn Broker>,
         storage: Storage,
         capacity: u16,
         worker_count: u16,
-    ) -> std::io::Result<Stack> {
+    ) -> anyhow::Result<Stack> {
+        // The broker's name is its `--broker` value.
+        let kind = broker.name();
         let (stop, stopped) = watch::channel(false);
-        let worker_count = worker_count.clamp(1, capacity.max(1));
-        let share = capacity / worker_count;
-        let mut workers = Vec::new();
-        for i in 0..worker_count {
-            let options = WorkerOptions {
-                capacity: share,
-                worker_id: format!("demo-worker-{i}"),
-                ..WorkerOptions::default()
-            };
-            let worker = Worker::new(broker.clone(), storage.clone(), options);
-            let stats = worker.stats();
+        let until = move || {
             let mut stopped = stopped.clone();
-            let handle = tokio::spawn(async move {
-                let until = async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                };
-                if let Err(e) = worker.run(until).await {
-                    tracing::error!(error = %e, "worker stopped with an error");
-                }
-            });
-            workers.push((stats, handle));
-        }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        let state = AppState::new(broker, storage, Limits::default());
-        let mut stopped = stopped.clone();
-        let server = tokio::spawn(async move {
-            let until = async move {
+            async move {
                 let _ = stopped.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app(state))
-                .with_graceful_shutdown(until)
-                .await
-            {
-                tracing::error!(error = %e, "ingress stopped with an error");
             }
-        });
+        };
+        let capacity = capacity.max(1);
+        let ingress_args = ProducerArgs::try_parse_from([
+            "surge-producer",
+            "--listen",
+            "127.0.0.1:0",
+            "--broker",
+            kind,
+            "--embedded-capacity",
+            &capacity.to_string(),
+            "--embedded-worker-id",
+            "demo-worker-0",
+        ])?;
+        let ingress = Ingress::build_with(&ingress_args, broker.clone(), storage.clone()).await?;
+        let address = ingress.local_addr();
+        let mut stats: Vec<_> = ingress.worker_stats().into_iter().collect();
+        let mut tasks = Vec::new();
+        if kind != "memory" {
+            let worker_count = worker_count.clamp(1, capacity);
+            let share = capacity / worker_count;
+            for i in 0..worker_count {
+                let args = WorkerArgs::try_parse_from([
+                    "surge-worker",
+                    "--broker",
+                    kind,
+                    "--capacity",
+                    &share.to_string(),
+                    "--worker-id",
+                    &format!("demo-worker-{i}"),
+                ])?;
+                let worker =
+                    WorkerService::build_with(&args, broker.clone(), storage.clone()).await?;
+                stats.push(worker.stats());
+                let until = until();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = worker.run_until_stopped(until).await {
+                        tracing::error!(error = %e, "worker stopped with an error");
+                    }
+                }));
+            }
+        }
+        let until = until();
+        tasks.insert(
+            0,
+            tokio::spawn(async move {
+                if let Err(e) = ingress.run_until_stopped(until).await {
+                    tracing::error!(error = %e, "ingress stopped with an error");
+                }
+            }),
+        );
         Ok(Stack {
             address,
-            workers,
-            server,
+            stats,
+            tasks,
             stop,
         })
     }
@@ -79,25 +108,24 @@ impl Stack {
     /// The workers' counters, summed (peak in flight is the sum of per-worker peaks, an
     /// upper bound of the true simultaneous peak).
     pub fn worker_stats(&self) -> StatsSnapshot {
-        self.workers.iter().map(|(stats, _)| stats.snapshot()).fold(
-            StatsSnapshot::default(),
-            |a, b| StatsSnapshot {
+        self.stats
+            .iter()
+            .map(|stats| stats.snapshot())
+            .fold(StatsSnapshot::default(), |a, b| StatsSnapshot {
                 in_flight: a.in_flight + b.in_flight,
                 peak_in_flight: a.peak_in_flight + b.peak_in_flight,
                 succeeded: a.succeeded + b.succeeded,
                 retried: a.retried + b.retried,
                 dead: a.dead + b.dead,
                 duplicates: a.duplicates + b.duplicates,
-            },
-        )
+            })
     }
 
-    /// Stops the ingress and the workers and waits for both.
+    /// Stops the ingress and the workers and waits for all of them.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.server.await;
-        for (_, handle) in self.workers {
-            let _ = handle.await;
+        for task in self.tasks {
+            let _ = task.await;
         }
     }
 }

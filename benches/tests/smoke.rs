@@ -136,6 +136,18 @@ fn smoke_run_covers_every_scenario_and_backend() {
             assert!(has(engine, what), "{engine}: {what}");
         }
     }
+    // 5. Soak: a row per backend with RSS samples of the ingress (and, on real brokers,
+    // the worker), nothing lost.
+    assert_eq!(backends_of(&json["soak"]), want, "soak rows");
+    for row in json["soak"].as_array().unwrap() {
+        assert_eq!(row["lost"], 0, "{row}");
+        let samples = row["samples"].as_array().unwrap();
+        assert!(samples.len() >= 2, "{row}");
+        assert!(
+            samples[0]["rss_mb"]["ingress"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+    }
     // Every report carries CPU and memory figures.
     for row in json["burst"].as_array().unwrap().iter().chain(ceilings) {
         assert!(

@@ -3,8 +3,15 @@
 //! Both binaries call [`install`] once and serve [`render`] at `GET /metrics`. Counters are
 //! process-wide; in one process running both the ingress and workers (the embedded
 //! setup) one `/metrics` shows both sides.
+//!
+//! Histogram samples wait in the recorder until they are folded into their buckets. The
+//! exporter does that on every render and on "upkeep"; `build_recorder` starts no upkeep,
+//! so with nobody scraping `/metrics` every job's samples piled up and memory grew without
+//! bound (metrics-rs/metrics#467, #537). [`install`] therefore starts an upkeep thread that
+//! folds them in every [`UPKEEP_INTERVAL`].
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -31,9 +38,14 @@ pub const END_TO_END_SECONDS: &str = "surge_end_to_end_seconds";
 /// Worker replicas the backlog and drain rate call for (gauge; see the worker's autoscale).
 pub const DESIRED_WORKERS: &str = "surge_desired_workers";
 
+/// How often pending histogram samples are folded into their buckets (the exporter's own
+/// default for its HTTP listener).
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the process-wide recorder (once; later calls return the same handle).
+/// Installs the process-wide recorder and starts its upkeep (once; later calls return the
+/// same handle).
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -52,9 +64,24 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
             }
             describe();
+            spawn_upkeep(handle.clone(), UPKEEP_INTERVAL);
             handle
         })
         .clone()
+}
+
+/// Runs `handle`'s upkeep every `interval` on a thread of its own for the rest of the
+/// process (a thread, not a task: the recorder outlives any one Tokio runtime).
+pub fn spawn_upkeep(handle: PrometheusHandle, interval: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the metrics upkeep thread; histogram samples pile up until /metrics is scraped");
+    }
 }
 
 /// The current metrics in Prometheus text format.

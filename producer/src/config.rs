@@ -40,10 +40,28 @@ pub struct ProducerArgs {
     /// load balancers stop sending traffic; in-flight requests always finish.
     #[arg(long, env = "SURGE_DRAIN_DELAY_MS", default_value_t = 0)]
     pub drain_delay_ms: u64,
+    /// Close a connection whose request head has not fully arrived this many milliseconds
+    /// after the server started waiting for it (also closes keep-alive connections idle
+    /// that long between requests).
+    #[arg(long, env = "SURGE_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+    /// Close a connection on which no byte was received, or none could be sent, for this
+    /// many milliseconds (a body that stops mid-way, a client that stops reading).
+    #[arg(long, env = "SURGE_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+    /// Most client connections open at once; further ones wait in the kernel's accept
+    /// queue until one closes. Keep it below the file descriptor limit (`ulimit -n`) minus
+    /// what the broker and database connections need.
+    #[arg(long, env = "SURGE_MAX_CONNECTIONS", default_value_t = 768, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
     /// With `--broker memory`: capacity of the workers run inside this process (the memory
     /// broker cannot be reached by other processes).
     #[arg(long, env = "SURGE_EMBEDDED_CAPACITY", default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
     pub embedded_capacity: u16,
+    /// With `--broker memory`: the name the embedded workers store with each result
+    /// (default: hostname-pid).
+    #[arg(long, env = "SURGE_WORKER_ID")]
+    pub embedded_worker_id: Option<String>,
     /// Broker connection.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -76,6 +94,29 @@ impl ProducerArgs {
             list.push_str(&std::fs::read_to_string(path)?);
         }
         Ok(crate::auth::ApiKeys::parse(&list))
+    }
+
+    /// The connection bounds these flags describe.
+    pub fn serve_options(&self) -> crate::server::ServeOptions {
+        crate::server::ServeOptions {
+            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms),
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The options of the workers embedded with the memory broker.
+    pub fn embedded_worker_options(&self) -> surge_worker::WorkerOptions {
+        let defaults = surge_worker::WorkerOptions::default();
+        surge_worker::WorkerOptions {
+            capacity: self.embedded_capacity,
+            retry: self.retry.policy(),
+            worker_id: self
+                .embedded_worker_id
+                .clone()
+                .unwrap_or(defaults.worker_id.clone()),
+            ..defaults
+        }
     }
 
     /// The request limits these flags describe.

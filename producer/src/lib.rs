@@ -4,6 +4,9 @@
 //! taken responsibility for it (publisher confirm / delivery report). Bad input is answered
 //! with a JSON error naming the field, and nothing is published.
 //!
+//! - [`ingress`]: the one entry point — [`Ingress::build`] from the flags, then
+//!   [`Ingress::run_until_stopped`] — that `main`, the benchmark, the demo and the tests call.
+//! - [`server`]: serving the router with header / idle timeouts and a connection cap.
 //! - [`app`]: the router with its middleware (request ids, request logging) — tests call it
 //!   directly.
 //! - [`admission`]: the backlog bound (503) and per-client token buckets (429).
@@ -25,9 +28,12 @@ pub mod body;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod ingress;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 pub mod state;
 
 pub use app::app;
+pub use ingress::Ingress;
 pub use state::{AppState, Limits};

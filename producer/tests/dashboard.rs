@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use browser::{Browser, Tab, CHROMIUM};
+use clap::Parser;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use surge_common::broker::memory::MemoryBroker;
 use surge_common::storage::Storage;
 use surge_common::testing;
-use surge_producer::{app, AppState, Limits};
-use surge_worker::{Worker, WorkerOptions};
+use surge_producer::config::ProducerArgs;
+use surge_producer::Ingress;
 
 const JOBS: usize = 300;
 const CAPACITY: u16 = 50;
@@ -144,33 +145,27 @@ async fn the_dashboard_shows_a_burst_in_headless_chromium() -> anyhow::Result<()
         return Ok(());
     };
 
-    // The ingress with an embedded worker: memory broker, fresh SQLite file.
+    // The ingress with an embedded worker: memory broker, fresh SQLite file, started as
+    // `surge-producer` starts it.
     let storage = Storage::connect(&testing::temp_sqlite_url()).await?;
     let broker = Arc::new(MemoryBroker::new());
-    let worker = Worker::new(
-        broker.clone(),
-        storage.clone(),
-        WorkerOptions {
-            capacity: CAPACITY,
-            worker_id: WORKER_ID.into(),
-            ..WorkerOptions::default()
-        },
-    );
-    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(worker.run(async {
-        let _ = worker_stopped.await;
-    }));
-    let state = AppState::new(broker, storage, Limits::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
+    let args = ProducerArgs::try_parse_from([
+        "surge-producer",
+        "--listen",
+        "127.0.0.1:0",
+        "--broker",
+        "memory",
+        "--embedded-capacity",
+        &CAPACITY.to_string(),
+        "--embedded-worker-id",
+        WORKER_ID,
+    ])?;
+    let ingress = Ingress::build_with(&args, broker, storage).await?;
+    let base = format!("http://{}", ingress.local_addr());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(async {
-                let _ = server_stopped.await;
-            })
-            .await
-    });
+    let server = tokio::spawn(ingress.run_until_stopped(async {
+        let _ = server_stopped.await;
+    }));
 
     // The page itself: self-contained HTML, no external URLs.
     let client = reqwest::Client::new();
@@ -202,9 +197,7 @@ async fn the_dashboard_shows_a_burst_in_headless_chromium() -> anyhow::Result<()
     }
     browser.close().await;
     let _ = stop_server.send(());
-    let _ = stop_worker.send(());
     server.await??;
-    worker.await??;
     outcome?;
     assert!(
         problems.is_empty(),

@@ -14,7 +14,7 @@ use surge_common::broker::Broker;
 use surge_common::storage::Storage;
 use surge_common::testing::{self, AMQP_URL_VAR, POSTGRES_URL_VAR};
 use surge_producer::{app, AppState, Limits};
-use surge_worker::{Worker, WorkerOptions};
+use surge_worker::{WorkerOptions, WorkerService};
 use tower::ServiceExt;
 
 const LIMITS: Limits = Limits {
@@ -335,13 +335,13 @@ async fn a_job_is_persisted_exactly_once_and_202_means_the_broker_has_it() {
     drop(broker);
     let consumer_broker: Arc<dyn Broker> =
         Arc::new(RabbitMqBroker::connect(&amqp, &queue).await.unwrap());
-    let worker = Worker::new(
+    let worker = WorkerService::embedded(
         consumer_broker.clone(),
         storage.clone(),
         WorkerOptions::default(),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run(async {
+    let running = tokio::spawn(worker.run_until_stopped(async {
         let _ = stopped.await;
     }));
     let state = AppState::new(consumer_broker.clone(), storage.clone(), Limits::default());

@@ -13,7 +13,7 @@ use surge_common::broker::memory::MemoryBroker;
 use surge_common::storage::Storage;
 use surge_common::testing;
 use surge_producer::{app, AppState, Limits};
-use surge_worker::{Worker, WorkerOptions};
+use surge_worker::{WorkerOptions, WorkerService};
 use tower::ServiceExt;
 
 /// The value of the series `name{labels}` (labels as written by the exporter), or 0.
@@ -50,7 +50,7 @@ async fn metrics_after_a_burst_add_up() {
     let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
     let broker = Arc::new(MemoryBroker::new());
     let state = AppState::new(broker.clone(), storage.clone(), Limits::default());
-    let worker = Worker::new(
+    let worker = WorkerService::embedded(
         broker.clone(),
         storage,
         WorkerOptions {
@@ -60,7 +60,7 @@ async fn metrics_after_a_burst_add_up() {
     );
     let stats = worker.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run(async {
+    let running = tokio::spawn(worker.run_until_stopped(async {
         let _ = stopped.await;
     }));
 

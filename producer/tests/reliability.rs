@@ -18,7 +18,7 @@ use surge_common::testing;
 use surge_producer::admission::AdmissionConfig;
 use surge_producer::auth::ApiKeys;
 use surge_producer::{app, AppState, Limits};
-use surge_worker::{Worker, WorkerOptions};
+use surge_worker::{WorkerOptions, WorkerService};
 use tokio::sync::oneshot;
 use tower::ServiceExt;
 
@@ -71,11 +71,11 @@ fn start_worker(
         retry,
         ..WorkerOptions::default()
     };
-    let worker = Worker::new(state.broker.clone(), state.storage.clone(), options);
+    let worker = WorkerService::embedded(state.broker.clone(), state.storage.clone(), options);
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         worker
-            .run(async {
+            .run_until_stopped(async {
                 let _ = stopped.await;
             })
             .await

@@ -15,7 +15,7 @@ use surge_common::broker::Broker;
 use surge_common::storage::Storage;
 use surge_common::testing::{self, AMQP_URL_VAR, KAFKA_BROKERS_VAR};
 use surge_producer::{app, AppState};
-use surge_worker::{Worker, WorkerOptions};
+use surge_worker::{WorkerOptions, WorkerService};
 use tower::ServiceExt;
 
 /// Every log line of this test binary, as JSON.
@@ -59,9 +59,9 @@ async fn one_trace_end_to_end(broker: Arc<dyn Broker>) {
     logs();
     let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
     let state = AppState::new(broker.clone(), storage.clone(), Default::default());
-    let worker = Worker::new(broker.clone(), storage.clone(), WorkerOptions::default());
+    let worker = WorkerService::embedded(broker.clone(), storage.clone(), WorkerOptions::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run(async {
+    let running = tokio::spawn(worker.run_until_stopped(async {
         let _ = stopped.await;
     }));
 

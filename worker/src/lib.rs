@@ -7,6 +7,9 @@
 //! - [`autoscale`]: the `surge_desired_workers` signal from backlog and drain rate.
 //! - [`heartbeat`]: the worker's row in `worker_heartbeats`, upserted every second.
 //! - [`stats`]: live counters (in flight, peak, processed…) for progress and reports.
+//! - [`service`]: the one entry point (build from settings, run until a shutdown future
+//!   completes) that `main`, the ingress's embedded workers, the benchmark and the demo
+//!   call.
 //! - [`config`]: the binary's command line.
 //!
 //! Many worker processes may consume one queue or consumer group; results are keyed by job
@@ -19,7 +22,9 @@ pub mod config;
 pub mod handlers;
 pub mod heartbeat;
 pub mod runner;
+pub mod service;
 pub mod stats;
 
 pub use runner::{Worker, WorkerOptions};
+pub use service::WorkerService;
 pub use stats::WorkerStats;

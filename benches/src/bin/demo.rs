@@ -27,7 +27,9 @@ struct DemoArgs {
     /// Jobs in flight at most, across all workers.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
     capacity: u16,
-    /// Worker tasks sharing the capacity [default: 2; 1 with --broker kafka, see below].
+    /// Workers sharing the capacity with a real broker [default: 2; 1 with --broker kafka,
+    /// see below]. The memory broker always runs one: the ingress's embedded worker, as
+    /// `surge-producer --broker memory` does.
     ///
     /// On Kafka each worker is a consumer-group member; a member that joins while the burst
     /// runs triggers a rebalance, which waits for the in-flight jobs of the partitions that
@@ -69,10 +71,11 @@ async fn main() -> anyhow::Result<()> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     args.broker.queue = format!("{}.demo-{}", args.broker.queue, &run_id[..8]);
 
-    let workers = args.workers.unwrap_or(match args.broker.broker {
-        BrokerKind::Kafka => 1,
-        _ => 2,
-    });
+    let workers = match args.broker.broker {
+        BrokerKind::Memory => 1,
+        BrokerKind::Kafka => args.workers.unwrap_or(1),
+        BrokerKind::Rabbitmq => args.workers.unwrap_or(2),
+    };
     eprintln!(
         "surge-demo: {} jobs of {} ms against capacity {} ({} worker{}) — broker {:?}, queue {}, database {}",
         args.jobs,
