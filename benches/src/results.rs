@@ -1,4 +1,7 @@
 //! What a benchmark run found, as JSON (`results.json`) and Markdown (`results.md`).
+//!
+//! Over 500 lines on purpose: each row type sits next to the Markdown table that renders
+//! it, so a field added to the JSON cannot be forgotten in the report.
 
 use std::fmt::Write as _;
 

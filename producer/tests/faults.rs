@@ -13,11 +13,15 @@
 //! then checks the promise: every job answered 202 has exactly one result row, and there
 //! are no other rows (so no job refused with a non-2xx, nor one whose request got no
 //! answer, ran); refusals are 503 with `Retry-After`, never a 500. One request in eight
-//! carries an `Idempotency-Key`, so the ingress needs the database for those. It prints one report line per run (`--nocapture`) and appends it to
-//! `target/tmp/faults.md`.
+//! carries an `Idempotency-Key`, so the ingress needs the database for those. It prints one
+//! report line per run (`--nocapture`) and appends it to `target/tmp/faults.md`.
 //!
 //! The faults hit services every test uses, so the runs take turns (one lock) and this
 //! binary runs alone (`cargo test` runs test binaries one after another).
+//!
+//! Over 500 lines on purpose: every scenario shares the one harness (spawning the
+//! processes, the posting clients, the final row check and the report line), and keeping
+//! them together keeps each scenario a few lines long.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;

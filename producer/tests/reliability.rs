@@ -1,5 +1,8 @@
 //! Job lifecycle, dead-letter replay, idempotency keys, admission control (503 / 429),
 //! API keys and draining — through the HTTP API.
+//!
+//! Over 500 lines on purpose: these tests share one router harness (state, broker double,
+//! worker) and read as one story of a job's life; splitting them would copy the harness.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;

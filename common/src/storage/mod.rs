@@ -20,6 +20,10 @@
 //! Writes come one at a time ([`Storage::record`]) or many per statement and commit
 //! ([`Storage::record_many`]); [`batch::ResultWriter`] gathers concurrent workers' rows
 //! into such batches (group commit).
+//!
+//! Over 500 lines on purpose: this is the `Storage` type's public API (connect, record,
+//! lifecycle reads, replay) with the SQL it runs; the specialised parts (acceptance, batching,
+//! heartbeats, idempotency, lifecycle) are modules of their own.
 
 pub mod acceptance;
 pub mod batch;
