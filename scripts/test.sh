@@ -2,8 +2,9 @@
 # The whole test suite, as CI runs it: start the services, check formatting and lints,
 # then run every test against real PostgreSQL, RabbitMQ and Apache Kafka.
 #
-# With CI=true a test whose service is missing fails; without CI it skips loudly. This
-# script sets the service variables itself, so run this way nothing is skipped.
+# With CI=true a test whose service is missing fails; without CI (plain `cargo test`) it is
+# reported ignored, naming the variable to set. This script sets the service variables
+# itself, so run this way nothing is ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
