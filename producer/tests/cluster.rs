@@ -15,25 +15,21 @@
 //! Without them it is reported ignored, except with `CI=true`, where it runs and fails. With
 //! `SURGE_CLUSTER_KEEP=1` the cluster is left running afterwards, for a look at its logs.
 
-use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
+mod support;
+
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::json;
-use surge_common::storage::{JobResult, Storage};
+use support::{child_log_level, free_port, publish_report, worker_binary, Load, Posting};
+use surge_common::storage::Storage;
 use surge_common::testing::{self, POSTGRES_URL_VAR};
 use tokio::process::{Child, Command};
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 /// Set (to anything) to run the cluster test.
 const CLUSTER_VAR: &str = "SURGE_TEST_RABBITMQ_CLUSTER";
-/// Concurrent clients posting jobs.
-const CLIENTS: usize = 16;
 /// Jobs accepted before the kill (so it hits mid-load).
 const BEFORE_KILL: usize = 500;
 /// Jobs accepted while the node is down, before it is restarted.
@@ -58,12 +54,7 @@ fn rabbitmq_cluster_survives_losing_the_queue_leader() {
     ) else {
         return;
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime")
-        .block_on(scenario(postgres));
+    support::block_on(scenario(postgres));
 }
 
 async fn scenario(postgres: String) {
@@ -92,7 +83,7 @@ async fn scenario(postgres: String) {
         &queue,
         &database,
     );
-    wait_ready(port).await;
+    support::wait_ready(&reqwest::Client::new(), port, PATIENCE).await;
     let workers: Vec<Child> = (0..2)
         .map(|i| {
             spawn(
@@ -106,7 +97,12 @@ async fn scenario(postgres: String) {
         })
         .collect();
 
-    let load = Load::start(port);
+    let posting = Posting {
+        job_ms: 2,
+        idempotency_every: None,
+        count_overloaded: false,
+    };
+    let load = Load::start(port, posting, PATIENCE);
     load.wait_accepted(BEFORE_KILL).await;
     let leader = cluster.script(&["leader", &queue]).trim().to_owned();
     cluster.script(&["kill", &leader]);
@@ -119,12 +115,11 @@ async fn scenario(postgres: String) {
     load.wait_accepted(at_restart + AFTER_RESTART).await;
     let outcome = load.stop().await;
 
-    let rows = wait_for_rows(&storage, &outcome.accepted).await;
-    let stored = storage.count().await.expect("rows are countable");
-    let unique: HashSet<Uuid> = rows.iter().map(|r| r.job_id).collect();
-    let lost = outcome.accepted.len() - unique.len();
-    let duplicated = rows.len() - unique.len();
-    let redelivered = rows.iter().filter(|r| r.deliveries > 1).count();
+    let verdict = support::verify(&storage, &outcome, PATIENCE).await;
+    let stored = verdict.stored;
+    let lost = outcome.accepted.len() - verdict.with_row;
+    let duplicated = verdict.duplicate_rows;
+    let redelivered = verdict.redelivered;
     let report = format!(
         "| rabbitmq 3-node, quorum | SIGKILL leader rc{leader}, restart | accepted {} | lost {lost} | \
          duplicated rows {duplicated} | rows beyond accepted {} | refused {:?} | unanswered {} | \
@@ -135,7 +130,7 @@ async fn scenario(postgres: String) {
         outcome.unanswered,
         outcome.window(),
     );
-    publish_report(&report);
+    publish_report("cluster.md", None, &report);
 
     for worker in &workers {
         signal(worker, "TERM");
@@ -236,227 +231,13 @@ fn spawn(command: &mut Command, urls: &str, queue: &str, database: &str) -> Chil
         .args(["--broker", "rabbitmq", "--amqp-url", urls, "--queue", queue])
         .args(["--rabbitmq-queue-type", "quorum"])
         .env("DATABASE_URL", database)
-        .env(
-            "RUST_LOG",
-            std::env::var("SURGE_FAULTS_LOG").unwrap_or_else(|_| "error".to_owned()),
-        )
+        .env("RUST_LOG", child_log_level())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("a Surge binary starts")
-}
-
-/// Waits until the ingress answers `/readyz` with 200.
-async fn wait_ready(port: u16) {
-    let url = format!("http://127.0.0.1:{port}/readyz");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Ok(response) = reqwest::get(&url).await {
-            if response.status().is_success() {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the ingress was not ready within {PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Clients posting jobs as fast as the ingress answers, recording every answer.
-struct Load {
-    stop: Arc<AtomicBool>,
-    accepted: Arc<AtomicUsize>,
-    /// When the node was killed; 503s are timed from here.
-    fault: Arc<Mutex<Option<Instant>>>,
-    tasks: JoinSet<Outcome>,
-}
-
-/// What the clients saw.
-#[derive(Default)]
-struct Outcome {
-    /// Ids answered 202.
-    accepted: Vec<Uuid>,
-    /// Other answers, by status.
-    refused: BTreeMap<u16, usize>,
-    /// 503s and 429s without `Retry-After`.
-    without_retry_after: usize,
-    /// Requests that got no HTTP answer.
-    unanswered: usize,
-    /// First and last 503 after the kill, measured from it.
-    unavailable: Option<(Duration, Duration)>,
-}
-
-impl Outcome {
-    fn note_503(&mut self, since_fault: Duration) {
-        self.unavailable = Some(match self.unavailable {
-            None => (since_fault, since_fault),
-            Some((first, last)) => (first.min(since_fault), last.max(since_fault)),
-        });
-    }
-
-    fn window(&self) -> String {
-        match self.unavailable {
-            None => "none".to_owned(),
-            Some((first, last)) => format!(
-                "{:.2}s ({:.2}s..{:.2}s after the kill)",
-                (last - first).as_secs_f64(),
-                first.as_secs_f64(),
-                last.as_secs_f64()
-            ),
-        }
-    }
-}
-
-impl Load {
-    fn start(port: u16) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let fault: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("an HTTP client");
-        let url = format!("http://127.0.0.1:{port}/jobs");
-        let mut tasks = JoinSet::new();
-        for _ in 0..CLIENTS {
-            let (stop, count, fault, client, url) = (
-                stop.clone(),
-                accepted.clone(),
-                fault.clone(),
-                client.clone(),
-                url.clone(),
-            );
-            tasks.spawn(async move {
-                let mut outcome = Outcome::default();
-                while !stop.load(Ordering::Relaxed) {
-                    let body = json!({ "kind": "sleep", "payload": { "ms": 2 } });
-                    match client.post(&url).json(&body).send().await {
-                        Ok(response) if response.status().as_u16() == 202 => {
-                            let answer: serde_json::Value =
-                                response.json().await.expect("a 202 carries JSON");
-                            let id = answer["id"].as_str().expect("a 202 carries an id");
-                            outcome.accepted.push(id.parse().expect("the id is a UUID"));
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(response) => {
-                            let status = response.status().as_u16();
-                            if matches!(status, 503 | 429)
-                                && !response.headers().contains_key("retry-after")
-                            {
-                                outcome.without_retry_after += 1;
-                            }
-                            if status == 503 {
-                                let killed_at = *fault.lock().expect("fault clock");
-                                if let Some(at) = killed_at {
-                                    outcome.note_503(at.elapsed());
-                                }
-                            }
-                            *outcome.refused.entry(status).or_default() += 1;
-                            // Back off a little, as Retry-After asks (but keep probing).
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(_) => {
-                            outcome.unanswered += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                }
-                outcome
-            });
-        }
-        Load {
-            stop,
-            accepted,
-            fault,
-            tasks,
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::Relaxed)
-    }
-
-    fn mark_fault(&self) {
-        *self.fault.lock().expect("fault clock") = Some(Instant::now());
-    }
-
-    /// Waits until `n` jobs have been accepted in all.
-    async fn wait_accepted(&self, n: usize) {
-        let deadline = Instant::now() + PATIENCE;
-        while self.accepted() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} jobs accepted within {PATIENCE:?}",
-                self.accepted()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(mut self) -> Outcome {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Outcome::default();
-        while let Some(done) = self.tasks.join_next().await {
-            let client = done.expect("a load client panicked");
-            all.accepted.extend(client.accepted);
-            for (status, n) in client.refused {
-                *all.refused.entry(status).or_default() += n;
-            }
-            all.unanswered += client.unanswered;
-            all.without_retry_after += client.without_retry_after;
-            if let Some((first, last)) = client.unavailable {
-                all.note_503(first);
-                all.note_503(last);
-            }
-        }
-        all
-    }
-}
-
-/// Waits until every accepted id has a row; returns the rows.
-async fn wait_for_rows(storage: &Storage, ids: &[Uuid]) -> Vec<JobResult> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match storage.get_many(ids).await {
-            Ok(rows) if rows.len() >= ids.len() => return rows,
-            Ok(rows) => assert!(
-                Instant::now() < deadline,
-                "only {} of {} accepted jobs have results after {PATIENCE:?}",
-                rows.len(),
-                ids.len()
-            ),
-            Err(e) => assert!(Instant::now() < deadline, "results unreadable: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Prints the report line and appends it to `target/tmp/cluster.md`.
-fn publish_report(line: &str) {
-    println!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster.md");
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-    {
-        let _ = writeln!(file, "{line}");
-    }
-}
-
-/// `surge-worker`, built next to `surge-producer` by `cargo test --workspace`.
-fn worker_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_surge-producer")).with_file_name("surge-worker");
-    assert!(
-        path.exists(),
-        "{} is missing: run the suite with `cargo test --workspace` (or `cargo build -p surge-worker` first)",
-        path.display()
-    );
-    path
 }
 
 /// Sends `SIGname` to `child`.
@@ -466,12 +247,4 @@ fn signal(child: &Child, name: &str) {
             .args([&format!("-{name}"), &pid.to_string()])
             .status();
     }
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }

@@ -20,30 +20,29 @@
 //! binary runs alone (`cargo test` runs test binaries one after another).
 //!
 //! Over 500 lines on purpose: every scenario shares the one harness (spawning the
-//! processes, the posting clients, the final row check and the report line), and keeping
-//! them together keeps each scenario a few lines long.
+//! processes, injecting the faults and the report line), and keeping them together keeps
+//! each scenario a few lines long. The posting clients and the final row count live in
+//! `support`, shared with `cluster.rs`.
 
-use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
+mod support;
+
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::json;
+use support::{child_log_level, free_port, publish_report, worker_binary, Load, Outcome, Verdict};
 use surge_common::storage::Storage;
 use surge_common::testing::{self, AMQP_URL_VAR, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
 use tokio::process::{Child, Command};
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 /// Jobs that must be accepted from the start of the fault on.
 const DURING_FAULT: usize = 2_000;
 /// Jobs accepted before the fault starts (so it hits mid-burst).
 const BEFORE_FAULT: usize = 300;
-/// Concurrent clients posting jobs.
-const CLIENTS: usize = 16;
 /// Capacity of each worker.
 const CAPACITY: &str = "64";
 /// Longest wait for any condition (generous: a loaded 2-core CI machine, debug build).
@@ -57,12 +56,7 @@ fn serially(scenario: impl std::future::Future<Output = ()>) {
     let _turn = SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime")
-        .block_on(scenario);
+    support::block_on(scenario);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +212,16 @@ const FAULT_SETUP: Setup = Setup {
     job_ms: 2,
 };
 
+/// How the clients post for `setup`: one request in eight carries an `Idempotency-Key`;
+/// 503s coded `overloaded` are counted.
+fn posting(setup: &Setup) -> support::Posting {
+    support::Posting {
+        job_ms: setup.job_ms,
+        idempotency_every: Some(8),
+        count_overloaded: true,
+    }
+}
+
 /// Overload: with the backlog bound low and slow workers, clients posting flat out get
 /// `503` + `Retry-After` beyond the bound; every job accepted is processed exactly once.
 async fn overload(backend: Backend) {
@@ -230,7 +234,7 @@ async fn overload(backend: Backend) {
     let Some(stack) = Stack::start(backend, &setup).await else {
         return;
     };
-    let load = Load::start(stack.port, setup.job_ms);
+    let load = Load::start(stack.port, posting(&setup), PATIENCE);
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while load.overloaded.load(Ordering::Relaxed) < REFUSALS {
         assert!(
@@ -240,7 +244,7 @@ async fn overload(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let outcome = load.stop().await;
-    let verdict = verify(&stack, &outcome).await;
+    let verdict = support::verify(&stack.storage, &outcome, PATIENCE).await;
     let report = report_line(
         backend,
         "overload (--max-backlog 100)",
@@ -248,7 +252,7 @@ async fn overload(backend: Backend) {
         None,
         &verdict,
     );
-    publish_report(&report);
+    publish_report("faults.md", Some(REPORT_HEADER), &report);
     stack.stop().await;
     verdict.assert_exactly_once(&outcome, &report);
     assert!(
@@ -259,18 +263,6 @@ async fn overload(backend: Backend) {
         !outcome.accepted.is_empty(),
         "jobs below the bound were accepted"
     );
-}
-
-/// What the database says about a run's accepted jobs.
-struct Verdict {
-    /// Accepted jobs with a row.
-    with_row: usize,
-    /// Rows in the table.
-    stored: u64,
-    /// Rows beyond one per job id (the primary key makes this 0 unless the schema breaks).
-    duplicate_rows: usize,
-    /// Jobs whose result was written more than once (redelivered after commit, before ack).
-    redelivered: usize,
 }
 
 impl Verdict {
@@ -300,21 +292,9 @@ impl Verdict {
             "faults are answered 503, never another 5xx ({report})"
         );
         assert_eq!(
-            outcome.refusals_without_retry_after, 0,
+            outcome.without_retry_after, 0,
             "every 503/429 carries Retry-After ({report})"
         );
-    }
-}
-
-/// Waits for every accepted job's row, then counts.
-async fn verify(stack: &Stack, outcome: &Outcome) -> Verdict {
-    let rows = wait_for_rows(&stack.storage, &outcome.accepted).await;
-    let unique: HashSet<Uuid> = rows.iter().map(|r| r.job_id).collect();
-    Verdict {
-        with_row: unique.len(),
-        stored: stack.storage.count().await.expect("rows are countable"),
-        duplicate_rows: rows.len() - unique.len(),
-        redelivered: rows.iter().filter(|r| r.deliveries > 1).count(),
     }
 }
 
@@ -323,13 +303,13 @@ async fn run(backend: Backend, fault: Fault) {
     let Some(mut stack) = Stack::start(backend, &FAULT_SETUP).await else {
         return;
     };
-    let load = Load::start(stack.port, FAULT_SETUP.job_ms);
+    let load = Load::start(stack.port, posting(&FAULT_SETUP), PATIENCE);
     load.wait_accepted(BEFORE_FAULT).await;
     let at_fault = load.accepted();
     inject(fault, &mut stack, &load, at_fault).await;
     load.wait_accepted(at_fault + DURING_FAULT).await;
     let outcome = load.stop().await;
-    let verdict = verify(&stack, &outcome).await;
+    let verdict = support::verify(&stack.storage, &outcome, PATIENCE).await;
     let during = outcome.accepted.len() - at_fault;
     let report = report_line(
         backend,
@@ -338,7 +318,7 @@ async fn run(backend: Backend, fault: Fault) {
         Some(during),
         &verdict,
     );
-    publish_report(&report);
+    publish_report("faults.md", Some(REPORT_HEADER), &report);
     stack.stop().await;
     verdict.assert_exactly_once(&outcome, &report);
     assert!(
@@ -532,20 +512,7 @@ impl Stack {
 
     /// Waits until the ingress answers `/readyz` with 200 (broker and database reachable).
     async fn wait_ready(&self) {
-        let url = format!("http://127.0.0.1:{}/readyz", self.port);
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Ok(response) = self.http.get(&url).send().await {
-                if response.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the ingress was not ready within {PATIENCE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        support::wait_ready(&self.http, self.port, PATIENCE).await;
     }
 
     /// Stops every process: workers first (SIGTERM, so they leave their group), then the
@@ -564,157 +531,7 @@ impl Stack {
     }
 }
 
-/// Clients posting jobs as fast as the ingress answers, recording every answer.
-struct Load {
-    stop: Arc<AtomicBool>,
-    accepted_count: Arc<AtomicUsize>,
-    /// `503 overloaded` answers so far.
-    overloaded: Arc<AtomicUsize>,
-    tasks: JoinSet<Outcome>,
-}
-
-/// What the clients saw.
-#[derive(Default)]
-struct Outcome {
-    /// Ids answered 202.
-    accepted: Vec<Uuid>,
-    /// Other answers, by status.
-    refused: BTreeMap<u16, usize>,
-    /// 503 and 429 answers without a `Retry-After` header.
-    refusals_without_retry_after: usize,
-    /// Requests that got no HTTP answer (connection refused or reset).
-    unanswered: usize,
-}
-
-impl Load {
-    fn start(port: u16, job_ms: u64) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted_count = Arc::new(AtomicUsize::new(0));
-        let overloaded = Arc::new(AtomicUsize::new(0));
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("an HTTP client");
-        let url = format!("http://127.0.0.1:{port}/jobs");
-        let mut tasks = JoinSet::new();
-        for _ in 0..CLIENTS {
-            let (stop, count, overloaded, client, url) = (
-                stop.clone(),
-                accepted_count.clone(),
-                overloaded.clone(),
-                client.clone(),
-                url.clone(),
-            );
-            tasks.spawn(async move {
-                let mut outcome = Outcome::default();
-                let mut sent = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let body = json!({ "kind": "sleep", "payload": { "ms": job_ms } });
-                    let mut request = client.post(&url).json(&body);
-                    sent += 1;
-                    if sent.is_multiple_of(8) {
-                        // Some requests need the database at the ingress, too.
-                        request = request.header("idempotency-key", Uuid::new_v4().to_string());
-                    }
-                    match request.send().await {
-                        Ok(response) if response.status().as_u16() == 202 => {
-                            let answer: serde_json::Value =
-                                response.json().await.expect("a 202 carries JSON");
-                            let id = answer["id"].as_str().expect("a 202 carries an id");
-                            outcome.accepted.push(id.parse().expect("the id is a UUID"));
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(response) => {
-                            let status = response.status().as_u16();
-                            if matches!(status, 503 | 429)
-                                && !response.headers().contains_key("retry-after")
-                            {
-                                outcome.refusals_without_retry_after += 1;
-                            }
-                            if status == 503 {
-                                let answer: serde_json::Value =
-                                    response.json().await.unwrap_or_default();
-                                if answer["error"]["code"] == "overloaded" {
-                                    overloaded.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            *outcome.refused.entry(status).or_default() += 1;
-                            // Back off a little; the ingress said why.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(_) => {
-                            outcome.unanswered += 1;
-                            // The ingress is restarting: try again shortly.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                }
-                outcome
-            });
-        }
-        Load {
-            stop,
-            accepted_count,
-            overloaded,
-            tasks,
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted_count.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `n` jobs have been accepted in all.
-    async fn wait_accepted(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while self.accepted() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {n} jobs accepted within {PATIENCE:?}",
-                self.accepted()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(mut self) -> Outcome {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Outcome::default();
-        while let Some(done) = self.tasks.join_next().await {
-            let client = done.expect("a load client panicked");
-            all.accepted.extend(client.accepted);
-            for (status, n) in client.refused {
-                *all.refused.entry(status).or_default() += n;
-            }
-            all.unanswered += client.unanswered;
-            all.refusals_without_retry_after += client.refusals_without_retry_after;
-        }
-        all
-    }
-}
-
-/// Waits until every accepted id has a row; returns the rows.
-async fn wait_for_rows(storage: &Storage, ids: &[Uuid]) -> Vec<surge_common::storage::JobResult> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match storage.get_many(ids).await {
-            Ok(rows) if rows.len() == ids.len() => return rows,
-            Ok(rows) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {} accepted jobs have results after {PATIENCE:?}",
-                rows.len(),
-                ids.len()
-            ),
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "results unreadable: {e}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// One row of the report table (see [`publish_report`] for the header).
+/// One row of the report table (see [`REPORT_HEADER`] for its columns).
 fn report_line(
     backend: Backend,
     what: &str,
@@ -735,36 +552,8 @@ fn report_line(
     )
 }
 
-/// Prints the report line and appends it to `target/tmp/faults.md`.
-fn publish_report(line: &str) {
-    println!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults.md");
-    let fresh = !path.exists();
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-    {
-        if fresh {
-            let _ = writeln!(
-                file,
-                "| broker | fault | accepted | accepted from the fault on | refused (status: count) | unanswered | rows | duplicate rows | redelivered |\n|---|---|---|---|---|---|---|---|---|"
-            );
-        }
-        let _ = writeln!(file, "{line}");
-    }
-}
-
-/// `surge-worker`, built next to `surge-producer` by `cargo test --workspace`.
-fn worker_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_surge-producer")).with_file_name("surge-worker");
-    assert!(
-        path.exists(),
-        "{} is missing: run the suite with `cargo test --workspace` (or `cargo build -p surge-worker` first)",
-        path.display()
-    );
-    path
-}
+/// The header of the report table in `target/tmp/faults.md`.
+const REPORT_HEADER: &str = "| broker | fault | accepted | accepted from the fault on | refused (status: count) | unanswered | rows | duplicate rows | redelivered |\n|---|---|---|---|---|---|---|---|---|";
 
 fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts")
@@ -817,17 +606,4 @@ async fn kill_kafka(brokers: &str) {
         assert!(tokio::time::Instant::now() < deadline, "Kafka did not die");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// `RUST_LOG` for the processes under test: `SURGE_FAULTS_LOG`, else `error`.
-fn child_log_level() -> String {
-    std::env::var("SURGE_FAULTS_LOG").unwrap_or_else(|_| "error".to_owned())
 }
