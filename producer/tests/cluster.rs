@@ -105,8 +105,10 @@ async fn scenario(postgres: String) {
     let load = Load::start(port, posting, PATIENCE);
     load.wait_accepted(BEFORE_KILL).await;
     let leader = cluster.script(&["leader", &queue]).trim().to_owned();
-    cluster.script(&["kill", &leader]);
+    // The fault starts when the kill is sent: the script returns only once the node is
+    // gone, and the 503s come while it waits.
     load.mark_fault();
+    cluster.script(&["kill", &leader]);
     let at_kill = load.accepted();
     load.wait_accepted(at_kill + WHILE_DOWN).await;
     let accepted_while_down = load.accepted() - at_kill;
