@@ -1,6 +1,7 @@
 //! Everything Surge's binaries share.
 //!
-//! - [`job`]: the job a client submits, its kinds and their validated payloads.
+//! - [`job`]: the job a client submits and how it travels.
+//! - [`kinds`]: the registry of job kinds (built-in, Rust, HTTP from the config file).
 //! - [`broker`]: the [`broker::Broker`] trait (publish, consume, stats), the
 //!   [`broker::Delivery`] every consumer settles exactly once, and its backends:
 //!   [`broker::memory`] (in-process, not durable), `broker::rabbitmq` (lapin, cargo
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod job;
+pub mod kinds;
 pub mod metrics;
 pub mod retry;
 pub mod shutdown;

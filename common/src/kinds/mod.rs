@@ -1,0 +1,399 @@
+//! Job kinds: names in a registry, each with a handler that validates a payload (at the
+//! ingress, before anything is published) and runs a job (in the worker).
+//!
+//! Three ways a kind gets into a [`KindRegistry`]:
+//! - the five built-in examples ([`builtin`]: `sleep`, `hash`, `echo`, `flaky`, `poison`);
+//! - Rust code: a team's own worker binary registers a [`Kind`] of its own
+//!   ([`KindRegistryBuilder::register`]), or a plain async function ([`handler_fn`]);
+//! - the configuration file ([`file`]): `[kinds.NAME]` with a `url` is an HTTP kind
+//!   ([`http`]), each job POSTed to an existing service, with flow control protecting it.
+//!
+//! The ingress and the workers build the same registry (same flags, same file), so a job
+//! the ingress accepted is one a worker can run. During a rolling deploy a worker may get
+//! a kind it does not know yet: it hands the job back to wait for a worker that does (see
+//! the worker's runner), it never dead-letters it.
+
+pub mod builtin;
+pub mod file;
+pub mod http;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::job::{InvalidJob, Job};
+use crate::retry::RetryPolicy;
+
+/// Longest kind name, in bytes.
+pub const MAX_KIND_NAME_LEN: usize = 64;
+
+/// Why an attempt did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// Another attempt may succeed (a timeout, a busy dependency): retry with backoff, or
+    /// after `retry_after` when the target said when (HTTP `Retry-After`).
+    #[error("retryable: {message}")]
+    Retryable {
+        /// What went wrong.
+        message: String,
+        /// When to try again, if the failure said (else the retry policy decides).
+        retry_after: Option<Duration>,
+    },
+    /// No attempt will succeed (bad payload, a 4xx from the target): dead-letter now.
+    #[error("permanent: {0}")]
+    Permanent(String),
+    /// The job was not attempted (its target's circuit is open, its concurrency cap is
+    /// full): hand it back to the broker to come again after `after`, without consuming
+    /// an attempt.
+    #[error("deferred: {reason}")]
+    Deferred {
+        /// Why, for logs and metrics.
+        reason: String,
+        /// How long it waits in the broker.
+        after: Duration,
+    },
+}
+
+impl JobError {
+    /// A retryable failure, retried after the policy's backoff.
+    pub fn retryable(message: impl Into<String>) -> JobError {
+        JobError::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A permanent failure: the job dies now.
+    pub fn permanent(message: impl Into<String>) -> JobError {
+        JobError::Permanent(message.into())
+    }
+}
+
+/// A job kind: how its payload is checked and how its job is run.
+///
+/// `validate` runs at the ingress (a payload it rejects gets 422 and nothing is
+/// published) and again in the worker before `run` (a message may have been written by
+/// someone else). `run` is called once per attempt; a panic in it ends the job `dead` with
+/// the panic message, it is never redelivered in a loop.
+#[async_trait]
+pub trait Kind: Send + Sync + 'static {
+    /// Checks a payload. The error names the field at fault (`payload.…`).
+    fn validate(&self, payload: &Value) -> Result<(), InvalidJob>;
+
+    /// Runs attempt `attempt` (1-based) of `job`, whose payload passed [`Kind::validate`].
+    async fn run(&self, job: &Job, attempt: u32) -> Result<Value, JobError>;
+
+    /// One line for humans (OpenAPI, the dashboard).
+    fn description(&self) -> String {
+        String::new()
+    }
+
+    /// The payload's JSON Schema, for the OpenAPI document (`{}`: any JSON value).
+    fn payload_schema(&self) -> Value {
+        Value::Object(Default::default())
+    }
+
+    /// The retry policy (attempts, backoff bounds) for this kind's jobs, given the
+    /// worker's own: a kind may override any part of it.
+    fn retry_policy(&self, worker: RetryPolicy) -> RetryPolicy {
+        worker
+    }
+}
+
+/// A registry could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// Two kinds with one name.
+    #[error("job kind {0:?} is registered twice")]
+    Duplicate(String),
+    /// A name that cannot travel (empty, too long, odd characters).
+    #[error(
+        "job kind name {0:?} is not valid: use 1 to {MAX_KIND_NAME_LEN} characters \
+         from a-z, 0-9, '_', '-' and '.', starting with a letter or digit"
+    )]
+    BadName(String),
+}
+
+/// Whether `name` can be a kind's name: 1 to [`MAX_KIND_NAME_LEN`] of `a-z 0-9 _ - .`,
+/// starting with a letter or digit (it appears in URLs, metrics labels and logs).
+pub fn is_valid_kind_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    let Some(first) = bytes.next() else {
+        return false;
+    };
+    name.len() <= MAX_KIND_NAME_LEN
+        && (first.is_ascii_lowercase() || first.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
+}
+
+/// The kinds a process knows, by name. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct KindRegistry {
+    kinds: Arc<BTreeMap<String, Arc<dyn Kind>>>,
+}
+
+impl std::fmt::Debug for KindRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.kinds.keys()).finish()
+    }
+}
+
+impl KindRegistry {
+    /// Starts a registry with nothing in it.
+    pub fn builder() -> KindRegistryBuilder {
+        KindRegistryBuilder::default()
+    }
+
+    /// Only the five built-in example kinds.
+    pub fn builtin() -> KindRegistry {
+        KindRegistry::builder().with_builtins().build()
+    }
+
+    /// The kind called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Kind>> {
+        self.kinds.get(name)
+    }
+
+    /// Every kind's name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.kinds.keys().map(String::as_str)
+    }
+
+    /// Every kind, by name, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Kind>)> {
+        self.kinds.iter().map(|(name, kind)| (name.as_str(), kind))
+    }
+
+    /// Checks `payload` for the kind `name`: 422-ready errors naming `kind` (unknown) or
+    /// the payload field at fault.
+    pub fn validate(&self, name: &str, payload: &Value) -> Result<(), InvalidJob> {
+        let kind = self.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.names().collect();
+            InvalidJob::new(
+                "kind",
+                format!(
+                    "unknown job kind {name:?}; expected one of {}",
+                    known.join(", ")
+                ),
+            )
+        })?;
+        kind.validate(payload)
+    }
+}
+
+/// Builds a [`KindRegistry`].
+#[derive(Default)]
+pub struct KindRegistryBuilder {
+    kinds: BTreeMap<String, Arc<dyn Kind>>,
+    errors: Vec<RegistryError>,
+}
+
+impl KindRegistryBuilder {
+    /// Adds `kind` as `name`. A duplicate or invalid name is reported by
+    /// [`KindRegistryBuilder::try_build`] (and makes [`KindRegistryBuilder::build`] keep
+    /// the first registration).
+    pub fn register(mut self, name: impl Into<String>, kind: impl Kind) -> Self {
+        self.insert(name.into(), Arc::new(kind));
+        self
+    }
+
+    /// Adds an already shared kind.
+    pub fn register_arc(mut self, name: impl Into<String>, kind: Arc<dyn Kind>) -> Self {
+        self.insert(name.into(), kind);
+        self
+    }
+
+    /// Adds what the configuration file declares: the built-in kinds unless it turned
+    /// them off, and its HTTP kinds. `storage` (the results database every replica
+    /// shares) holds the HTTP kinds' cross-replica concurrency and rate state.
+    pub fn with_config(
+        mut self,
+        config: &file::SurgeConfig,
+        storage: &crate::storage::Storage,
+    ) -> Result<Self, http::HttpKindError> {
+        if config.builtin_kinds {
+            self = self.with_builtins();
+        }
+        for kind in &config.http_kinds {
+            let name = kind.name.clone();
+            let http = http::HttpKind::new(kind.clone(), storage.clone())?;
+            self.insert(name, Arc::new(http));
+        }
+        Ok(self)
+    }
+
+    /// Adds the five built-in example kinds.
+    pub fn with_builtins(mut self) -> Self {
+        for (name, kind) in builtin::kinds() {
+            self.insert(name.to_owned(), kind);
+        }
+        self
+    }
+
+    fn insert(&mut self, name: String, kind: Arc<dyn Kind>) {
+        if !is_valid_kind_name(&name) {
+            self.errors.push(RegistryError::BadName(name));
+        } else if self.kinds.contains_key(&name) {
+            self.errors.push(RegistryError::Duplicate(name));
+        } else {
+            self.kinds.insert(name, kind);
+        }
+    }
+
+    /// The registry, or the first problem met while registering.
+    pub fn try_build(self) -> Result<KindRegistry, RegistryError> {
+        match self.errors.into_iter().next() {
+            Some(error) => Err(error),
+            None => Ok(KindRegistry {
+                kinds: Arc::new(self.kinds),
+            }),
+        }
+    }
+
+    /// The registry, ignoring bad registrations (each is logged).
+    pub fn build(self) -> KindRegistry {
+        for error in &self.errors {
+            tracing::error!(%error, "job kind not registered");
+        }
+        KindRegistry {
+            kinds: Arc::new(self.kinds),
+        }
+    }
+}
+
+/// A [`Kind`] made of an async function (any payload accepted, unless a JSON Schema is
+/// given with [`FnKind::with_schema`]).
+pub struct FnKind<F> {
+    run: F,
+    schema: Option<schema::PayloadSchema>,
+    description: String,
+    retry: Option<RetryPolicy>,
+}
+
+/// A kind running `run(job, attempt)` for each attempt. See [`FnKind`].
+pub fn handler_fn<F, Fut>(run: F) -> FnKind<F>
+where
+    F: Fn(Job, u32) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, JobError>> + Send + 'static,
+{
+    FnKind {
+        run,
+        schema: None,
+        description: String::new(),
+        retry: None,
+    }
+}
+
+impl<F> FnKind<F> {
+    /// Checks payloads against this JSON Schema (at the ingress and in the worker).
+    pub fn with_schema(mut self, schema: schema::PayloadSchema) -> Self {
+        self.schema = Some(schema);
+        self
+    }
+
+    /// A line for humans (OpenAPI).
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// This kind's own retry policy.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+}
+
+#[async_trait]
+impl<F, Fut> Kind for FnKind<F>
+where
+    F: Fn(Job, u32) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, JobError>> + Send + 'static,
+{
+    fn validate(&self, payload: &Value) -> Result<(), InvalidJob> {
+        match &self.schema {
+            Some(schema) => schema.validate(payload),
+            None => Ok(()),
+        }
+    }
+
+    async fn run(&self, job: &Job, attempt: u32) -> Result<Value, JobError> {
+        (self.run)(job.clone(), attempt).await
+    }
+
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+
+    fn payload_schema(&self) -> Value {
+        self.schema
+            .as_ref()
+            .map(|s| s.document().clone())
+            .unwrap_or_else(|| Value::Object(Default::default()))
+    }
+
+    fn retry_policy(&self, worker: RetryPolicy) -> RetryPolicy {
+        self.retry.unwrap_or(worker)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["echo", "thumbnail", "a", "img.resize-v2", "9lives"] {
+            assert!(is_valid_kind_name(good), "{good}");
+        }
+        let long = "a".repeat(MAX_KIND_NAME_LEN + 1);
+        for bad in ["", "Echo", "-x", "a b", "é", long.as_str(), "x/y"] {
+            assert!(!is_valid_kind_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn duplicates_and_bad_names_are_refused() {
+        let dup = KindRegistry::builder()
+            .with_builtins()
+            .register("echo", handler_fn(|_, _| async { Ok(json!(1)) }))
+            .try_build();
+        assert_eq!(dup.unwrap_err(), RegistryError::Duplicate("echo".into()));
+        let bad = KindRegistry::builder()
+            .register("Bad Name", handler_fn(|_, _| async { Ok(json!(1)) }))
+            .try_build();
+        assert!(matches!(bad, Err(RegistryError::BadName(_))));
+    }
+
+    #[tokio::test]
+    async fn a_function_kind_runs_and_validates_by_schema() {
+        let schema = schema::PayloadSchema::compile(
+            "kinds.greet.schema",
+            json!({"type": "object", "required": ["name"]}),
+        )
+        .unwrap();
+        let registry = KindRegistry::builder()
+            .register(
+                "greet",
+                handler_fn(|job: Job, _| async move { Ok(json!({"hello": job.payload["name"]})) })
+                    .with_schema(schema),
+            )
+            .try_build()
+            .unwrap();
+        let err = registry.validate("greet", &json!({})).unwrap_err();
+        assert_eq!(err.field, "payload.name");
+        assert_eq!(
+            registry.validate("nope", &json!({})).unwrap_err().field,
+            "kind"
+        );
+        let job = Job::new("greet", json!({"name": "ada"}), None);
+        let kind = registry.get("greet").unwrap();
+        assert_eq!(kind.run(&job, 1).await, Ok(json!({"hello": "ada"})));
+    }
+}
