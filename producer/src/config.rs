@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use surge_common::config::{BrokerArgs, DatabaseArgs, RetryArgs, TelemetryArgs};
+use surge_common::config::{BrokerArgs, DatabaseArgs, KindsArgs, RetryArgs, TelemetryArgs};
 
 use crate::state::Limits;
 
@@ -71,6 +71,9 @@ pub struct ProducerArgs {
     /// Retry policy of the embedded workers.
     #[command(flatten)]
     pub retry: RetryArgs,
+    /// Job kinds (`--config`): give every worker the same file.
+    #[command(flatten)]
+    pub kinds: KindsArgs,
     /// Logging.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,

@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use surge_common::broker::Broker;
+use surge_common::kinds::KindRegistry;
 use surge_common::storage::batch::{AcceptWriter, QueuedWriter};
 use surge_common::storage::Storage;
 
@@ -54,11 +55,15 @@ pub struct AppState {
     /// Set on SIGTERM: `/readyz` answers 503 and new jobs are refused while in-flight
     /// requests finish.
     pub draining: Arc<AtomicBool>,
+    /// The job kinds accepted (validated here before anything is published).
+    pub kinds: KindRegistry,
+    /// `GET /openapi.json`, made once from the router and `kinds`.
+    pub openapi: Arc<std::sync::OnceLock<utoipa::openapi::OpenApi>>,
 }
 
 impl AppState {
-    /// State for one server: no admission limits, no API keys. Starts the `queued` writer
-    /// task, so it must be called inside a Tokio runtime.
+    /// State for one server: the built-in kinds, no admission limits, no API keys. Starts
+    /// the `queued` writer task, so it must be called inside a Tokio runtime.
     pub fn new(broker: Arc<dyn Broker>, storage: Storage, limits: Limits) -> AppState {
         AppState {
             broker,
@@ -70,7 +75,16 @@ impl AppState {
             admission: Arc::default(),
             api_keys: ApiKeys::default(),
             draining: Arc::default(),
+            kinds: KindRegistry::builtin(),
+            openapi: Arc::default(),
         }
+    }
+
+    /// The same state accepting the kinds in `kinds`.
+    pub fn with_kinds(mut self, kinds: KindRegistry) -> AppState {
+        self.kinds = kinds;
+        self.openapi = Arc::default();
+        self
     }
 
     /// The same state with admission control.

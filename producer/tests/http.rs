@@ -338,6 +338,7 @@ async fn a_job_is_persisted_exactly_once_and_202_means_the_broker_has_it() {
     let worker = WorkerService::embedded(
         consumer_broker.clone(),
         storage.clone(),
+        surge_common::kinds::KindRegistry::builtin(),
         WorkerOptions::default(),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -86,7 +86,7 @@ pub async fn submit(
     let idempotency_key = idempotency_key(&headers)?;
     let trace = trace_context(&headers);
     let request_hash = idempotency_key.as_ref().map(|_| request_hash(&request));
-    let mut job = request.into_job()?;
+    let mut job = request.into_job(&state.kinds)?;
     job.traceparent = Some(trace.child().header());
     job.awaits_acceptance = true;
     admit(&state, &caller, 1).await?;
@@ -177,7 +177,9 @@ pub async fn submit_batch(
         .into_iter()
         .enumerate()
         .map(|(i, request)| {
-            let mut job = request.into_job().map_err(|e| e.under(&format!("[{i}]")))?;
+            let mut job = request
+                .into_job(&state.kinds)
+                .map_err(|e| e.under(&format!("[{i}]")))?;
             job.traceparent = Some(trace.child().header());
             job.awaits_acceptance = true;
             Ok(job)
