@@ -62,6 +62,7 @@ impl WorkerArgs {
                 BrokerKind::Kafka => u32::try_from(self.broker.kafka_partitions).ok(),
                 _ => None,
             },
+            ..WorkerOptions::default()
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct WorkerOptions {
     pub write_batch: usize,
     /// Upper bound for the desired-replicas signal (Kafka: the partition count).
     pub max_replicas: Option<u32>,
+    /// How long a job of a kind this worker does not know waits in the broker before it
+    /// comes again ([`UNKNOWN_KIND_DELAY`] by default).
+    pub unknown_kind_delay: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -61,6 +64,7 @@ impl Default for WorkerOptions {
             shutdown_grace: Duration::from_secs(30),
             write_batch: 256,
             max_replicas: None,
+            unknown_kind_delay: UNKNOWN_KIND_DELAY,
         }
     }
 }
@@ -93,8 +97,8 @@ pub struct Worker {
     stats: Arc<WorkerStats>,
 }
 
-/// How long a job of a kind this worker does not know waits in the broker before it is
-/// delivered again (to this or another worker): during a rolling deploy the workers that
+/// How long, by default, a job of a kind this worker does not know waits in the broker
+/// before it is delivered again (to this or another worker): during a rolling deploy the workers that
 /// know it come up within that time.
 pub const UNKNOWN_KIND_DELAY: Duration = Duration::from_secs(5);
 
@@ -318,7 +322,8 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
     async move {
         let _permit = permit;
         let Some(kind) = context.kinds.get(&delivery.job.kind).cloned() else {
-            return defer_unknown_kind(delivery).await;
+            context.stats.deferred();
+            return defer_unknown_kind(delivery, context.options.unknown_kind_delay).await;
         };
         let policy = kind.retry_policy(context.options.retry);
         let started_at_us = now_micros();
@@ -371,6 +376,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             }
             Err(JobError::Deferred { reason, after }) => {
                 tracing::debug!(%reason, ?after, "not attempted; back to the broker");
+                context.stats.deferred();
                 metrics::counter!(m::JOBS_DEFERRED, "kind" => delivery.job.kind.clone())
                     .increment(1);
                 context
@@ -455,14 +461,14 @@ pub fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
 /// A job of a kind this worker does not know (a rolling deploy: the ingress, or another
 /// worker, already runs a newer configuration): it is not this worker's to judge, so it
 /// goes back to the broker, no attempt consumed, for a worker that knows the kind.
-async fn defer_unknown_kind(delivery: Delivery) {
+async fn defer_unknown_kind(delivery: Delivery, after: Duration) {
     tracing::warn!(
-        after = ?UNKNOWN_KIND_DELAY,
+        ?after,
         "job of a kind this worker does not know: handing it back for a worker that does \
          (give every worker the ingress's --config)"
     );
     metrics::counter!(m::UNKNOWN_KIND, "kind" => delivery.job.kind.clone()).increment(1);
-    if let Err(e) = delivery.defer(UNKNOWN_KIND_DELAY).await {
+    if let Err(e) = delivery.defer(after).await {
         tracing::warn!(error = %e, "handing back failed; the broker will redeliver the job");
     }
 }

@@ -307,11 +307,6 @@ impl<F> FnKind<F> {
         self
     }
 
-    /// An example payload, for the OpenAPI document.
-    fn example(&self) -> Option<Value> {
-        None
-    }
-
     /// This kind's own retry policy.
     pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
