@@ -19,6 +19,11 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most jobs in one `POST /jobs/batch`.
     pub max_batch: usize,
+    /// Longest wait for the broker to take responsibility for a publish (confirm /
+    /// delivery report). Beyond it the client gets 503 and the jobs are cancelled, so a
+    /// broker that stalls (a quorum queue without its majority, a Kafka partition without
+    /// its in-sync replicas) cannot hold requests, and connections, for ever.
+    pub publish_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -26,6 +31,7 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 256 * 1024,
             max_batch: 1000,
+            publish_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -12,6 +12,7 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use surge_common::broker::BrokerError;
 use surge_common::job::{InvalidJob, Job, JobRequest};
 use surge_common::metrics as m;
 use surge_common::retry::reconnect;
@@ -365,11 +366,17 @@ fn cancel_later(state: &AppState, ids: Vec<Uuid>, first_error: String) {
 /// the jobs for admission control.
 async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
+    let timeout = state.limits.publish_timeout;
     let (published, marked) = tokio::join!(
-        state.broker.publish(jobs),
+        tokio::time::timeout(timeout, state.broker.publish(jobs)),
         tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.queued.mark(jobs)),
     );
-    published?;
+    published.map_err(|_| {
+        BrokerError::Unavailable(format!(
+            "the broker did not confirm the publish within {} ms",
+            timeout.as_millis()
+        ))
+    })??;
     match marked {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "could not mark jobs queued"),
