@@ -36,6 +36,9 @@ impl Default for Limits {
     }
 }
 
+/// Most clients waiting in `GET /jobs/{id}?wait=N` at once.
+pub const MAX_WAITERS: usize = 1000;
+
 /// Most requests whose `queued` marks share one commit.
 const QUEUED_WRITE_BATCH: usize = 500;
 
@@ -63,6 +66,8 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// The job kinds accepted (validated here before anything is published).
     pub kinds: KindRegistry,
+    /// Clients waiting in `GET /jobs/{id}?wait=N`.
+    pub waiters: Arc<crate::waiters::Waiters>,
     /// `GET /openapi.json`, made once from the router and `kinds`.
     pub openapi: Arc<std::sync::OnceLock<utoipa::openapi::OpenApi>>,
 }
@@ -71,6 +76,7 @@ impl AppState {
     /// State for one server: the built-in kinds, no admission limits, no API keys. Starts
     /// the `queued` writer task, so it must be called inside a Tokio runtime.
     pub fn new(broker: Arc<dyn Broker>, storage: Storage, limits: Limits) -> AppState {
+        let waiters = crate::waiters::Waiters::new(storage.clone(), MAX_WAITERS);
         AppState {
             broker,
             queued: QueuedWriter::spawn(storage.clone(), QUEUED_WRITE_BATCH),
@@ -82,6 +88,7 @@ impl AppState {
             api_keys: ApiKeys::default(),
             draining: Arc::default(),
             kinds: KindRegistry::builtin(),
+            waiters,
             openapi: Arc::default(),
         }
     }
