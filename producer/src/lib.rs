@@ -17,6 +17,7 @@
 //! - [`error`]: [`error::ApiError`], the one place errors become HTTP responses.
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers.
 //! - [`state`]: what handlers share (broker, storage, limits).
+//! - [`scheduler`]: publishes scheduled jobs (`delay_ms` / `run_at`) when due.
 //! - [`waiters`]: `GET /jobs/{id}?wait=N` without per-request database polling.
 //! - [`config`]: the binary's command line.
 
@@ -32,6 +33,7 @@ pub mod error;
 pub mod ingress;
 pub mod openapi;
 pub mod routes;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod waiters;

@@ -321,6 +321,14 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
     );
     async move {
         let _permit = permit;
+        if let Some(early) = too_early(&delivery.job) {
+            // Scheduled jobs are published when due; this one came early (clocks apart).
+            context.stats.deferred();
+            if let Err(e) = delivery.defer(early).await {
+                tracing::warn!(error = %e, "handing back an early job failed; it will be redelivered");
+            }
+            return;
+        }
         let Some(kind) = context.kinds.get(&delivery.job.kind).cloned() else {
             context.stats.deferred();
             return defer_unknown_kind(delivery, context.options.unknown_kind_delay).await;
@@ -456,6 +464,13 @@ pub fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned());
     format!("handler panicked: {message}")
+}
+
+/// How long before its `run_at` a job arrived, when that is more than a second (the
+/// ingress's and this worker's clocks may differ by a little).
+fn too_early(job: &surge_common::job::Job) -> Option<Duration> {
+    let early_us = job.run_at_us? - now_micros();
+    (early_us > 1_000_000).then(|| Duration::from_micros(early_us.unsigned_abs()))
 }
 
 /// A job of a kind this worker does not know (a rolling deploy: the ingress, or another

@@ -29,6 +29,8 @@ pub enum Stage {
     /// Not attempted, back in the broker without consuming an attempt: its target's
     /// circuit is open or at its concurrency cap.
     Waiting,
+    /// Accepted for later (`delay_ms` / `run_at`): waits in the database until due.
+    Scheduled,
 }
 
 impl Stage {
@@ -39,18 +41,21 @@ impl Stage {
             Stage::Running => "running",
             Stage::Retrying => "retrying",
             Stage::Waiting => "waiting",
+            Stage::Scheduled => "scheduled",
         }
     }
 
+    /// Every stage.
+    pub const ALL: [Stage; 5] = [
+        Stage::Queued,
+        Stage::Running,
+        Stage::Retrying,
+        Stage::Waiting,
+        Stage::Scheduled,
+    ];
+
     fn parse(s: &str) -> Option<Stage> {
-        [
-            Stage::Queued,
-            Stage::Running,
-            Stage::Retrying,
-            Stage::Waiting,
-        ]
-        .into_iter()
-        .find(|stage| stage.as_str() == s)
+        Stage::ALL.into_iter().find(|stage| stage.as_str() == s)
     }
 }
 

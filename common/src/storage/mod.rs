@@ -30,6 +30,7 @@ pub mod batch;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod lifecycle;
+pub mod schedule;
 
 use std::time::Duration;
 

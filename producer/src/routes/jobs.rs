@@ -117,7 +117,7 @@ pub async fn submit(
             }
         }
     }
-    let published = publish_new(&state, std::slice::from_ref(&job)).await;
+    let published = enqueue(&state, std::slice::from_ref(&job)).await;
     if let Some(key) = &idempotency_key {
         let settled = match published {
             Ok(()) => state.storage.complete_idempotency_key(key).await,
@@ -188,7 +188,7 @@ pub async fn submit_batch(
         .collect::<Result<Vec<Job>, InvalidJob>>()?;
     let count = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
     admit(&state, &caller, count).await?;
-    publish_new(&state, &jobs).await?;
+    enqueue(&state, &jobs).await?;
     let accepted = BatchAccepted {
         jobs: jobs.iter().map(Accepted::of).collect(),
     };
@@ -287,6 +287,36 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .authenticate(headers)
         .map(drop)
         .map_err(ApiError::Unauthorized)
+}
+
+/// Accepts new jobs: those scheduled for later are stored until due (the scheduler
+/// publishes them), the others published now ([`publish_new`]).
+async fn enqueue(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
+    let (mut later, now): (Vec<Job>, Vec<Job>) = jobs
+        .iter()
+        .cloned()
+        .partition(|job| job.run_at_us.is_some());
+    if !later.is_empty() {
+        // Stored, they are accepted: nothing awaits a publish outcome.
+        for job in &mut later {
+            job.awaits_acceptance = false;
+        }
+        state.storage.schedule(&later).await?;
+    }
+    if !now.is_empty() {
+        if let Err(refused) = publish_new(state, &now).await {
+            // All or nothing: the scheduled part of a refused batch must not run either.
+            let ids: Vec<Uuid> = later.iter().map(|job| job.id).collect();
+            if let Err(e) = state.storage.drop_scheduled(&ids).await {
+                tracing::error!(error = %e, jobs = ids.len(), "a refused batch's scheduled jobs could not be removed; they will run");
+            }
+            return Err(refused);
+        }
+    }
+    if !later.is_empty() {
+        record_accepted(state, &later, Duration::ZERO);
+    }
+    Ok(())
 }
 
 /// Publishes new jobs (which await acceptance) and records them accepted. If the publish
