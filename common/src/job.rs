@@ -13,6 +13,8 @@ use crate::kinds::KindRegistry;
 
 /// Longest accepted `key` (partition / ordering key), in bytes.
 pub const MAX_KEY_LEN: usize = 256;
+/// Longest accepted `callback_url`, in bytes.
+pub const MAX_CALLBACK_URL_LEN: usize = 2048;
 /// Furthest ahead a job may be scheduled (`delay_ms` / `run_at`): seven days.
 pub const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 /// A request that does not describe a runnable job; names the offending field.
@@ -59,6 +61,10 @@ pub struct JobRequest {
     /// `run_at` too, both hold (the later one counts).
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// Where to POST the job's outcome when it succeeds or dies (signed; see the
+    /// worker's callback sender). `http` or `https`, at most [`MAX_CALLBACK_URL_LEN`].
+    #[serde(default)]
+    pub callback_url: Option<String>,
     /// Run no earlier than this RFC 3339 time (at most [`MAX_DELAY`] ahead; a past time
     /// runs now).
     #[serde(default)]
@@ -82,8 +88,13 @@ impl JobRequest {
                 ));
             }
         }
+        if let Some(url) = &self.callback_url {
+            check_callback_url(url)?;
+        }
         let run_at_us = self.run_at_us()?;
+        let callback_url = self.callback_url.clone();
         let mut job = Job::new(self.kind, self.payload, self.key);
+        job.callback_url = callback_url;
         job.run_at_us = run_at_us.filter(|at| *at > job.enqueued_at_us);
         Ok(job)
     }
@@ -135,6 +146,19 @@ impl JobRequest {
     }
 }
 
+/// An `http`/`https` URL with a host, not too long.
+fn check_callback_url(url: &str) -> Result<(), InvalidJob> {
+    let bad = |message: String| InvalidJob::new("callback_url", message);
+    if url.len() > MAX_CALLBACK_URL_LEN {
+        return Err(bad(format!("at most {MAX_CALLBACK_URL_LEN} bytes")));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad("must be an http:// or https:// URL with a host".into()));
+    }
+    Ok(())
+}
+
 /// A validated job as it travels through a broker (JSON-encoded).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -161,6 +185,9 @@ pub struct Job {
     /// database until then (see [`crate::storage::schedule`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at_us: Option<i64>,
+    /// Where the outcome is POSTed when the job succeeds or dies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 impl Job {
@@ -175,6 +202,7 @@ impl Job {
             traceparent: None,
             awaits_acceptance: false,
             run_at_us: None,
+            callback_url: None,
         }
     }
 
@@ -215,6 +243,7 @@ mod tests {
             key: None,
             delay_ms: None,
             run_at: None,
+            callback_url: None,
         }
     }
 
@@ -250,6 +279,28 @@ mod tests {
         let mut keyed = request("echo", json!(null));
         keyed.key = Some(String::new());
         assert_eq!(keyed.into_job(&kinds).unwrap_err().field, "key");
+    }
+
+    #[test]
+    fn callback_urls_are_checked() {
+        let kinds = KindRegistry::builtin();
+        for bad in [
+            "not a url",
+            "ftp://x/y",
+            "file:///etc/passwd",
+            &format!("http://x/{}", "a".repeat(3000)),
+        ] {
+            let mut r = request("echo", json!({}));
+            r.callback_url = Some(bad.to_owned());
+            assert_eq!(
+                r.into_job(&kinds).unwrap_err().field,
+                "callback_url",
+                "{bad}"
+            );
+        }
+        let mut r = request("echo", json!({}));
+        r.callback_url = Some("https://hooks.example.com/surge".into());
+        assert!(r.into_job(&kinds).unwrap().callback_url.is_some());
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct ProducerArgs {
     /// (default: hostname-pid).
     #[arg(long, env = "SURGE_WORKER_ID")]
     pub embedded_worker_id: Option<String>,
+    /// Key that signs the embedded workers' outcome callbacks (see `surge-worker
+    /// --callback-secret`).
+    #[arg(long, env = "SURGE_CALLBACK_SECRET", hide_env_values = true)]
+    pub callback_secret: Option<surge_common::config::Secret>,
     /// Broker connection.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -122,6 +126,7 @@ impl ProducerArgs {
                 .embedded_worker_id
                 .clone()
                 .unwrap_or(defaults.worker_id.clone()),
+            callback_secret: self.callback_secret.clone(),
             ..defaults
         }
     }

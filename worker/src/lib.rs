@@ -7,6 +7,7 @@
 //!
 //! - [`runner`]: the consume loop — capacity bound, result commit, settle, reconnects,
 //!   graceful shutdown.
+//! - [`callbacks`]: delivers signed outcome callbacks from the database outbox.
 //! - [`autoscale`]: the `surge_desired_workers` signal from backlog and drain rate.
 //! - [`heartbeat`]: the worker's row in `worker_heartbeats`, upserted every second.
 //! - [`stats`]: live counters (in flight, peak, processed…) for progress and reports.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod autoscale;
+pub mod callbacks;
 pub mod config;
 pub mod heartbeat;
 pub mod runner;

@@ -52,6 +52,8 @@ pub struct WorkerOptions {
     /// How long a job of a kind this worker does not know waits in the broker before it
     /// comes again ([`UNKNOWN_KIND_DELAY`] by default).
     pub unknown_kind_delay: Duration,
+    /// Signs outcome callbacks; without it they wait undelivered.
+    pub callback_secret: Option<surge_common::config::Secret>,
 }
 
 impl Default for WorkerOptions {
@@ -65,6 +67,7 @@ impl Default for WorkerOptions {
             write_batch: 256,
             max_replicas: None,
             unknown_kind_delay: UNKNOWN_KIND_DELAY,
+            callback_secret: None,
         }
     }
 }
@@ -105,6 +108,7 @@ pub const UNKNOWN_KIND_DELAY: Duration = Duration::from_secs(5);
 /// What a job task needs, shared by all of them.
 struct JobContext {
     kinds: KindRegistry,
+    storage: Storage,
     writer: ResultWriter,
     stages: StageWriter,
     options: WorkerOptions,
@@ -139,6 +143,7 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(usize::from(capacity)));
         let context = Arc::new(JobContext {
             kinds: self.kinds.clone(),
+            storage: self.storage.clone(),
             writer: ResultWriter::spawn(self.storage.clone(), self.options.write_batch),
             stages: StageWriter::spawn(self.storage.clone(), self.options.write_batch),
             options: self.options.clone(),
@@ -159,6 +164,8 @@ impl Worker {
             self.options.worker_id.clone(),
             capacity,
         );
+        let callbacks =
+            crate::callbacks::spawn(self.storage.clone(), self.options.callback_secret.clone());
         tokio::pin!(shutdown);
         let mut failures = 0usize;
         let mut open_stream = None;
@@ -250,6 +257,7 @@ impl Worker {
         }
         drop(open_stream);
         signal.abort();
+        callbacks.abort();
         heartbeat.stop();
         metrics::gauge!(m::CAPACITY).decrement(f64::from(capacity));
         tracing::info!("worker stopped");
@@ -377,6 +385,9 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                 if recorded == Recorded::Cancelled {
                     return settle_cancelled(delivery).await;
                 }
+                if !queue_callback(&context, &delivery.job).await {
+                    return; // released: the redelivery queues it
+                }
                 context.stats.succeeded();
                 record_end_to_end(delivery.job.enqueued_at_us);
                 tracing::debug!("succeeded");
@@ -419,6 +430,9 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                 };
                 if recorded == Recorded::Cancelled {
                     return settle_cancelled(delivery).await;
+                }
+                if !queue_callback(&context, &delivery.job).await {
+                    return;
                 }
                 tracing::warn!(error = %reason, "job dead-lettered");
                 context.stats.dead();
@@ -492,6 +506,30 @@ async fn defer_unknown_kind(delivery: Delivery, after: Duration) {
 fn record_end_to_end(enqueued_at_us: i64) {
     let seconds = (now_micros() - enqueued_at_us).max(0) as f64 / 1_000_000.0;
     metrics::histogram!(m::END_TO_END_SECONDS).record(seconds);
+}
+
+/// Queues the outcome callback of a job that has one, from its stored row (the first
+/// delivery's outcome, also on a redelivery), before the message is settled: `false` when
+/// that failed, and the delivery must be released so a redelivery queues it.
+async fn queue_callback(context: &JobContext, job: &surge_common::job::Job) -> bool {
+    let Some(url) = &job.callback_url else {
+        return true;
+    };
+    let queued = async {
+        let row = context.storage.get(job.id).await?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let body = crate::callbacks::body(&row).to_string();
+        context.storage.enqueue_callback(job.id, url, &body).await
+    };
+    match queued.await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "queueing the outcome callback failed; releasing the job");
+            false
+        }
+    }
 }
 
 /// Acks a job the ingress cancelled (its client got a 503): no result, no dead letter.
