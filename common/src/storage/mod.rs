@@ -27,6 +27,7 @@
 
 pub mod acceptance;
 pub mod batch;
+pub mod flow;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod lifecycle;
