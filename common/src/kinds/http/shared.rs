@@ -12,9 +12,10 @@
 //! cannot outlive its timeout, so a slot still held after that belongs to a crashed (or
 //! partitioned) worker and is taken over.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 
 use crate::clock::now_micros;
@@ -56,6 +57,9 @@ pub struct SharedLimits {
     interval_us: Option<i64>,
     lease: Duration,
     ready: OnceCell<()>,
+    /// Told when this process frees a slot, so one of its own waiters polls at once
+    /// instead of at its next tick (waiters in other replicas still poll).
+    freed: Arc<Notify>,
 }
 
 /// A held slot. [`SlotLease::release`] frees it; dropped unreleased (a cancelled attempt),
@@ -67,6 +71,7 @@ pub struct SlotLease {
     slot: u32,
     holder: String,
     released: bool,
+    freed: Arc<Notify>,
 }
 
 impl SharedLimits {
@@ -89,6 +94,7 @@ impl SharedLimits {
             interval_us,
             lease: timeout + WAIT_BOUND + LEASE_MARGIN,
             ready: OnceCell::new(),
+            freed: Arc::new(Notify::new()),
         }
     }
 
@@ -111,6 +117,10 @@ impl SharedLimits {
         let lease_us = i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX);
         let mut pause = POLL_MIN;
         let slot = loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before polling, so a release in between is not missed.
+            freed.as_mut().enable();
             let now = now_micros();
             if let Some(slot) = self
                 .storage
@@ -122,8 +132,12 @@ impl SharedLimits {
             if Instant::now() + pause > deadline {
                 return Err(Refusal::Concurrency(self.concurrency));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(POLL_MAX);
+            if tokio::time::timeout(pause, freed).await.is_ok() {
+                // A slot of ours came free: try it now, and start the backoff again.
+                pause = POLL_MIN;
+            } else {
+                pause = (pause * 2).min(POLL_MAX);
+            }
         };
         let lease = SlotLease {
             storage: self.storage.clone(),
@@ -131,6 +145,7 @@ impl SharedLimits {
             slot,
             holder,
             released: false,
+            freed: self.freed.clone(),
         };
         if let Some(interval_us) = self.interval_us {
             let now = now_micros();
@@ -165,6 +180,7 @@ impl SlotLease {
     pub async fn release(mut self) {
         self.released = true;
         release(&self.storage, &self.kind, self.slot, &self.holder).await;
+        self.freed.notify_one();
     }
 }
 
@@ -187,7 +203,10 @@ impl Drop for SlotLease {
             std::mem::take(&mut self.kind),
             std::mem::take(&mut self.holder),
         );
-        let slot = self.slot;
-        runtime.spawn(async move { release(&storage, &kind, slot, &holder).await });
+        let (slot, freed) = (self.slot, self.freed.clone());
+        runtime.spawn(async move {
+            release(&storage, &kind, slot, &holder).await;
+            freed.notify_one();
+        });
     }
 }
