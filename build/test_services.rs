@@ -2,9 +2,10 @@
 // this file), so that outside CI a test whose service is not configured is reported by
 // the test runner as *ignored*, not as passed.
 //
-// It sets `cfg(surge_amqp)`, `cfg(surge_kafka)`, `cfg(surge_postgres)` and
-// `cfg(surge_rabbitmq_cluster)` (the local 3-node cluster that `producer/tests/cluster.rs`
-// starts itself) when the run is CI (`CI=true`) or that service's test variable is set. A
+// It sets `cfg(surge_amqp)`, `cfg(surge_kafka)`, `cfg(surge_postgres)`,
+// `cfg(surge_rabbitmq_cluster)` and `cfg(surge_kafka_cluster)` (the local 3-node clusters
+// that `producer/tests/cluster.rs` and `producer/tests/kafka_cluster.rs` start themselves)
+// when the run is CI (`CI=true`) or that service's test variable is set. A
 // service test carries, e.g.,
 //
 //     #[cfg_attr(not(surge_amqp), ignore = "set SURGE_TEST_AMQP_URL to run (scripts/test.sh does)")]
@@ -15,11 +16,12 @@
 // rebuilds the crate) when `CI` or one of the variables changes.
 
 /// (cfg name, environment variable) per service.
-const SERVICES: [(&str, &str); 4] = [
+const SERVICES: [(&str, &str); 5] = [
     ("surge_amqp", "SURGE_TEST_AMQP_URL"),
     ("surge_kafka", "SURGE_TEST_KAFKA_BROKERS"),
     ("surge_postgres", "SURGE_TEST_POSTGRES_URL"),
     ("surge_rabbitmq_cluster", "SURGE_TEST_RABBITMQ_CLUSTER"),
+    ("surge_kafka_cluster", "SURGE_TEST_KAFKA_CLUSTER"),
 ];
 
 fn main() {

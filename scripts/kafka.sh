@@ -8,6 +8,7 @@
 #   scripts/kafka.sh stop      stop the node this script started (SIGTERM: clean shutdown)
 #   scripts/kafka.sh kill      SIGKILL it (fault tests), wait until it is gone
 #   scripts/kafka.sh status    exit 0 when a broker listens on the node's port
+#   scripts/kafka.sh pid       print the pid of the node this script started (exit 1: none runs)
 #
 # Idempotent: with a broker already listening on the port, `start` does nothing. Warm
 # (jars cached, storage formatted) it only starts the JVM: a few seconds.
@@ -15,14 +16,20 @@
 # One node runs as combined broker + controller. The same script starts node N of an
 # M-node cluster on one host (SURGE_KAFKA_NODE=N SURGE_KAFKA_NODES=M): node N listens on
 # PORT + 2(N-1) with its controller on the next port (9092/9093, 9094/9095, 9096/9097), all
-# nodes are voters, and replication factors become min(3, M). Start all nodes of a
-# cluster together: a lone voter of three cannot elect a leader, so each waits for quorum.
+# nodes are voters, replication factors become min(3, M) and min.insync.replicas one less
+# (at least 1). Start all nodes of a cluster together: a lone voter of three cannot elect a
+# leader, so each waits for quorum. scripts/kafka-cluster.sh runs a 3-node cluster this way
+# on its own ports (9192-9197) and data directory, next to the single node on 9092.
 #
 # Environment:
 #   SURGE_STATE_DIR        state root (default ~/.local/state/surge); Kafka uses ./kafka/:
-#                            kafka/<version>/libs/        the jars (shared by all nodes)
+#                            kafka/<version>/libs/        the jars (shared by all nodes;
+#                                                         see SURGE_KAFKA_JARS)
 #                            kafka/<M>-node/cluster.id    the cluster id, made once
 #                            kafka/<M>-node/node-<N>/     config, data/, kafka.log, kafka.pid
+#   SURGE_KAFKA_JARS       where the jars live instead (<dir>/<version>/libs; default
+#                          \$SURGE_STATE_DIR/kafka), so a cluster with its own state dir
+#                          reuses the jars already resolved
 #   SURGE_KAFKA_PORT       client port of node 1 on 127.0.0.1 (default 9092)
 #   SURGE_KAFKA_WAIT_SECS  how long to wait for the node to serve after starting (default 120)
 #   SURGE_KAFKA_HEAP       JVM heap (default 384m)
@@ -40,6 +47,7 @@ NODE="${SURGE_KAFKA_NODE:-1}"
 NODES="${SURGE_KAFKA_NODES:-1}"
 STATE_DIR="${SURGE_STATE_DIR:-$HOME/.local/state/surge}"
 KAFKA_ROOT="$STATE_DIR/kafka"
+JARS_ROOT="${SURGE_KAFKA_JARS:-$KAFKA_ROOT}"
 
 say() { echo "kafka.sh: $*" >&2; }
 die() {
@@ -49,11 +57,13 @@ die() {
 
 [[ "$NODES" =~ ^[1-9]$ ]] || die "SURGE_KAFKA_NODES must be 1 to 9, not '$NODES'"
 [[ "$NODE" =~ ^[1-9]$ ]] && ((NODE <= NODES)) || die "SURGE_KAFKA_NODE must be 1 to $NODES, not '$NODE'"
+[[ "$BASE_PORT" =~ ^[1-9][0-9]{0,4}$ ]] && ((BASE_PORT + 2 * NODES <= 65535)) \
+    || die "SURGE_KAFKA_PORT must be a port number leaving room for the nodes, not '$BASE_PORT'"
 
 # The version is the one the pom pins (one place to change it).
 VERSION=$(sed -n "s:^ *<kafka.version>\([0-9][^<]*\)</kafka.version>.*:\1:p" "$POM" | head -n 1)
 [[ -n "$VERSION" ]] || die "no <kafka.version> in $POM"
-LIBS="$KAFKA_ROOT/$VERSION/libs"
+LIBS="$JARS_ROOT/$VERSION/libs"
 CLUSTER_DIR="$KAFKA_ROOT/$NODES-node"
 NODE_DIR="$CLUSTER_DIR/node-$NODE"
 CONFIG="$NODE_DIR/server.properties"
@@ -83,16 +93,16 @@ ensure_libs() {
     [[ -f "$LIBS/.complete" ]] && return 0
     command -v java >/dev/null 2>&1 || die "java (17+) is needed to run Kafka"
     command -v mvn >/dev/null 2>&1 || die "mvn is needed to fetch Kafka's jars from Maven Central"
-    mkdir -p "$KAFKA_ROOT"
-    exec 8>"$KAFKA_ROOT/resolve.lock"
+    mkdir -p "$JARS_ROOT"
+    exec 8>"$JARS_ROOT/resolve.lock"
     flock 8
     if [[ ! -f "$LIBS/.complete" ]]; then
         say "resolving Apache Kafka $VERSION from Maven Central into $LIBS"
         rm -rf "$LIBS"
         mvn -B -q -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
-            -DincludeScope=runtime -DoutputDirectory="$LIBS" >"$KAFKA_ROOT/resolve.log" 2>&1 || {
-            tail -n 30 "$KAFKA_ROOT/resolve.log" >&2 || true
-            die "mvn could not resolve Kafka $VERSION; see $KAFKA_ROOT/resolve.log"
+            -DincludeScope=runtime -DoutputDirectory="$LIBS" >"$JARS_ROOT/resolve.log" 2>&1 || {
+            tail -n 30 "$JARS_ROOT/resolve.log" >&2 || true
+            die "mvn could not resolve Kafka $VERSION; see $JARS_ROOT/resolve.log"
         }
         ls "$LIBS"/kafka_2.13-"$VERSION".jar >/dev/null 2>&1 \
             || die "the resolved jars lack kafka_2.13-$VERSION.jar"
@@ -265,5 +275,6 @@ start) start ;;
 stop) signal_node TERM ;;
 kill) signal_node KILL ;;
 status) listening "$PORT" ;;
-*) die "usage: $0 [start|stop|kill|status]" ;;
+pid) running_pid ;;
+*) die "usage: $0 [start|stop|kill|status|pid]" ;;
 esac

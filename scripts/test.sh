@@ -16,6 +16,10 @@ export SURGE_TEST_KAFKA_BROKERS="${SURGE_TEST_KAFKA_BROKERS:-127.0.0.1:9092}"
 # producer/tests/cluster.rs starts (and stops) its own 3-node RabbitMQ cluster on loopback
 # ports 5681-5683 through scripts/rabbitmq-cluster.sh; services.sh installed rabbitmq-server.
 export SURGE_TEST_RABBITMQ_CLUSTER="${SURGE_TEST_RABBITMQ_CLUSTER:-1}"
+# producer/tests/kafka_cluster.rs starts (and stops) its own 3-broker Kafka cluster on
+# loopback ports 9192-9197 through scripts/kafka-cluster.sh, on the jars scripts/kafka.sh
+# resolved for the single node.
+export SURGE_TEST_KAFKA_CLUSTER="${SURGE_TEST_KAFKA_CLUSTER:-1}"
 
 # Each service test creates its own surge_test_<uuid> database; drop those of earlier runs
 # (run one test suite at a time per machine).

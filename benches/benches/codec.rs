@@ -10,7 +10,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
-use surge_common::job::{Job, JobKind, JobRequest};
+use surge_common::job::{Job, JobRequest};
+use surge_common::kinds::builtin::BuiltinKind;
+use surge_common::kinds::KindRegistry;
 
 fn request_bodies() -> Vec<(&'static str, Vec<u8>)> {
     vec![
@@ -33,13 +35,14 @@ fn request_bodies() -> Vec<(&'static str, Vec<u8>)> {
 
 fn decode_and_validate(c: &mut Criterion) {
     let mut group = c.benchmark_group("request→job");
+    let kinds = KindRegistry::builtin();
     for (name, body) in request_bodies() {
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(name, |b| {
             b.iter(|| {
                 let request: JobRequest =
                     serde_json::from_slice(black_box(&body)).expect("valid request");
-                request.into_job().expect("valid job")
+                request.into_job(&kinds).expect("valid job")
             })
         });
     }
@@ -47,7 +50,7 @@ fn decode_and_validate(c: &mut Criterion) {
 }
 
 fn encode_decode(c: &mut Criterion) {
-    let mut job = Job::new(JobKind::Sleep, json!({"ms": 1000}), None);
+    let mut job = Job::new(BuiltinKind::Sleep, json!({"ms": 1000}), None);
     job.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned());
     let encoded = job.encode();
     let mut group = c.benchmark_group("job wire format");

@@ -118,6 +118,7 @@ impl Stack {
                 retried: a.retried + b.retried,
                 dead: a.dead + b.dead,
                 duplicates: a.duplicates + b.duplicates,
+                deferred: a.deferred + b.deferred,
             })
     }
 

@@ -110,6 +110,54 @@ pub enum OpenError {
     },
 }
 
+/// Job kinds: the configuration file that declares them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KindsArgs {
+    /// Configuration file (TOML) declaring job kinds, e.g. HTTP kinds that POST each job
+    /// to an existing service (see the README's "Put Surge in front of your API"). Give
+    /// the ingress and every worker the same file.
+    #[arg(long = "config", env = "SURGE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// The kinds of a process could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KindsError {
+    /// The configuration file is missing or wrong.
+    #[error(transparent)]
+    File(#[from] crate::kinds::file::ConfigFileError),
+    /// Two kinds with one name, or a bad name, among those registered in code.
+    #[error(transparent)]
+    Registry(#[from] crate::kinds::RegistryError),
+    /// An HTTP kind could not be set up.
+    #[error(transparent)]
+    Http(#[from] crate::kinds::http::HttpKindError),
+}
+
+impl KindsArgs {
+    /// The file's settings (the built-in kinds only, without `--config`).
+    pub fn load(&self) -> Result<crate::kinds::file::SurgeConfig, KindsError> {
+        match &self.config {
+            Some(path) => Ok(crate::kinds::file::SurgeConfig::load(path)?),
+            None => Ok(crate::kinds::file::SurgeConfig::default()),
+        }
+    }
+
+    /// The registry of this process: `own` (kinds registered in Rust by a team's binary;
+    /// `KindRegistry::builder()` for none) plus what the file declares. `storage` holds
+    /// the HTTP kinds' cross-replica flow-control state.
+    pub fn registry(
+        &self,
+        own: crate::kinds::KindRegistryBuilder,
+        storage: &crate::storage::Storage,
+    ) -> Result<crate::kinds::KindRegistry, KindsError> {
+        let config = self.load()?;
+        let registry = own.with_config(&config, storage)?.try_build()?;
+        tracing::info!(kinds = ?registry, "job kinds");
+        Ok(registry)
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryArgs {

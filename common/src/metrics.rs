@@ -29,6 +29,12 @@ pub const JOBS_IN_FLIGHT: &str = "surge_jobs_in_flight";
 pub const CAPACITY: &str = "surge_capacity";
 /// Jobs settled, by `outcome` = succeeded | dead | retried (counter).
 pub const JOBS_PROCESSED: &str = "surge_jobs_processed_total";
+/// Jobs handed back to the broker without an attempt, by `kind` (counter): their target's
+/// circuit was open or its concurrency cap full.
+pub const JOBS_DEFERRED: &str = "surge_jobs_deferred_total";
+/// Jobs of a kind this worker does not know, handed back for a worker that does, by
+/// `kind` (counter). Non-zero outside a rolling deploy: a worker lacks the `--config`.
+pub const UNKNOWN_KIND: &str = "surge_unknown_kind_total";
 /// Redelivered jobs that already had a result (counter).
 pub const JOBS_DUPLICATE: &str = "surge_jobs_duplicate_total";
 /// Handler run time (histogram, seconds).
@@ -105,6 +111,14 @@ fn describe() {
     describe_counter!(
         JOBS_DUPLICATE,
         "Redelivered jobs that already had a result."
+    );
+    describe_counter!(
+        JOBS_DEFERRED,
+        "Jobs handed back to the broker without an attempt, by kind."
+    );
+    describe_counter!(
+        UNKNOWN_KIND,
+        "Jobs of a kind this worker does not know, handed back, by kind."
     );
     describe_histogram!(JOB_SECONDS, Unit::Seconds, "Handler run time.");
     describe_histogram!(

@@ -21,7 +21,8 @@ use surge_common::broker::kafka::KafkaBroker;
 use surge_common::broker::memory::MemoryBroker;
 use surge_common::broker::rabbitmq::{QueueType, RabbitMqBroker};
 use surge_common::broker::{Broker, BrokerStats, ConsumeOptions, Deliveries, Delivery};
-use surge_common::job::{Job, JobKind};
+use surge_common::job::Job;
+use surge_common::kinds::builtin::BuiltinKind;
 use surge_common::testing::{service, unique_name, AMQP_URL_VAR, KAFKA_BROKERS_VAR};
 use uuid::Uuid;
 
@@ -116,7 +117,7 @@ where
 }
 
 fn job(n: usize, key: Option<&str>) -> Job {
-    Job::new(JobKind::Echo, json!({ "n": n }), key.map(str::to_owned))
+    Job::new(BuiltinKind::Echo, json!({ "n": n }), key.map(str::to_owned))
 }
 
 async fn consume(broker: &dyn Broker, group: &str, prefetch: u16) -> Deliveries {

@@ -10,7 +10,8 @@ use lapin::{Connection, ConnectionProperties};
 use serde_json::json;
 use surge_common::broker::rabbitmq::{QueueType, RabbitMqBroker};
 use surge_common::broker::{Broker, BrokerError};
-use surge_common::job::{Job, JobKind};
+use surge_common::job::Job;
+use surge_common::kinds::builtin::BuiltinKind;
 use surge_common::testing::{service, unique_name, AMQP_URL_VAR};
 
 /// A loopback AMQP URL nothing listens on (port 1 is never a broker's).
@@ -114,7 +115,7 @@ async fn a_url_list_connects_to_the_node_that_answers() {
     let broker = RabbitMqBroker::connect_with(&list, &queue, QueueType::Quorum)
         .await
         .expect("the second URL answers");
-    let job = Job::new(JobKind::Echo, json!({ "n": 1 }), None);
+    let job = Job::new(BuiltinKind::Echo, json!({ "n": 1 }), None);
     let published = broker.publish(std::slice::from_ref(&job)).await;
     let backlog = broker.stats().await.map(|s| s.backlog);
     broker.delete_topology().await.expect("cleanup");

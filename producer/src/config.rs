@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use surge_common::config::{BrokerArgs, DatabaseArgs, RetryArgs, TelemetryArgs};
+use surge_common::config::{BrokerArgs, DatabaseArgs, KindsArgs, RetryArgs, TelemetryArgs};
 
 use crate::state::Limits;
 
@@ -19,6 +19,10 @@ pub struct ProducerArgs {
     /// Most jobs in one `POST /jobs/batch`.
     #[arg(long, env = "SURGE_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
+    /// Longest wait, in milliseconds, for the broker to confirm a publish; beyond it the
+    /// client gets 503 (Retry-After) and the jobs are cancelled (they never run).
+    #[arg(long, env = "SURGE_PUBLISH_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub publish_timeout_ms: u64,
     /// Answer 503 (with Retry-After from the drain rate) once this many jobs wait in the
     /// broker. Off when absent.
     #[arg(long, env = "SURGE_MAX_BACKLOG")]
@@ -71,6 +75,9 @@ pub struct ProducerArgs {
     /// Retry policy of the embedded workers.
     #[command(flatten)]
     pub retry: RetryArgs,
+    /// Job kinds (`--config`): give every worker the same file.
+    #[command(flatten)]
+    pub kinds: KindsArgs,
     /// Logging.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -124,6 +131,7 @@ impl ProducerArgs {
         Limits {
             max_body_bytes: self.max_body_bytes,
             max_batch: self.max_batch,
+            publish_timeout: std::time::Duration::from_millis(self.publish_timeout_ms),
         }
     }
 }

@@ -45,6 +45,17 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
+    /// A query parameter is malformed or out of range: 400, naming it.
+    #[error("{field}: {message}")]
+    BadQuery {
+        /// The parameter.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Too many requests wait for results already: 503 with `Retry-After`.
+    #[error(transparent)]
+    TooManyWaiters(#[from] crate::waiters::TooManyWaiters),
     /// Nothing stored under this id: 404.
     #[error("{0}")]
     NotFound(String),
@@ -121,6 +132,8 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::BadPath { .. } => (StatusCode::BAD_REQUEST, "bad_path"),
+            ApiError::BadQuery { .. } => (StatusCode::BAD_REQUEST, "bad_query"),
+            ApiError::TooManyWaiters(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_waiters"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -147,9 +160,9 @@ impl ApiError {
     fn field(&self) -> Option<String> {
         match self {
             ApiError::Invalid(e) => Some(e.field.clone()),
-            ApiError::BadPath { field, .. } | ApiError::BadHeader { field, .. } => {
-                Some((*field).to_owned())
-            }
+            ApiError::BadPath { field, .. }
+            | ApiError::BadQuery { field, .. }
+            | ApiError::BadHeader { field, .. } => Some((*field).to_owned()),
             ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyInProgress => {
                 Some("Idempotency-Key".to_owned())
             }
@@ -182,6 +195,7 @@ impl IntoResponse for ApiError {
             ApiError::BrokerUnavailable(_)
             | ApiError::DatabaseUnavailable(_)
             | ApiError::ShuttingDown
+            | ApiError::TooManyWaiters(_)
             | ApiError::IdempotencyKeyInProgress => Some(1),
             _ => None,
         };

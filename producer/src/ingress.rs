@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use surge_common::broker::{Broker, BrokerKind};
-use surge_common::config::OpenError;
+use surge_common::config::{KindsError, OpenError};
+use surge_common::kinds::{KindRegistry, KindRegistryBuilder};
 use surge_common::storage::Storage;
 use surge_worker::service::ServiceError;
 use surge_worker::{WorkerService, WorkerStats};
@@ -33,6 +34,9 @@ pub enum IngressError {
     /// The broker or the database could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// The job kinds (`--config`, or kinds registered in code) are wrong.
+    #[error(transparent)]
+    Kinds(#[from] KindsError),
     /// `--api-keys-file` could not be read.
     #[error("reading the API keys file: {0}")]
     ApiKeys(std::io::Error),
@@ -67,9 +71,21 @@ impl Ingress {
     /// `surge-producer` from its flags: opens the results database and the broker, then
     /// [`Ingress::build_with`].
     pub async fn build(args: &ProducerArgs) -> Result<Ingress, IngressError> {
+        Ingress::build_with_kinds(args, KindRegistry::builder()).await
+    }
+
+    /// A team's own ingress binary: [`Ingress::build`] accepting, next to the kinds of
+    /// `--config`, those registered in `own` (Rust handlers; their `validate` runs here,
+    /// their `run` in the workers built with the same kinds,
+    /// `surge_worker::WorkerService::build_with_kinds`).
+    pub async fn build_with_kinds(
+        args: &ProducerArgs,
+        own: KindRegistryBuilder,
+    ) -> Result<Ingress, IngressError> {
         let storage = args.database.open().await?;
         let broker = args.broker.open().await?;
-        let mut ingress = Ingress::build_with(args, broker, storage).await?;
+        let kinds = args.kinds.registry(own, &storage)?;
+        let mut ingress = Ingress::assemble(args, broker, storage, kinds).await?;
         ingress.owns_broker = true;
         Ok(ingress)
     }
@@ -84,6 +100,16 @@ impl Ingress {
         broker: Arc<dyn Broker>,
         storage: Storage,
     ) -> Result<Ingress, IngressError> {
+        let kinds = args.kinds.registry(KindRegistry::builder(), &storage)?;
+        Ingress::assemble(args, broker, storage, kinds).await
+    }
+
+    async fn assemble(
+        args: &ProducerArgs,
+        broker: Arc<dyn Broker>,
+        storage: Storage,
+        kinds: KindRegistry,
+    ) -> Result<Ingress, IngressError> {
         let api_keys = args.api_keys().map_err(IngressError::ApiKeys)?;
         if api_keys.enabled() {
             tracing::info!("API keys required on the job endpoints");
@@ -96,12 +122,14 @@ impl Ingress {
             WorkerService::embedded(
                 broker.clone(),
                 storage.clone(),
+                kinds.clone(),
                 args.embedded_worker_options(),
             )
         });
         let state = AppState::new(broker.clone(), storage, args.limits())
             .with_admission(args.admission())
-            .with_api_keys(api_keys);
+            .with_api_keys(api_keys)
+            .with_kinds(kinds);
         let listener =
             TcpListener::bind(args.listen)
                 .await

@@ -17,6 +17,7 @@
 //! - [`error`]: [`error::ApiError`], the one place errors become HTTP responses.
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers.
 //! - [`state`]: what handlers share (broker, storage, limits).
+//! - [`waiters`]: `GET /jobs/{id}?wait=N` without per-request database polling.
 //! - [`config`]: the binary's command line.
 
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod waiters;
 
 pub use app::app;
 pub use ingress::Ingress;

@@ -135,7 +135,7 @@ async fn scenario(postgres: String) {
     publish_report("cluster.md", None, &report);
 
     for worker in &workers {
-        signal(worker, "TERM");
+        support::signal(worker, "TERM");
     }
     for mut worker in workers {
         let _ = tokio::time::timeout(Duration::from_secs(40), worker.wait()).await;
@@ -240,13 +240,4 @@ fn spawn(command: &mut Command, urls: &str, queue: &str, database: &str) -> Chil
         .kill_on_drop(true)
         .spawn()
         .expect("a Surge binary starts")
-}
-
-/// Sends `SIGname` to `child`.
-fn signal(child: &Child, name: &str) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status();
-    }
 }

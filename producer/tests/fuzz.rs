@@ -5,7 +5,8 @@
 
 use proptest::prelude::*;
 use serde_json::Value;
-use surge_common::job::{Job, JobRequest, TypedPayload};
+use surge_common::job::{Job, JobRequest};
+use surge_common::kinds::KindRegistry;
 use surge_producer::body::decode;
 use surge_producer::error::ApiError;
 
@@ -70,10 +71,13 @@ fn classified(result: Result<JobRequest, ApiError>) -> Option<JobRequest> {
 }
 
 fn accepted_jobs_round_trip(request: JobRequest) {
-    if let Ok(job) = request.into_job() {
+    let kinds = KindRegistry::builtin();
+    if let Ok(job) = request.into_job(&kinds) {
         let decoded = Job::decode(&job.encode()).expect("an accepted job decodes");
         assert_eq!(decoded, job);
-        TypedPayload::decode(job.kind, &job.payload).expect("an accepted payload stays valid");
+        kinds
+            .validate(&job.kind, &job.payload)
+            .expect("an accepted payload stays valid");
     }
 }
 
@@ -104,7 +108,7 @@ proptest! {
         ], payload in json()) {
         let body = serde_json::json!({ "kind": kind, "payload": payload }).to_string();
         match decode::<JobRequest>(body.as_bytes()) {
-            Ok(request) => match request.into_job() {
+            Ok(request) => match request.into_job(&KindRegistry::builtin()) {
                 Ok(job) => prop_assert_eq!(job.kind.as_str(), kind),
                 Err(invalid) => prop_assert!(invalid.field == "kind" || invalid.field.starts_with("payload"), "{}", invalid),
             },

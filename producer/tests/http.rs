@@ -20,6 +20,7 @@ use tower::ServiceExt;
 const LIMITS: Limits = Limits {
     max_body_bytes: 4096,
     max_batch: 10,
+    publish_timeout: std::time::Duration::from_secs(10),
 };
 
 struct Response {
@@ -338,6 +339,7 @@ async fn a_job_is_persisted_exactly_once_and_202_means_the_broker_has_it() {
     let worker = WorkerService::embedded(
         consumer_broker.clone(),
         storage.clone(),
+        surge_common::kinds::KindRegistry::builtin(),
         WorkerOptions::default(),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

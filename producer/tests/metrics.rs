@@ -53,6 +53,7 @@ async fn metrics_after_a_burst_add_up() {
     let worker = WorkerService::embedded(
         broker.clone(),
         storage,
+        state.kinds.clone(),
         WorkerOptions {
             capacity: 10,
             ..WorkerOptions::default()

@@ -74,7 +74,12 @@ fn start_worker(
         retry,
         ..WorkerOptions::default()
     };
-    let worker = WorkerService::embedded(state.broker.clone(), state.storage.clone(), options);
+    let worker = WorkerService::embedded(
+        state.broker.clone(),
+        state.storage.clone(),
+        state.kinds.clone(),
+        options,
+    );
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         worker
@@ -576,9 +581,10 @@ impl Broker for BrokenBroker {
 
 /// Stores a dead job (with its body, so it can be replayed) and returns its id.
 async fn dead_job(storage: &Storage) -> String {
-    use surge_common::job::{Job, JobKind};
+    use surge_common::job::Job;
+    use surge_common::kinds::builtin::BuiltinKind;
     use surge_common::storage::{JobResult, JobStatus};
-    let mut job = Job::new(JobKind::Echo, json!({"n": 1}), None);
+    let mut job = Job::new(BuiltinKind::Echo, json!({"n": 1}), None);
     job.awaits_acceptance = true;
     storage.accept(&[job.id]).await.unwrap();
     let row = JobResult {

@@ -59,7 +59,12 @@ async fn one_trace_end_to_end(broker: Arc<dyn Broker>) {
     logs();
     let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
     let state = AppState::new(broker.clone(), storage.clone(), Default::default());
-    let worker = WorkerService::embedded(broker.clone(), storage.clone(), WorkerOptions::default());
+    let worker = WorkerService::embedded(
+        broker.clone(),
+        storage.clone(),
+        surge_common::kinds::KindRegistry::builtin(),
+        WorkerOptions::default(),
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(worker.run_until_stopped(async {
         let _ = stopped.await;

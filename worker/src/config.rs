@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use surge_common::broker::BrokerKind;
-use surge_common::config::{BrokerArgs, DatabaseArgs, RetryArgs, TelemetryArgs};
+use surge_common::config::{BrokerArgs, DatabaseArgs, KindsArgs, RetryArgs, TelemetryArgs};
 
 use crate::runner::{default_worker_id, WorkerOptions};
 
@@ -20,6 +20,9 @@ pub struct WorkerArgs {
     /// Retry policy.
     #[command(flatten)]
     pub retry: RetryArgs,
+    /// Job kinds (`--config`).
+    #[command(flatten)]
+    pub kinds: KindsArgs,
     /// Logging.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -59,6 +62,7 @@ impl WorkerArgs {
                 BrokerKind::Kafka => u32::try_from(self.broker.kafka_partitions).ok(),
                 _ => None,
             },
+            ..WorkerOptions::default()
         }
     }
 }

@@ -1,7 +1,10 @@
 //! Surge's worker: consumes jobs with bounded concurrency, runs them, commits each result,
 //! and only then acks.
 //!
-//! - [`handlers`]: what each job kind does, and whether a failure is worth retrying.
+//! Job kinds (what a job does) come from `surge_common::kinds`: the built-in examples,
+//! HTTP kinds from `--config`, and kinds a team registers in Rust
+//! ([`WorkerService::build_with_kinds`]).
+//!
 //! - [`runner`]: the consume loop — capacity bound, result commit, settle, reconnects,
 //!   graceful shutdown.
 //! - [`autoscale`]: the `surge_desired_workers` signal from backlog and drain rate.
@@ -19,7 +22,6 @@
 
 pub mod autoscale;
 pub mod config;
-pub mod handlers;
 pub mod heartbeat;
 pub mod runner;
 pub mod service;
@@ -28,3 +30,4 @@ pub mod stats;
 pub use runner::{Worker, WorkerOptions};
 pub use service::WorkerService;
 pub use stats::WorkerStats;
+pub use surge_common::kinds::{handler_fn, JobError, Kind, KindRegistry};

@@ -19,7 +19,6 @@ use backon::Retryable;
 use futures::StreamExt;
 use surge_common::broker::{Broker, BrokerError, ConsumeOptions, Deliveries, Delivery};
 use surge_common::clock::now_micros;
-use surge_common::job::Job;
 use surge_common::metrics as m;
 use surge_common::retry::{reconnect, RetryPolicy};
 use surge_common::storage::batch::{ResultWriter, StageWriter};
@@ -30,8 +29,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::autoscale::desired_replicas;
-use crate::handlers::{self, JobError};
 use crate::stats::WorkerStats;
+use surge_common::kinds::{JobError, Kind, KindRegistry};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -50,6 +49,9 @@ pub struct WorkerOptions {
     pub write_batch: usize,
     /// Upper bound for the desired-replicas signal (Kafka: the partition count).
     pub max_replicas: Option<u32>,
+    /// How long a job of a kind this worker does not know waits in the broker before it
+    /// comes again ([`UNKNOWN_KIND_DELAY`] by default).
+    pub unknown_kind_delay: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -62,6 +64,7 @@ impl Default for WorkerOptions {
             shutdown_grace: Duration::from_secs(30),
             write_batch: 256,
             max_replicas: None,
+            unknown_kind_delay: UNKNOWN_KIND_DELAY,
         }
     }
 }
@@ -89,12 +92,19 @@ pub enum WorkerError {
 pub struct Worker {
     broker: Arc<dyn Broker>,
     storage: Storage,
+    kinds: KindRegistry,
     options: WorkerOptions,
     stats: Arc<WorkerStats>,
 }
 
+/// How long, by default, a job of a kind this worker does not know waits in the broker
+/// before it is delivered again (to this or another worker): during a rolling deploy the workers that
+/// know it come up within that time.
+pub const UNKNOWN_KIND_DELAY: Duration = Duration::from_secs(5);
+
 /// What a job task needs, shared by all of them.
 struct JobContext {
+    kinds: KindRegistry,
     writer: ResultWriter,
     stages: StageWriter,
     options: WorkerOptions,
@@ -102,11 +112,17 @@ struct JobContext {
 }
 
 impl Worker {
-    /// A worker; call [`Worker::run`] to start it.
-    pub fn new(broker: Arc<dyn Broker>, storage: Storage, options: WorkerOptions) -> Self {
+    /// A worker running the kinds in `kinds`; call [`Worker::run`] to start it.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        storage: Storage,
+        kinds: KindRegistry,
+        options: WorkerOptions,
+    ) -> Self {
         Worker {
             broker,
             storage,
+            kinds,
             options,
             stats: Arc::default(),
         }
@@ -122,6 +138,7 @@ impl Worker {
         let capacity = self.options.capacity.max(1);
         let permits = Arc::new(Semaphore::new(usize::from(capacity)));
         let context = Arc::new(JobContext {
+            kinds: self.kinds.clone(),
             writer: ResultWriter::spawn(self.storage.clone(), self.options.write_batch),
             stages: StageWriter::spawn(self.storage.clone(), self.options.write_batch),
             options: self.options.clone(),
@@ -148,6 +165,7 @@ impl Worker {
         tracing::info!(
             broker = self.broker.name(),
             capacity,
+            kinds = ?self.kinds,
             worker = %self.options.worker_id,
             "worker started"
         );
@@ -303,6 +321,11 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
     );
     async move {
         let _permit = permit;
+        let Some(kind) = context.kinds.get(&delivery.job.kind).cloned() else {
+            context.stats.deferred();
+            return defer_unknown_kind(delivery, context.options.unknown_kind_delay).await;
+        };
+        let policy = kind.retry_policy(context.options.retry);
         let started_at_us = now_micros();
         let stage = |stage: Stage, attempt: u32, error: Option<String>| StageUpdate {
             job_id: delivery.job.id,
@@ -317,7 +340,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             .record(stage(Stage::Running, delivery.attempt, None));
         let outcome = {
             let _in_flight = context.stats.start();
-            run_handler(&delivery.job, delivery.attempt).await
+            run_handler(kind.as_ref(), &delivery.job, delivery.attempt).await
         };
         let finished_at_us = now_micros();
         metrics::histogram!(m::JOB_SECONDS)
@@ -351,10 +374,25 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                 tracing::debug!("succeeded");
                 delivery.ack().await
             }
-            Err(JobError::Retryable(message))
-                if context.options.retry.allows_another(delivery.attempt) =>
-            {
-                let after = context.options.retry.delay_after(delivery.attempt);
+            Err(JobError::Deferred { reason, after }) => {
+                tracing::debug!(%reason, ?after, "not attempted; back to the broker");
+                context.stats.deferred();
+                metrics::counter!(m::JOBS_DEFERRED, "kind" => delivery.job.kind.clone())
+                    .increment(1);
+                context
+                    .stages
+                    .record(stage(Stage::Waiting, delivery.attempt, Some(reason)));
+                delivery.defer(after).await
+            }
+            Err(JobError::Retryable {
+                message,
+                retry_after,
+            }) if policy.allows_another(delivery.attempt) => {
+                let after = match retry_after {
+                    // The target said when; honoured up to the policy's longest delay.
+                    Some(after) => after.min(policy.max_delay),
+                    None => policy.delay_after(delivery.attempt),
+                };
                 tracing::info!(error = %message, ?after, "attempt failed; retrying");
                 context.stats.retried();
                 context.stages.record(stage(
@@ -395,12 +433,44 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
 /// in the handler, not a passing condition, so it is not retried (the design: "a panicking
 /// handler is a permanent failure, never a redelivery loop"); the job ends `dead` with the
 /// message and can be replayed once the handler is fixed.
-async fn run_handler(job: &Job, attempt: u32) -> Result<serde_json::Value, JobError> {
+async fn run_handler(
+    kind: &dyn Kind,
+    job: &surge_common::job::Job,
+    attempt: u32,
+) -> Result<serde_json::Value, JobError> {
     use futures::FutureExt;
-    std::panic::AssertUnwindSafe(handlers::handle(job, attempt))
+    // A message someone else wrote may carry a payload the ingress would have refused.
+    kind.validate(&job.payload)
+        .map_err(|e| JobError::permanent(format!("invalid payload: {e}")))?;
+    std::panic::AssertUnwindSafe(kind.run(job, attempt))
         .catch_unwind()
         .await
-        .unwrap_or_else(|panic| Err(JobError::Permanent(handlers::panicked(panic.as_ref()))))
+        .unwrap_or_else(|panic| Err(JobError::Permanent(panicked(panic.as_ref()))))
+}
+
+/// The message of a handler panic, as stored on the job's `dead` row.
+pub fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    format!("handler panicked: {message}")
+}
+
+/// A job of a kind this worker does not know (a rolling deploy: the ingress, or another
+/// worker, already runs a newer configuration): it is not this worker's to judge, so it
+/// goes back to the broker, no attempt consumed, for a worker that knows the kind.
+async fn defer_unknown_kind(delivery: Delivery, after: Duration) {
+    tracing::warn!(
+        ?after,
+        "job of a kind this worker does not know: handing it back for a worker that does \
+         (give every worker the ingress's --config)"
+    );
+    metrics::counter!(m::UNKNOWN_KIND, "kind" => delivery.job.kind.clone()).increment(1);
+    if let Err(e) = delivery.defer(after).await {
+        tracing::warn!(error = %e, "handing back failed; the broker will redeliver the job");
+    }
 }
 
 /// Records the time from acceptance at the ingress until now (the result is committed).

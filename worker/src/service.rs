@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use surge_common::broker::{Broker, BrokerKind};
-use surge_common::config::OpenError;
+use surge_common::config::{KindsError, OpenError};
+use surge_common::kinds::{KindRegistry, KindRegistryBuilder};
 use surge_common::storage::Storage;
 use tokio::net::TcpListener;
 
@@ -37,6 +38,9 @@ pub enum ServiceError {
     /// The broker or the database could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// The job kinds (`--config`, or kinds registered in code) are wrong.
+    #[error(transparent)]
+    Kinds(#[from] KindsError),
     /// The metrics address could not be bound.
     #[error("binding the metrics address {address}: {source}")]
     Bind {
@@ -60,14 +64,25 @@ pub struct WorkerService {
 
 impl WorkerService {
     /// `surge-worker` from its flags: opens the results database and the broker (refusing
-    /// the memory broker), binds `--metrics-listen`.
+    /// the memory broker), reads `--config`, binds `--metrics-listen`.
     pub async fn build(args: &WorkerArgs) -> Result<WorkerService, ServiceError> {
+        WorkerService::build_with_kinds(args, KindRegistry::builder()).await
+    }
+
+    /// A team's own worker binary: [`WorkerService::build`] with the kinds registered in
+    /// `own` (Rust handlers) next to those of `--config`. Give the ingress the same kinds
+    /// (`surge_producer::Ingress::build_with_kinds`) so it accepts their jobs.
+    pub async fn build_with_kinds(
+        args: &WorkerArgs,
+        own: KindRegistryBuilder,
+    ) -> Result<WorkerService, ServiceError> {
         if args.broker.broker == BrokerKind::Memory {
             return Err(ServiceError::MemoryBroker);
         }
         let storage = args.database.open().await?;
         let broker = args.broker.open().await?;
-        let mut service = WorkerService::build_with(args, broker, storage).await?;
+        let kinds = args.kinds.registry(own, &storage)?;
+        let mut service = WorkerService::assemble(args, broker, storage, kinds).await?;
         service.owns_broker = true;
         Ok(service)
     }
@@ -80,6 +95,16 @@ impl WorkerService {
         broker: Arc<dyn Broker>,
         storage: Storage,
     ) -> Result<WorkerService, ServiceError> {
+        let kinds = args.kinds.registry(KindRegistry::builder(), &storage)?;
+        WorkerService::assemble(args, broker, storage, kinds).await
+    }
+
+    async fn assemble(
+        args: &WorkerArgs,
+        broker: Arc<dyn Broker>,
+        storage: Storage,
+        kinds: KindRegistry,
+    ) -> Result<WorkerService, ServiceError> {
         let metrics = match args.metrics_listen {
             Some(address) => Some(
                 TcpListener::bind(address)
@@ -88,20 +113,21 @@ impl WorkerService {
             ),
             None => None,
         };
-        let mut service = WorkerService::embedded(broker, storage, args.options());
+        let mut service = WorkerService::embedded(broker, storage, kinds, args.options());
         service.metrics = metrics;
         Ok(service)
     }
 
     /// Workers inside another process (the ingress with the memory broker): no metrics
-    /// listener of their own, the broker is the caller's.
+    /// listener of their own, the broker is the caller's, the kinds the ingress's.
     pub fn embedded(
         broker: Arc<dyn Broker>,
         storage: Storage,
+        kinds: KindRegistry,
         options: WorkerOptions,
     ) -> WorkerService {
         WorkerService {
-            worker: Worker::new(broker.clone(), storage, options),
+            worker: Worker::new(broker.clone(), storage, kinds, options),
             broker,
             owns_broker: false,
             metrics: None,

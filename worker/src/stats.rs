@@ -14,6 +14,7 @@ pub struct WorkerStats {
     retried: AtomicU64,
     dead: AtomicU64,
     duplicates: AtomicU64,
+    deferred: AtomicU64,
 }
 
 /// A point-in-time copy of [`WorkerStats`].
@@ -31,6 +32,9 @@ pub struct StatsSnapshot {
     pub dead: u64,
     /// Redelivered jobs that already had a stored result.
     pub duplicates: u64,
+    /// Jobs handed back to the broker without an attempt (unknown kind, open circuit,
+    /// target at its cap).
+    pub deferred: u64,
 }
 
 /// Marks one job in flight until dropped.
@@ -72,6 +76,10 @@ impl WorkerStats {
         metrics::counter!(m::JOBS_DUPLICATE).increment(1);
     }
 
+    pub(crate) fn deferred(&self) {
+        self.deferred.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
@@ -81,6 +89,7 @@ impl WorkerStats {
             retried: self.retried.load(Ordering::Relaxed),
             dead: self.dead.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            deferred: self.deferred.load(Ordering::Relaxed),
         }
     }
 }

@@ -12,7 +12,8 @@ use serde_json::json;
 use support::{rows_by_worker, spawn_worker, wait_for_results};
 use surge_common::broker::kafka::KafkaBroker;
 use surge_common::broker::Broker;
-use surge_common::job::{Job, JobKind};
+use surge_common::job::Job;
+use surge_common::kinds::builtin::BuiltinKind;
 use surge_common::storage::Storage;
 use surge_common::testing::{self, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
 
@@ -68,7 +69,7 @@ async fn three_workers_share_the_topic(kill_one: bool) {
     ];
 
     let jobs: Vec<Job> = (0..JOBS)
-        .map(|i| Job::new(JobKind::Sleep, json!({ "ms": 1 + (i % 3) }), None))
+        .map(|i| Job::new(BuiltinKind::Sleep, json!({ "ms": 1 + (i % 3) }), None))
         .collect();
     let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
     for chunk in jobs.chunks(500) {
@@ -148,7 +149,7 @@ async fn a_rebalance_does_not_rerun_in_flight_jobs() {
             .await
             .unwrap();
         let jobs: Vec<Job> = (0..JOBS_PER_ROUND)
-            .map(|_| Job::new(JobKind::Sleep, json!({ "ms": 3000 }), None))
+            .map(|_| Job::new(BuiltinKind::Sleep, json!({ "ms": 3000 }), None))
             .collect();
         let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
         broker.publish(&jobs).await.unwrap();

@@ -9,7 +9,8 @@ use serde_json::json;
 use support::{assert_exactly_once, rows_by_worker, spawn_worker, wait_for_results};
 use surge_common::broker::rabbitmq::RabbitMqBroker;
 use surge_common::broker::Broker;
-use surge_common::job::{Job, JobKind};
+use surge_common::job::Job;
+use surge_common::kinds::builtin::BuiltinKind;
 use surge_common::storage::Storage;
 use surge_common::testing::{self, AMQP_URL_VAR, POSTGRES_URL_VAR};
 
@@ -33,7 +34,7 @@ async fn two_worker_processes_split_a_batch_exactly_once() {
     let broker = RabbitMqBroker::connect(&amqp, &queue).await.unwrap();
 
     let jobs: Vec<Job> = (0..JOBS)
-        .map(|i| Job::new(JobKind::Sleep, json!({ "ms": 2 + (i % 5) }), None))
+        .map(|i| Job::new(BuiltinKind::Sleep, json!({ "ms": 2 + (i % 5) }), None))
         .collect();
     let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
     for chunk in jobs.chunks(200) {

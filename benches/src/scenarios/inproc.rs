@@ -12,7 +12,8 @@ use futures::StreamExt;
 use serde_json::json;
 use surge_common::broker::{Broker, ConsumeOptions};
 use surge_common::clock::now_micros;
-use surge_common::job::{Job, JobKind};
+use surge_common::job::Job;
+use surge_common::kinds::builtin::BuiltinKind;
 use surge_common::storage::batch::ResultWriter;
 use surge_common::storage::{JobResult, JobStatus};
 use uuid::Uuid;
@@ -25,7 +26,7 @@ use crate::procs;
 use crate::results::CeilingRow;
 
 fn bench_job() -> Job {
-    Job::new(JobKind::Sleep, json!({"ms": 0}), None)
+    Job::new(BuiltinKind::Sleep, json!({"ms": 0}), None)
 }
 
 /// Which in-process ceiling a `__ceiling` child measures.

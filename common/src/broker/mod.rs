@@ -2,7 +2,7 @@
 //!
 //! Guarantee: at-least-once delivery. [`Broker::publish`] returns `Ok` only once the broker
 //! is responsible for every job (RabbitMQ publisher confirm, Kafka delivery report). Each
-//! [`Delivery`] is settled exactly once — [`Delivery::ack`], [`Delivery::retry`] or
+//! [`Delivery`] is settled exactly once — [`Delivery::ack`], [`Delivery::retry`], [`Delivery::defer`] or
 //! [`Delivery::dead_letter`] take `self`, so settling twice does not compile — and a
 //! delivery dropped unsettled is released back to the broker for redelivery.
 //!
@@ -169,6 +169,15 @@ impl Delivery {
         let next = self.attempt.saturating_add(1);
         let settle = self.take();
         settle.retry(&self.job, next, after).await
+    }
+
+    /// Hands the job back to come again after `after` *without consuming an attempt*: it
+    /// was not attempted (its kind is unknown to this worker, its target's circuit is
+    /// open, its target is at its concurrency cap).
+    pub async fn defer(mut self, after: Duration) -> Result<(), BrokerError> {
+        let attempt = self.attempt;
+        let settle = self.take();
+        settle.retry(&self.job, attempt, after).await
     }
 
     /// Moves the job to the dead letters, recording `reason`.

@@ -218,6 +218,16 @@ impl Kind for Builtin {
         .to_owned()
     }
 
+    fn example(&self) -> Option<Value> {
+        Some(match self.0 {
+            BuiltinKind::Sleep => json!({"ms": 500}),
+            BuiltinKind::Hash => json!({"rounds": 1000, "data": "surge"}),
+            BuiltinKind::Echo => json!({"hello": "world"}),
+            BuiltinKind::Flaky => json!({"failures": 2}),
+            BuiltinKind::Poison => json!({}),
+        })
+    }
+
     fn payload_schema(&self) -> Value {
         match self.0 {
             BuiltinKind::Sleep => json!({

@@ -98,6 +98,11 @@ pub trait Kind: Send + Sync + 'static {
         Value::Object(Default::default())
     }
 
+    /// An example payload, for the OpenAPI document.
+    fn example(&self) -> Option<Value> {
+        None
+    }
+
     /// The retry policy (attempts, backoff bounds) for this kind's jobs, given the
     /// worker's own: a kind may override any part of it.
     fn retry_policy(&self, worker: RetryPolicy) -> RetryPolicy {

@@ -26,6 +26,9 @@ pub enum Stage {
     Running,
     /// An attempt failed; another is scheduled.
     Retrying,
+    /// Not attempted, back in the broker without consuming an attempt: its target's
+    /// circuit is open or at its concurrency cap.
+    Waiting,
 }
 
 impl Stage {
@@ -35,13 +38,19 @@ impl Stage {
             Stage::Queued => "queued",
             Stage::Running => "running",
             Stage::Retrying => "retrying",
+            Stage::Waiting => "waiting",
         }
     }
 
     fn parse(s: &str) -> Option<Stage> {
-        [Stage::Queued, Stage::Running, Stage::Retrying]
-            .into_iter()
-            .find(|stage| stage.as_str() == s)
+        [
+            Stage::Queued,
+            Stage::Running,
+            Stage::Retrying,
+            Stage::Waiting,
+        ]
+        .into_iter()
+        .find(|stage| stage.as_str() == s)
     }
 }
 

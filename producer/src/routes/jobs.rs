@@ -12,6 +12,7 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use surge_common::broker::BrokerError;
 use surge_common::job::{InvalidJob, Job, JobRequest};
 use surge_common::metrics as m;
 use surge_common::retry::reconnect;
@@ -86,7 +87,7 @@ pub async fn submit(
     let idempotency_key = idempotency_key(&headers)?;
     let trace = trace_context(&headers);
     let request_hash = idempotency_key.as_ref().map(|_| request_hash(&request));
-    let mut job = request.into_job()?;
+    let mut job = request.into_job(&state.kinds)?;
     job.traceparent = Some(trace.child().header());
     job.awaits_acceptance = true;
     admit(&state, &caller, 1).await?;
@@ -177,7 +178,9 @@ pub async fn submit_batch(
         .into_iter()
         .enumerate()
         .map(|(i, request)| {
-            let mut job = request.into_job().map_err(|e| e.under(&format!("[{i}]")))?;
+            let mut job = request
+                .into_job(&state.kinds)
+                .map_err(|e| e.under(&format!("[{i}]")))?;
             job.traceparent = Some(trace.child().header());
             job.awaits_acceptance = true;
             Ok(job)
@@ -363,11 +366,17 @@ fn cancel_later(state: &AppState, ids: Vec<Uuid>, first_error: String) {
 /// the jobs for admission control.
 async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
+    let timeout = state.limits.publish_timeout;
     let (published, marked) = tokio::join!(
-        state.broker.publish(jobs),
+        tokio::time::timeout(timeout, state.broker.publish(jobs)),
         tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.queued.mark(jobs)),
     );
-    published?;
+    published.map_err(|_| {
+        BrokerError::Unavailable(format!(
+            "the broker did not confirm the publish within {} ms",
+            timeout.as_millis()
+        ))
+    })??;
     match marked {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "could not mark jobs queued"),
@@ -385,25 +394,45 @@ fn record_accepted(state: &AppState, jobs: &[Job], publish_time: std::time::Dura
     state.live.accepted(jobs.len(), publish_time);
 }
 
-/// `GET /jobs/{id}`: where a job is in its life.
+/// `?wait=N` on `GET /jobs/{id}`.
+#[derive(Debug, serde::Deserialize)]
+pub struct StatusQuery {
+    /// Seconds to wait for the job to finish before answering (0..=60).
+    wait: Option<String>,
+}
+
+/// `GET /jobs/{id}`: where a job is in its life; with `?wait=N`, answered as soon as the
+/// job is finished (succeeded, dead, cancelled) or after N seconds, whichever first.
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
-    params(("id" = uuid::Uuid, Path, description = "The job id returned by POST /jobs")),
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job id returned by POST /jobs"),
+        ("wait" = Option<u64>, Query, minimum = 0, maximum = 60,
+            description = "Seconds to wait for the job to finish before answering (long polling); 0 or absent: answer at once"),
+    ),
     responses(
         (status = 200, description = "status: queued | running | retrying (with attempt and last error) | succeeded (with result) | dead (with error)",
             content_type = "application/json"),
         (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),
         (status = 401, description = "API key missing or wrong", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`wait` is not a number of seconds from 0 to 60", body = crate::openapi::ErrorBody),
         (status = 404, description = "Unknown job id (or a job refused with 503 whose message the broker kept)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Database unavailable; see Retry-After", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Database unavailable, or too many requests waiting already; see Retry-After", body = crate::openapi::ErrorBody),
     ))]
 pub async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    query: Result<axum::extract::Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&state, &headers)?;
     let id = parse_id(&id)?;
-    match state.storage.lifecycle(id).await? {
+    let wait = parse_wait(query)?;
+    let mut lifecycle = state.storage.lifecycle(id).await?;
+    if let (Some(wait), Some(Lifecycle::Pending(_))) = (wait, &lifecycle) {
+        state.waiters.wait(id, wait).await?;
+        lifecycle = state.storage.lifecycle(id).await?;
+    }
+    match lifecycle {
         Some(Lifecycle::Finished(result)) => Ok(Json(describe(&result))),
         Some(Lifecycle::Pending(stage)) => Ok(Json(json!({
             "id": stage.job_id,
@@ -414,6 +443,28 @@ pub async fn status(
             "updated_at_us": stage.at_us,
         }))),
         None => Err(ApiError::NotFound(format!("no job {id}"))),
+    }
+}
+
+/// The `wait` query parameter: `None` for no wait.
+fn parse_wait(
+    query: Result<axum::extract::Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Option<Duration>, ApiError> {
+    let bad = |message: String| ApiError::BadQuery {
+        field: "wait",
+        message,
+    };
+    let query = query.map_err(|e| bad(e.body_text()))?;
+    let Some(wait) = query.0.wait else {
+        return Ok(None);
+    };
+    let max = crate::waiters::MAX_WAIT_SECS;
+    match wait.parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(seconds) if seconds <= max => Ok(Some(Duration::from_secs(seconds))),
+        _ => Err(bad(format!(
+            "must be a whole number of seconds from 0 to {max}, not {wait:?}"
+        ))),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Shared by the process-level fault tests (`faults.rs`, `cluster.rs`): the clients posting
+//! Shared by the process-level fault tests (`faults.rs`, `cluster.rs`, `kafka_cluster.rs`): the clients posting
 //! jobs flat out, the final row check, and the helpers that start and watch the real
 //! `surge-producer`/`surge-worker` processes.
 
@@ -327,4 +327,14 @@ pub fn free_port() -> u16 {
 /// `RUST_LOG` for the processes under test: `SURGE_FAULTS_LOG`, else `error`.
 pub fn child_log_level() -> String {
     std::env::var("SURGE_FAULTS_LOG").unwrap_or_else(|_| "error".to_owned())
+}
+
+/// Sends `SIGname` to `child` (if it still runs).
+#[allow(dead_code)] // the cluster tests stop their workers this way; faults.rs has its own
+pub fn signal(child: &tokio::process::Child, name: &str) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status();
+    }
 }

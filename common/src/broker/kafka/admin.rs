@@ -1,5 +1,6 @@
-//! Topic creation at connect and deletion for tests, and the numbers behind
-//! [`Broker::stats`](crate::broker::Broker::stats).
+//! Topic creation at connect and deletion for tests, the numbers behind
+//! [`Broker::stats`](crate::broker::Broker::stats), and where a topic's replicas live
+//! ([`placement`]).
 //!
 //! Every query here is a blocking librdkafka call with its own timeout, run on the blocking
 //! pool; `stats` additionally bounds the whole round at [`STATS_TIMEOUT`] so `/readyz` never
@@ -9,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer as _;
@@ -49,6 +50,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| broker_error(&e))
 }
 
+/// Replication factor asked for when creating topics: -1, the cluster's
+/// `default.replication.factor` (CreateTopics v4+, Kafka 2.4+). A fixed 1 would leave every
+/// partition on one broker of a multi-broker cluster, so losing that broker would lose the
+/// partition; the cluster's operator knows how many copies it can hold
+/// (`scripts/kafka.sh` sets min(3, nodes)). `min.insync.replicas` is likewise the
+/// cluster's default.
+const BROKER_DEFAULT_REPLICATION: i32 = -1;
+
 /// Makes sure the three topics exist. First checks (quickly) that the broker answers.
 pub(super) async fn ensure_topics(
     bootstrap: &str,
@@ -64,7 +73,13 @@ pub(super) async fn ensure_topics(
     let new_topics: Vec<NewTopic<'_>> = topics
         .all()
         .into_iter()
-        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .map(|name| {
+            NewTopic::new(
+                name,
+                partitions,
+                TopicReplication::Fixed(BROKER_DEFAULT_REPLICATION),
+            )
+        })
         .collect();
     let options = AdminOptions::new()
         .request_timeout(Some(ADMIN_TIMEOUT))
@@ -132,6 +147,88 @@ pub(super) async fn delete_topics(bootstrap: &str, topics: &Topics) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Where one partition's replicas live, from the cluster's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPlacement {
+    /// The partition's number.
+    pub partition: i32,
+    /// The broker id leading it (-1: no leader right now).
+    pub leader: i32,
+    /// The brokers holding a replica.
+    pub replicas: Vec<i32>,
+    /// The replicas in sync with the leader.
+    pub in_sync: Vec<i32>,
+}
+
+/// Where a topic's partitions live and how many in-sync replicas a write needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPlacement {
+    /// Every partition, by number.
+    pub partitions: Vec<PartitionPlacement>,
+    /// The topic's effective `min.insync.replicas` (`None`: the broker did not say).
+    pub min_insync_replicas: Option<i32>,
+}
+
+/// Describes `topic`: its partitions' leaders and replicas (metadata) and its
+/// `min.insync.replicas` (DescribeConfigs).
+pub(super) async fn placement(
+    bootstrap: &str,
+    producer: &Producer,
+    topic: &str,
+) -> Result<TopicPlacement, BrokerError> {
+    let client = producer.client().clone();
+    let name = topic.to_owned();
+    let metadata =
+        blocking(move || client.client().fetch_metadata(Some(&name), SETUP_TIMEOUT)).await?;
+    let described = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| BrokerError::Config(format!("topic {topic} is not in the metadata")))?;
+    if let Some(error) = described.error() {
+        let code = RDKafkaErrorCode::from(error);
+        return Err(code_error(
+            code,
+            false,
+            format!("describing topic {topic}: {code}"),
+        ));
+    }
+    let mut partitions: Vec<PartitionPlacement> = described
+        .partitions()
+        .iter()
+        .map(|p| PartitionPlacement {
+            partition: p.id(),
+            leader: p.leader(),
+            replicas: p.replicas().to_vec(),
+            in_sync: p.isr().to_vec(),
+        })
+        .collect();
+    partitions.sort_by_key(|p| p.partition);
+
+    let admin = admin_client(bootstrap)?;
+    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    let resource = [ResourceSpecifier::Topic(topic)];
+    let outcome = tokio::time::timeout(
+        ADMIN_TIMEOUT + QUERY_TIMEOUT,
+        admin.describe_configs(&resource, &options),
+    )
+    .await;
+    drop(tokio::task::spawn_blocking(move || drop(admin)));
+    let results = outcome
+        .map_err(|_| BrokerError::Unavailable("timed out describing a kafka topic".into()))?
+        .map_err(|e| broker_error(&e))?;
+    let min_insync_replicas = results.into_iter().find_map(Result::ok).and_then(|config| {
+        config
+            .get("min.insync.replicas")
+            .and_then(|entry| entry.value.as_deref())
+            .and_then(|value| value.parse().ok())
+    });
+    Ok(TopicPlacement {
+        partitions,
+        min_insync_replicas,
+    })
 }
 
 /// Reads the partition counts of the three topics, waiting (bounded) for freshly created

@@ -2,7 +2,8 @@
 //! (`scripts/kafka.sh`).
 //!
 //! Topology for a topic `T`, created explicitly at connect with the admin client
-//! (`partitions` partitions, replication 1; "already exists" is fine — Surge does not rely
+//! (`partitions` partitions, the cluster's default replication factor and
+//! `min.insync.replicas`; "already exists" is fine — Surge does not rely
 //! on auto-creation, which locked-down clusters and the test broker disable):
 //! - `T`: jobs, keyed by [`Job::partition_key`], headers `x-surge-attempt`, job id and kind.
 //! - `T.retry`: retried jobs, with an `x-surge-not-before-ms` header; consumed by the same
@@ -30,8 +31,9 @@
 //!     re-reads from the committed offset. Duplicates are harmless: results are keyed by
 //!     job id.
 //! - `offsets`: the per-partition watermark tracker.
-//! - `admin`: topic creation and deletion, and the lag / dead-letter / member counts behind
-//!   [`Broker::stats`].
+//! - `admin`: topic creation and deletion, the lag / dead-letter / member counts behind
+//!   [`Broker::stats`], and where the main topic's replicas live
+//!   ([`KafkaBroker::placement`]).
 //! - `client`: configuration shared by all clients, librdkafka logs into `tracing`, and
 //!   the mapping of librdkafka errors onto [`BrokerError`].
 
@@ -45,6 +47,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use backon::Retryable;
+
+pub use admin::{PartitionPlacement, TopicPlacement};
 
 use super::{Broker, BrokerError, BrokerStats, ConsumeOptions, Deliveries};
 use crate::job::Job;
@@ -167,6 +171,17 @@ impl KafkaBroker {
     /// The main topic's name.
     pub fn topic(&self) -> &str {
         &self.inner.topics.main
+    }
+
+    /// Where the main topic's partitions live (leader, replicas, in-sync replicas) and its
+    /// `min.insync.replicas`, as the cluster reports them now.
+    pub async fn placement(&self) -> Result<TopicPlacement, BrokerError> {
+        admin::placement(
+            &self.inner.bootstrap,
+            &self.inner.producer,
+            &self.inner.topics.main,
+        )
+        .await
     }
 }
 
