@@ -18,7 +18,7 @@ use support::{spawn_worker, wait_for_results};
 use surge_common::broker::Broker;
 use surge_common::job::Job;
 use surge_common::storage::{JobStatus, Storage};
-use surge_common::testing::{self, AMQP_URL_VAR, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
+use surge_common::testing::{self, AMQP_URL_VAR, POSTGRES_URL_VAR};
 use tokio::process::Child;
 
 const CAP: u32 = 20;
@@ -142,6 +142,7 @@ async fn three_rabbitmq_workers_never_exceed_the_cap() {
 )]
 async fn three_kafka_workers_never_exceed_the_cap() {
     use surge_common::broker::kafka::KafkaBroker;
+    use surge_common::testing::KAFKA_BROKERS_VAR;
     let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka (scripts/kafka.sh)") else {
         return;
     };

@@ -8,14 +8,22 @@
 //! worker's capacity (other kinds keep flowing); polling rather than notifications because
 //! the only thing the replicas share is the database.
 //!
-//! A slot is leased for the kind's timeout + [`WAIT_BOUND`] + [`LEASE_MARGIN`]: a request
-//! cannot outlive its timeout, so a slot still held after that belongs to a crashed (or
-//! partitioned) worker and is taken over.
+//! A slot freed while another attempt of the same process waits is handed to it directly,
+//! without a database round trip (which measured as the bottleneck: two statements per
+//! request, each a commit), as long as the slot was taken from the database less than
+//! [`HANDOFF_WINDOW`] ago; after that it goes back to the database, where every replica's
+//! pollers compete for it (so one busy replica cannot keep the slots to itself).
+//!
+//! A slot is leased for the kind's timeout + [`HANDOFF_WINDOW`] + [`WAIT_BOUND`] +
+//! [`LEASE_MARGIN`]: the last holder gets it within the hand-off window and sends within
+//! its wait bound, and a request cannot outlive its timeout, so a slot still held after
+//! that belongs to a crashed (or partitioned) worker and is taken over.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::{oneshot, OnceCell};
 use tokio::time::Instant;
 
 use crate::clock::now_micros;
@@ -30,6 +38,9 @@ pub const POLL_MIN: Duration = Duration::from_millis(5);
 pub const POLL_MAX: Duration = Duration::from_millis(50);
 /// How long a job deferred for lack of a slot waits in the broker.
 pub const DEFER_BUSY: Duration = Duration::from_secs(1);
+/// How long after its database acquisition a slot may still be handed to a waiter of the
+/// same process instead of going back to the database.
+pub const HANDOFF_WINDOW: Duration = Duration::from_secs(1);
 /// Added to a lease beyond the longest a holder can need it.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
@@ -57,10 +68,12 @@ pub struct SharedLimits {
     interval_us: Option<i64>,
     lease: Duration,
     ready: OnceCell<()>,
-    /// Told when this process frees a slot, so one of its own waiters polls at once
-    /// instead of at its next tick (waiters in other replicas still poll).
-    freed: Arc<Notify>,
+    /// This process's attempts waiting for a slot, oldest first.
+    waiters: Waiters,
 }
+
+/// Where a freed slot is handed to a waiting attempt of the same process.
+type Waiters = Arc<Mutex<VecDeque<oneshot::Sender<SlotLease>>>>;
 
 /// A held slot. [`SlotLease::release`] frees it; dropped unreleased (a cancelled attempt),
 /// it is freed by a background task.
@@ -71,7 +84,9 @@ pub struct SlotLease {
     slot: u32,
     holder: String,
     released: bool,
-    freed: Arc<Notify>,
+    /// When the slot was taken from the database (kept across hand-offs).
+    acquired: Instant,
+    waiters: Waiters,
 }
 
 impl SharedLimits {
@@ -92,9 +107,9 @@ impl SharedLimits {
             kind: kind.to_owned(),
             concurrency,
             interval_us,
-            lease: timeout + WAIT_BOUND + LEASE_MARGIN,
+            lease: timeout + HANDOFF_WINDOW + WAIT_BOUND + LEASE_MARGIN,
             ready: OnceCell::new(),
-            freed: Arc::new(Notify::new()),
+            waiters: Arc::default(),
         }
     }
 
@@ -113,40 +128,7 @@ impl SharedLimits {
     /// A slot and a rate turn, waiting until `deadline` at most.
     pub async fn acquire(&self, deadline: Instant) -> Result<SlotLease, Refusal> {
         self.prepare().await?;
-        let holder = uuid::Uuid::new_v4().simple().to_string();
-        let lease_us = i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX);
-        let mut pause = POLL_MIN;
-        let slot = loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            // Registered before polling, so a release in between is not missed.
-            freed.as_mut().enable();
-            let now = now_micros();
-            if let Some(slot) = self
-                .storage
-                .try_acquire_dispatch_slot(&self.kind, &holder, now, now.saturating_add(lease_us))
-                .await?
-            {
-                break slot;
-            }
-            if Instant::now() + pause > deadline {
-                return Err(Refusal::Concurrency(self.concurrency));
-            }
-            if tokio::time::timeout(pause, freed).await.is_ok() {
-                // A slot of ours came free: try it now, and start the backoff again.
-                pause = POLL_MIN;
-            } else {
-                pause = (pause * 2).min(POLL_MAX);
-            }
-        };
-        let lease = SlotLease {
-            storage: self.storage.clone(),
-            kind: self.kind.clone(),
-            slot,
-            holder,
-            released: false,
-            freed: self.freed.clone(),
-        };
+        let lease = self.slot(deadline).await?;
         if let Some(interval_us) = self.interval_us {
             let now = now_micros();
             let max_wait = deadline.saturating_duration_since(Instant::now());
@@ -173,14 +155,90 @@ impl SharedLimits {
         }
         Ok(lease)
     }
+
+    /// A slot: from the database, or handed over by an attempt of this process.
+    async fn slot(&self, deadline: Instant) -> Result<SlotLease, Refusal> {
+        let (handed, mut handoff) = oneshot::channel();
+        lock(&self.waiters).push_back(handed);
+        let outcome = self.poll(deadline, &mut handoff).await;
+        // No more hand-offs to this attempt; one that raced in is passed on.
+        handoff.close();
+        let extra = handoff.try_recv().ok();
+        lock(&self.waiters).retain(|waiter| !waiter.is_closed());
+        match (outcome, extra) {
+            (Ok(lease), Some(extra)) => {
+                extra.release().await;
+                Ok(lease)
+            }
+            (Err(_), Some(handed)) => Ok(handed),
+            (outcome, None) => outcome,
+        }
+    }
+
+    async fn poll(
+        &self,
+        deadline: Instant,
+        handoff: &mut oneshot::Receiver<SlotLease>,
+    ) -> Result<SlotLease, Refusal> {
+        let holder = uuid::Uuid::new_v4().simple().to_string();
+        let lease_us = i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX);
+        let mut pause = POLL_MIN;
+        loop {
+            if let Ok(lease) = handoff.try_recv() {
+                return Ok(lease);
+            }
+            let now = now_micros();
+            if let Some(slot) = self
+                .storage
+                .try_acquire_dispatch_slot(&self.kind, &holder, now, now.saturating_add(lease_us))
+                .await?
+            {
+                return Ok(SlotLease {
+                    storage: self.storage.clone(),
+                    kind: self.kind.clone(),
+                    slot,
+                    holder,
+                    released: false,
+                    acquired: Instant::now(),
+                    waiters: self.waiters.clone(),
+                });
+            }
+            if Instant::now() + pause > deadline {
+                return Err(Refusal::Concurrency(self.concurrency));
+            }
+            if let Ok(Ok(lease)) = tokio::time::timeout(pause, &mut *handoff).await {
+                return Ok(lease);
+            }
+            pause = (pause * 2).min(POLL_MAX);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl SlotLease {
-    /// Frees the slot (a failure is logged: the lease runs out on its own).
+    /// Frees the slot: to a waiting attempt of this process while the hand-off window
+    /// lasts, else to the database (a failure is logged: the lease runs out on its own).
     pub async fn release(mut self) {
+        if self.acquired.elapsed() < HANDOFF_WINDOW {
+            let waiters = self.waiters.clone();
+            let mut lease = self;
+            loop {
+                let Some(waiter) = lock(&waiters).pop_front() else {
+                    break;
+                };
+                match waiter.send(lease) {
+                    Ok(()) => return,
+                    // That attempt stopped waiting: try the next.
+                    Err(back) => lease = back,
+                }
+            }
+            self = lease;
+        }
         self.released = true;
         release(&self.storage, &self.kind, self.slot, &self.holder).await;
-        self.freed.notify_one();
     }
 }
 
@@ -203,10 +261,7 @@ impl Drop for SlotLease {
             std::mem::take(&mut self.kind),
             std::mem::take(&mut self.holder),
         );
-        let (slot, freed) = (self.slot, self.freed.clone());
-        runtime.spawn(async move {
-            release(&storage, &kind, slot, &holder).await;
-            freed.notify_one();
-        });
+        let slot = self.slot;
+        runtime.spawn(async move { release(&storage, &kind, slot, &holder).await });
     }
 }
