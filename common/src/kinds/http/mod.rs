@@ -16,7 +16,8 @@
 //! Every request carries `Content-Type: application/json`, `Idempotency-Key: <job id>`
 //! (the same on every attempt: the target can drop repeats), `Surge-Attempt: <n>`
 //! (1-based), the job's `traceparent` when it has one, and the configured `headers`
-//! (which cannot replace those; their values are never logged).
+//! (which cannot replace `Idempotency-Key`, `Surge-Attempt` or `traceparent`; their values
+//! are never logged).
 //!
 //! Flow control, in the order an attempt meets it:
 //! 1. the circuit breaker ([`breaker`], per process): open after `breaker_failures`
