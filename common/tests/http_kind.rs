@@ -410,6 +410,32 @@ async fn over_the_rate_jobs_are_deferred() {
     assert_eq!(server.seen.requests.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test]
+async fn a_full_cap_or_a_failed_database_defers_without_sending() {
+    let server = start().await;
+    let storage = sqlite().await;
+    let url = format!("{}/json", server.base);
+    let kind = HttpKind::new(config("full", &url, "concurrency = 2"), storage.clone()).unwrap();
+    kind.prepare().await.unwrap();
+    // Another replica holds both slots.
+    let now = surge_common::clock::now_micros();
+    for holder in ["other-1", "other-2"] {
+        storage
+            .try_acquire_dispatch_slot("full", holder, now, now + 600_000_000)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let (reason, _) = deferred(kind.run(&job(), 1).await);
+    assert!(reason.contains("slots"), "{reason}");
+    assert_eq!(kind.flow().in_flight, 0);
+    // The database is gone: deferred too, never sent without a slot.
+    storage.pool().close().await;
+    let (reason, _) = deferred(kind.run(&job(), 1).await);
+    assert!(reason.contains("database"), "{reason}");
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 0);
+}
+
 /// Three replicas (own `HttpKind`, own pool, one database) and 90 jobs against a target
 /// that records its peak concurrency: it never sees more than `concurrency`. A deferred job
 /// is brought back, as the broker would.
