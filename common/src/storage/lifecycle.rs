@@ -97,7 +97,7 @@ pub enum Lifecycle {
     /// Not finished yet.
     Pending(StageUpdate),
     /// Finished (succeeded or dead).
-    Finished(JobResult),
+    Finished(Box<JobResult>),
 }
 
 impl Storage {
@@ -150,7 +150,7 @@ impl Storage {
     /// cancelled because its publish failed: the client was told it does not exist).
     pub async fn lifecycle(&self, job_id: Uuid) -> Result<Option<Lifecycle>, StorageError> {
         if let Some(result) = self.get(job_id).await? {
-            return Ok(Some(Lifecycle::Finished(result)));
+            return Ok(Some(Lifecycle::Finished(Box::new(result))));
         }
         if self.is_cancelled(job_id).await? {
             return Ok(None);

@@ -28,6 +28,7 @@
 pub mod acceptance;
 pub mod batch;
 pub mod callbacks;
+pub mod flow;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod lifecycle;
