@@ -192,6 +192,10 @@ pub struct TelemetryArgs {
     /// Log format.
     #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Export spans to this OTLP/HTTP endpoint, e.g. `http://127.0.0.1:4318` (needs a
+    /// binary built with the `otlp` cargo feature).
+    #[arg(long, env = "SURGE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Log line format.

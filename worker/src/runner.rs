@@ -20,10 +20,12 @@ use futures::StreamExt;
 use surge_common::broker::{Broker, BrokerError, ConsumeOptions, Deliveries, Delivery};
 use surge_common::clock::now_micros;
 use surge_common::metrics as m;
+use surge_common::otlp::{Span, SpanKind};
 use surge_common::retry::{reconnect, RetryPolicy};
 use surge_common::storage::batch::{ResultWriter, StageWriter};
 use surge_common::storage::lifecycle::{Stage, StageUpdate};
 use surge_common::storage::{JobResult, JobStatus, PendingResult, Recorded, Storage};
+use surge_common::trace::TraceContext;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -342,6 +344,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             return defer_unknown_kind(delivery, context.options.unknown_kind_delay).await;
         };
         let policy = kind.retry_policy(context.options.retry);
+        let mut job_span = job_span(&delivery.job, delivery.attempt);
         let started_at_us = now_micros();
         let stage = |stage: Stage, attempt: u32, error: Option<String>| StageUpdate {
             job_id: delivery.job.id,
@@ -378,8 +381,10 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
         let settled = match outcome {
             Ok(value) => {
                 let row = row(JobStatus::Succeeded, Some(value), None);
-                let Some(recorded) = commit(&context, delivery.job.awaits_acceptance, row).await
-                else {
+                let commit_span = child_span(&job_span, "commit");
+                let committed = commit(&context, delivery.job.awaits_acceptance, row).await;
+                drop(commit_span);
+                let Some(recorded) = committed else {
                     return; // dropping the delivery releases it for redelivery
                 };
                 if recorded == Recorded::Cancelled {
@@ -424,8 +429,13 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             Err(error) => {
                 let reason = error.to_string();
                 let row = row(JobStatus::Dead, None, Some(reason.clone()));
-                let Some(recorded) = commit(&context, delivery.job.awaits_acceptance, row).await
-                else {
+                if let Some(span) = &mut job_span {
+                    span.fail(&reason);
+                }
+                let commit_span = child_span(&job_span, "commit");
+                let committed = commit(&context, delivery.job.awaits_acceptance, row).await;
+                drop(commit_span);
+                let Some(recorded) = committed else {
                     return;
                 };
                 if recorded == Recorded::Cancelled {
@@ -478,6 +488,36 @@ pub fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned());
     format!("handler panicked: {message}")
+}
+
+/// The span of one attempt, child of the `publish` span the job's `traceparent` names
+/// (when spans are exported and the job has a trace context).
+fn job_span(job: &surge_common::job::Job, attempt: u32) -> Option<Span> {
+    if !surge_common::otlp::enabled() {
+        return None;
+    }
+    let parent = TraceContext::parse(job.traceparent.as_deref()?)?;
+    let mut span = Span::start(
+        format!("job {}", job.kind),
+        SpanKind::Consumer,
+        parent.child(),
+        Some((parent, true)),
+    );
+    span.attribute("surge.job.id", job.id);
+    span.attribute("surge.job.kind", &job.kind);
+    span.attribute("surge.job.attempt", attempt);
+    Some(span)
+}
+
+/// A span under `parent`, when there is one.
+fn child_span(parent: &Option<Span>, name: &str) -> Option<Span> {
+    let parent = parent.as_ref()?.context();
+    Some(Span::start(
+        name,
+        SpanKind::Internal,
+        parent.child(),
+        Some((parent, false)),
+    ))
 }
 
 /// How long before its `run_at` a job arrived, when that is more than a second (the

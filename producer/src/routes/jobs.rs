@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use surge_common::broker::BrokerError;
 use surge_common::job::{InvalidJob, Job, JobRequest};
 use surge_common::metrics as m;
+use surge_common::otlp::{Span, SpanKind};
 use surge_common::retry::reconnect;
 use surge_common::storage::idempotency::Claim;
 use surge_common::storage::lifecycle::Lifecycle;
@@ -85,10 +86,10 @@ pub async fn submit(
     JsonBody(request): JsonBody<JobRequest>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
-    let trace = trace_context(&headers);
+    let request_span = request_span(&headers, "POST /jobs");
     let request_hash = idempotency_key.as_ref().map(|_| request_hash(&request));
     let mut job = request.into_job(&state.kinds)?;
-    job.traceparent = Some(trace.child().header());
+    job.traceparent = Some(request_span.context().child().header());
     job.awaits_acceptance = true;
     admit(&state, &caller, 1).await?;
     if let (Some(key), Some(hash)) = (&idempotency_key, &request_hash) {
@@ -117,7 +118,9 @@ pub async fn submit(
             }
         }
     }
+    let publish_spans = publish_spans(&request_span, std::slice::from_ref(&job));
     let published = enqueue(&state, std::slice::from_ref(&job)).await;
+    end_publish_spans(publish_spans, &published);
     if let Some(key) = &idempotency_key {
         let settled = match published {
             Ok(()) => state.storage.complete_idempotency_key(key).await,
@@ -163,7 +166,7 @@ pub async fn submit_batch(
     headers: HeaderMap,
     JsonBody(requests): JsonBody<Vec<JobRequest>>,
 ) -> Result<Response, ApiError> {
-    let trace = trace_context(&headers);
+    let request_span = request_span(&headers, "POST /jobs/batch");
     let limit = state.limits.max_batch;
     if requests.len() > limit {
         return Err(ApiError::BatchTooLarge {
@@ -181,30 +184,70 @@ pub async fn submit_batch(
             let mut job = request
                 .into_job(&state.kinds)
                 .map_err(|e| e.under(&format!("[{i}]")))?;
-            job.traceparent = Some(trace.child().header());
+            job.traceparent = Some(request_span.context().child().header());
             job.awaits_acceptance = true;
             Ok(job)
         })
         .collect::<Result<Vec<Job>, InvalidJob>>()?;
     let count = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
     admit(&state, &caller, count).await?;
-    enqueue(&state, &jobs).await?;
+    let publish_spans = publish_spans(&request_span, &jobs);
+    let published = enqueue(&state, &jobs).await;
+    end_publish_spans(publish_spans, &published);
+    published?;
     let accepted = BatchAccepted {
         jobs: jobs.iter().map(Accepted::of).collect(),
     };
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
-/// The request's trace context (a new trace when it has none or an invalid one), also
-/// recorded on the request's log span so the request line carries the `trace_id`.
-fn trace_context(headers: &HeaderMap) -> TraceContext {
-    let trace = headers
+/// The request's span: in the client's trace when the request carries a valid
+/// `traceparent` (as its child), else the root of a new trace. Its trace id is recorded on
+/// the request's log span, so the request line carries the `trace_id`; each job's
+/// `traceparent` names a `publish` span under it ([`publish_spans`]).
+fn request_span(headers: &HeaderMap, name: &str) -> Span {
+    let incoming = headers
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .unwrap_or_else(TraceContext::new_root);
-    tracing::Span::current().record("trace_id", trace.trace_id());
-    trace
+        .and_then(TraceContext::parse);
+    let (context, parent) = match incoming {
+        Some(client) => (client.child(), Some((client, true))),
+        None => (TraceContext::new_root(), None),
+    };
+    tracing::Span::current().record("trace_id", context.trace_id());
+    Span::start(name, SpanKind::Server, context, parent)
+}
+
+/// One `publish` span per job, child of the request's span, with the ids of the job's
+/// `traceparent`: the worker's span for the job is its child.
+fn publish_spans(request: &Span, jobs: &[Job]) -> Vec<Span> {
+    if !surge_common::otlp::enabled() {
+        return Vec::new();
+    }
+    jobs.iter()
+        .filter_map(|job| {
+            let context = TraceContext::parse(job.traceparent.as_deref()?)?;
+            let mut span = Span::start(
+                "publish",
+                SpanKind::Producer,
+                context,
+                Some((request.context(), false)),
+            );
+            span.attribute("surge.job.id", job.id);
+            span.attribute("surge.job.kind", &job.kind);
+            Some(span)
+        })
+        .collect()
+}
+
+/// Ends the `publish` spans, failed when the jobs were refused.
+fn end_publish_spans(spans: Vec<Span>, outcome: &Result<(), ApiError>) {
+    for mut span in spans {
+        if let Err(e) = outcome {
+            span.fail(e);
+        }
+        span.end();
+    }
 }
 
 /// The `Idempotency-Key` header, validated: 1 to 255 visible ASCII characters.
