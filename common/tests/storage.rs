@@ -310,6 +310,7 @@ async fn heartbeats_and_live_figures(storage: Storage) {
         dead: 1,
         started_at_us: 1_000,
         last_seen_us,
+        kinds: serde_json::Value::Null,
     };
     storage
         .upsert_heartbeat(&beat("a", 3, 10_000))

@@ -43,12 +43,21 @@ pub fn spawn(
     stats: Arc<WorkerStats>,
     worker_id: String,
     capacity: u16,
+    kinds: surge_common::kinds::KindRegistry,
 ) -> Beating {
-    Beating(tokio::spawn(beat(storage, stats, worker_id, capacity)))
+    Beating(tokio::spawn(beat(
+        storage, stats, worker_id, capacity, kinds,
+    )))
 }
 
 /// Sends a heartbeat now and every [`EVERY`], forever (see [`spawn`]).
-pub async fn beat(storage: Storage, stats: Arc<WorkerStats>, worker_id: String, capacity: u16) {
+pub async fn beat(
+    storage: Storage,
+    stats: Arc<WorkerStats>,
+    worker_id: String,
+    capacity: u16,
+    kinds: surge_common::kinds::KindRegistry,
+) {
     let started_at_us = now_micros();
     let forget_before = started_at_us.saturating_sub(micros(FORGET_AFTER));
     if let Err(e) = storage.prune_heartbeats(forget_before).await {
@@ -68,6 +77,7 @@ pub async fn beat(storage: Storage, stats: Arc<WorkerStats>, worker_id: String, 
             dead: now.dead,
             started_at_us,
             last_seen_us: now_micros(),
+            kinds: kinds.flows(),
         };
         let sent = tokio::time::timeout(5 * EVERY, storage.upsert_heartbeat(&heartbeat)).await;
         match sent {

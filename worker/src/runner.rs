@@ -165,6 +165,7 @@ impl Worker {
             self.stats.clone(),
             self.options.worker_id.clone(),
             capacity,
+            self.kinds.clone(),
         );
         let callbacks =
             crate::callbacks::spawn(self.storage.clone(), self.options.callback_secret.clone());

@@ -103,6 +103,12 @@ pub trait Kind: Send + Sync + 'static {
         None
     }
 
+    /// This process's flow-control state for the kind, for the dashboard (HTTP kinds:
+    /// adaptive limit, requests in flight, circuit); `None` for kinds without any.
+    fn flow(&self) -> Option<Value> {
+        None
+    }
+
     /// The retry policy (attempts, backoff bounds) for this kind's jobs, given the
     /// worker's own: a kind may override any part of it.
     fn retry_policy(&self, worker: RetryPolicy) -> RetryPolicy {
@@ -167,6 +173,20 @@ impl KindRegistry {
     /// Every kind's name, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.kinds.keys().map(String::as_str)
+    }
+
+    /// The flow-control state of every kind that has one, as `{"name": {...}}`; `null`
+    /// when none has.
+    pub fn flows(&self) -> Value {
+        let flows: serde_json::Map<String, Value> = self
+            .iter()
+            .filter_map(|(name, kind)| Some((name.to_owned(), kind.flow()?)))
+            .collect();
+        if flows.is_empty() {
+            Value::Null
+        } else {
+            Value::Object(flows)
+        }
     }
 
     /// Every kind, by name, sorted.

@@ -30,6 +30,9 @@ pub struct Heartbeat {
     pub started_at_us: i64,
     /// When it sent this heartbeat (µs since the epoch).
     pub last_seen_us: i64,
+    /// Flow-control state per HTTP kind (`{"kind": {"limit", "in_flight",
+    /// "breaker_open", "concurrency"}}`), `null` when it has none.
+    pub kinds: serde_json::Value,
 }
 
 /// Stored results, counted by outcome.
@@ -76,12 +79,14 @@ impl Storage {
     pub async fn upsert_heartbeat(&self, beat: &Heartbeat) -> Result<(), StorageError> {
         sqlx::query(
             "INSERT INTO worker_heartbeats \
-               (worker_id, capacity, in_flight, succeeded, dead, started_at_us, last_seen_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+               (worker_id, capacity, in_flight, succeeded, dead, started_at_us, last_seen_us, \
+                kinds) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (worker_id) DO UPDATE SET \
                capacity = excluded.capacity, in_flight = excluded.in_flight, \
                succeeded = excluded.succeeded, dead = excluded.dead, \
-               started_at_us = excluded.started_at_us, last_seen_us = excluded.last_seen_us",
+               started_at_us = excluded.started_at_us, last_seen_us = excluded.last_seen_us, \
+               kinds = excluded.kinds",
         )
         .bind(beat.worker_id.clone())
         .bind(to_db(beat.capacity))
@@ -90,6 +95,7 @@ impl Storage {
         .bind(to_db(beat.dead))
         .bind(beat.started_at_us)
         .bind(beat.last_seen_us)
+        .bind((!beat.kinds.is_null()).then(|| beat.kinds.to_string()))
         .execute(self.pool())
         .await?;
         Ok(())
@@ -102,8 +108,8 @@ impl Storage {
         limit: u32,
     ) -> Result<Vec<Heartbeat>, StorageError> {
         let rows = sqlx::query(
-            "SELECT worker_id, capacity, in_flight, succeeded, dead, started_at_us, last_seen_us \
-             FROM worker_heartbeats WHERE last_seen_us >= $1 \
+            "SELECT worker_id, capacity, in_flight, succeeded, dead, started_at_us, last_seen_us, \
+             kinds FROM worker_heartbeats WHERE last_seen_us >= $1 \
              ORDER BY last_seen_us DESC, worker_id LIMIT $2",
         )
         .bind(since_us)
@@ -120,6 +126,10 @@ impl Storage {
                     dead: from_db(row.try_get("dead")?),
                     started_at_us: row.try_get("started_at_us")?,
                     last_seen_us: row.try_get("last_seen_us")?,
+                    kinds: row
+                        .try_get::<Option<String>, _>("kinds")?
+                        .and_then(|text| serde_json::from_str(&text).ok())
+                        .unwrap_or(serde_json::Value::Null),
                 })
             })
             .collect()

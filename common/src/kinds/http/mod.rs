@@ -256,6 +256,16 @@ impl Kind for HttpKind {
         verdict.result
     }
 
+    fn flow(&self) -> Option<Value> {
+        let flow = HttpKind::flow(self);
+        Some(serde_json::json!({
+            "limit": flow.limit,
+            "in_flight": flow.in_flight,
+            "breaker_open": flow.breaker_open,
+            "concurrency": self.config.concurrency,
+        }))
+    }
+
     fn description(&self) -> String {
         self.config
             .description
