@@ -445,7 +445,7 @@ impl Results {
             }
         }
         if !self.dispatch.is_empty() {
-            let _ = writeln!(md, "\n## 6. HTTP dispatch: an HTTP kind against echo\n\nEach job POSTed to a target answering `200 {{}}` at once (a process of its own), against `echo`; same broker, one worker process, measurements alternated (echo, http, echo, …), each a fresh deployment draining a backlog of the given size.\n\n| backend | capacity | jobs per run | echo jobs/s (each run) | http jobs/s (each run) | http ÷ echo | lost | not succeeded | worker CPU s/1k jobs echo → http | target CPU s/1k |\n|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(md, "\n## 6. HTTP dispatch: an HTTP kind against echo\n\nEach job POSTed to a target answering `200 {{}}` at once (a process of its own), against `echo`; same broker, one worker process, measurements alternated (echo, http, echo, …), each a fresh deployment draining a backlog of the given size.\n\n| backend | capacity | jobs per run | echo jobs/s (each run) | http jobs/s (each run) | http ÷ echo | lost | not succeeded | worker CPU s/1k jobs echo → http (memory: the ingress, which runs them) | target CPU s/1k |\n|---|---|---|---|---|---|---|---|---|---|");
             for d in &self.dispatch {
                 let each = |kind: &str| {
                     let rates: Vec<String> = d

@@ -92,8 +92,9 @@ pub async fn dispatch(
         for kind in ["echo", KIND] {
             let run = measure(&env, sizes, backend, kind, round, target).await?;
             eprintln!(
-                "    → {} {kind} round {round}: {:.0} jobs/s ({} of {} stored, {} succeeded)",
+                "    → {} {} round {round}: {:.0} jobs/s ({} of {} stored, {} succeeded)",
                 backend.name(),
+                run.kind,
                 run.throughput,
                 run.stored,
                 run.jobs,
@@ -137,6 +138,7 @@ async fn measure_on(
     round: u32,
     target: &Target,
 ) -> anyhow::Result<DispatchRun> {
+    let shown = if kind == KIND { "http" } else { kind };
     let started_us = now_micros();
     let ids = post_backlog(dep.address, kind, sizes.dispatch_jobs).await?;
     if dep.backend != Backend::Memory {
@@ -148,7 +150,7 @@ async fn measure_on(
         &dep.db,
         ids.len() as u64,
         sizes.dispatch_timeout,
-        &format!("{} {kind} round {round}", dep.backend.name()),
+        &format!("{} {shown} round {round}", dep.backend.name()),
     )
     .await?;
     let after = dep.snapshot();
@@ -165,7 +167,7 @@ async fn measure_on(
         );
     }
     Ok(DispatchRun {
-        kind: if kind == KIND { "http" } else { kind }.to_owned(),
+        kind: shown.to_owned(),
         round,
         jobs: ids.len() as u64,
         stored: stored.min(ids.len() as u64),
