@@ -1,4 +1,5 @@
-//! The burst scenario: `jobs` concurrent POSTs of a `sleep` job against `capacity`.
+//! The burst scenario: `jobs` concurrent POSTs of one job (a `sleep` by default, or any
+//! kind, e.g. an HTTP kind from a configuration file) against `capacity`.
 //!
 //! Accept latency is measured per request, from just before it is sent to its response.
 //! Drain time runs from the first send to the last result's commit. Results are checked
@@ -9,15 +10,16 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use serde_json::json;
+use serde_json::{json, Value};
 use surge_common::broker::Broker;
 use surge_common::clock::now_micros;
-use surge_common::storage::{JobResult, Storage};
+use surge_common::storage::{JobResult, JobStatus, Storage};
 use uuid::Uuid;
 
 use crate::report::BurstReport;
@@ -33,12 +35,41 @@ pub struct BurstConfig {
     /// Workers sharing the capacity on a real broker (the memory broker runs the
     /// ingress's embedded worker, as `surge-producer` does).
     pub workers: u16,
-    /// Each job sleeps this long.
+    /// Each job takes this long (the `sleep` payload, or the HTTP target's work).
     pub job_ms: u64,
+    /// The kind POSTed.
+    pub kind: String,
+    /// Its payload.
+    pub payload: Value,
+    /// The configuration file (`--config`) given to the ingress and every worker.
+    pub config_file: Option<PathBuf>,
     /// Give up waiting for the drain after this long.
     pub drain_timeout: Duration,
     /// Print a progress line to stderr while running.
     pub progress: bool,
+}
+
+impl BurstConfig {
+    /// A burst of `sleep` jobs of `job_ms` each, with no configuration file.
+    pub fn sleep(
+        jobs: usize,
+        capacity: u16,
+        workers: u16,
+        job_ms: u64,
+        drain_timeout: Duration,
+    ) -> BurstConfig {
+        BurstConfig {
+            jobs,
+            capacity,
+            workers,
+            job_ms,
+            kind: "sleep".to_owned(),
+            payload: json!({ "ms": job_ms }),
+            config_file: None,
+            drain_timeout,
+            progress: false,
+        }
+    }
 }
 
 /// The outcome of one POST.
@@ -56,15 +87,21 @@ pub async fn run(
     config: &BurstConfig,
 ) -> anyhow::Result<BurstReport> {
     let broker_name = broker.name();
-    let stack = Stack::start(broker, storage.clone(), config.capacity, config.workers)
-        .await
-        .context("starting the ingress and workers")?;
+    let stack = Stack::start(
+        broker,
+        storage.clone(),
+        config.capacity,
+        config.workers,
+        config.config_file.as_deref(),
+    )
+    .await
+    .context("starting the ingress and workers")?;
     let url = format!("http://{}/jobs", stack.address);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(config.jobs)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let body = json!({ "kind": "sleep", "payload": { "ms": config.job_ms } });
+    let body = json!({ "kind": config.kind, "payload": config.payload });
 
     let started = Instant::now();
     let started_us = now_micros();
@@ -139,6 +176,7 @@ pub async fn run(
         jobs: config.jobs,
         capacity: config.capacity,
         job_ms: config.job_ms,
+        kind: config.kind.clone(),
         accepted: accepted.len(),
         rejected,
         failed,
@@ -151,6 +189,10 @@ pub async fn run(
         drain: Duration::from_micros(u64::try_from(last_commit_us - started_us).unwrap_or(0)),
         ideal: ideal_drain(config),
         persisted: rows.len(),
+        succeeded: rows
+            .iter()
+            .filter(|r| r.status == JobStatus::Succeeded)
+            .count(),
         lost: accepted.len().saturating_sub(rows.len()),
         duplicates: rows
             .iter()
@@ -226,7 +268,6 @@ fn show(config: &BurstConfig, stack: &Stack, accepted: Option<usize>, started: I
 #[cfg(test)]
 mod tests {
     use super::*;
-    use surge_common::storage::JobStatus;
 
     fn row(start: i64, end: i64) -> JobResult {
         JobResult {
@@ -254,14 +295,7 @@ mod tests {
 
     #[test]
     fn ideal_is_waves_times_duration() {
-        let config = BurstConfig {
-            jobs: 400,
-            capacity: 200,
-            workers: 1,
-            job_ms: 1000,
-            drain_timeout: Duration::from_secs(1),
-            progress: false,
-        };
+        let config = BurstConfig::sleep(400, 200, 1, 1000, Duration::from_secs(1));
         assert_eq!(ideal_drain(&config), Duration::from_secs(2));
         let odd = BurstConfig {
             jobs: 401,

@@ -386,3 +386,82 @@ fn human_count(x: f64) -> String {
     let text = format!("{value:.1}");
     format!("{}{suffix}", text.trim_end_matches(".0"))
 }
+
+/// The demo's picture: requests in flight at the downstream API over time, one panel per
+/// run (`(title, [(seconds, in flight)])`, a point at every change), each with the API's
+/// `limit` as a dashed line. The panels share their axes so the runs compare at a glance.
+pub fn in_flight_timelines(
+    path: &Path,
+    caption: &str,
+    limit: u64,
+    panels: &[(&str, &[(f64, usize)])],
+) -> anyhow::Result<()> {
+    let count = panels.len().max(1);
+    let root = SVGBackend::new(path, (900, 60 + 260 * count as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(caption, ("sans-serif", 18)).map_err(err)?;
+    let t_max = panels
+        .iter()
+        .filter_map(|(_, points)| points.last().map(|p| p.0))
+        .fold(0.1f64, f64::max)
+        * 1.05;
+    let y_max = panels
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1 as u64))
+        .max()
+        .unwrap_or(0)
+        .max(limit) as f64
+        * 1.15;
+    for (i, ((title, points), area)) in panels.iter().zip(root.split_evenly((count, 1))).enumerate()
+    {
+        let mut chart = ChartBuilder::on(&area)
+            .caption(*title, ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..t_max, 0f64..y_max)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc("requests in flight")
+            .draw()
+            .map_err(err)?;
+        // A step line: each change holds until the next one.
+        let mut steps = Vec::with_capacity(points.len() * 2 + 1);
+        let mut last = 0.0;
+        steps.push((0.0, 0.0));
+        for &(t, n) in points.iter() {
+            steps.push((t, last));
+            last = n as f64;
+            steps.push((t, last));
+        }
+        steps.push((t_max, last));
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(steps, color.stroke_width(2)))
+            .map_err(err)?
+            .label("in flight at the API")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        let cap = limit as f64;
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, cap), (t_max, cap)],
+                6,
+                4,
+                BLACK.mix(0.6).stroke_width(1),
+            ))
+            .map_err(err)?
+            .label(format!("the API's limit ({limit})"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.6)));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}

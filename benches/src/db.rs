@@ -40,6 +40,10 @@ pub struct Row {
     pub id: Uuid,
     /// Which worker wrote it.
     pub worker: String,
+    /// Its kind.
+    pub kind: String,
+    /// `succeeded` or `dead`.
+    pub status: String,
     /// When the handler started (µs since the epoch).
     pub started_us: i64,
     /// When the handler finished.
@@ -128,7 +132,7 @@ impl BenchDb {
     /// Every stored result whose handler finished at or after `since_us`.
     pub async fn rows_since(&self, since_us: i64) -> anyhow::Result<Vec<Row>> {
         let rows = sqlx::query(
-            "SELECT job_id, worker, started_at_us, finished_at_us, deliveries, \
+            "SELECT job_id, worker, kind, status, started_at_us, finished_at_us, deliveries, \
              bench_committed_us FROM job_results WHERE finished_at_us >= $1",
         )
         .bind(since_us)
@@ -140,6 +144,8 @@ impl BenchDb {
                 Ok(Row {
                     id: Uuid::parse_str(&id)?,
                     worker: r.try_get("worker")?,
+                    kind: r.try_get("kind")?,
+                    status: r.try_get("status")?,
                     started_us: r.try_get("started_at_us")?,
                     finished_us: r.try_get("finished_at_us")?,
                     committed_us: r.try_get("bench_committed_us")?,

@@ -65,6 +65,8 @@ pub struct Env {
     pub log_level: String,
     /// Short id of this run, part of every queue name.
     pub run_id: String,
+    /// A configuration file (`--config`) given to the ingress and every worker.
+    pub config: Option<PathBuf>,
     serial: Arc<AtomicU64>,
 }
 
@@ -87,7 +89,23 @@ impl Env {
             log_dir,
             log_level,
             run_id,
+            config: None,
             serial: Arc::default(),
+        }
+    }
+
+    /// The same environment (same run id and queue numbering) whose deployments read
+    /// `config` (`--config`, ingress and workers alike).
+    pub fn with_config(&self, config: PathBuf) -> Env {
+        Env {
+            config: Some(config),
+            ..self.clone()
+        }
+    }
+
+    fn add_config(&self, command: &mut tokio::process::Command) {
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
         }
     }
 
@@ -232,8 +250,9 @@ impl Deployment {
         let db = BenchDb::create(&env.engine).await?;
         let listen = procs::free_port()?;
         let flags = env.flags(spec.backend, &queue);
-        let command =
+        let mut command =
             procs::ingress_command(&env.exes, listen, &flags, &db.url, spec.capacity.max(1));
+        env.add_config(&mut command);
         let log = env.log_dir.join(format!("{queue}.ingress.log"));
         let mut ingress = Proc::spawn("ingress", command, &log, &env.log_level)?;
         procs::wait_healthy(listen, &mut ingress, Duration::from_secs(60))
@@ -263,8 +282,9 @@ impl Deployment {
         let group = format!("{}-workers", self.queue);
         for _ in 0..n {
             let id = format!("{}-w{}", self.label, self.workers.len());
-            let command =
+            let mut command =
                 procs::worker_command(&self.env.exes, &flags, &self.db.url, capacity, &group, &id);
+            self.env.add_config(&mut command);
             let log = self.env.log_dir.join(format!("{}.{id}.log", self.queue));
             self.workers
                 .push(Proc::spawn(&id, command, &log, &self.env.log_level)?);

@@ -6,6 +6,10 @@
 //!   database.
 //! - [`stack`]: an in-process Surge (ingress + worker tasks) on a real or memory broker.
 //! - [`report`]: the burst report and its checks.
+//! - [`downstream`]: the API Surge protects in the story (handles only so many requests at
+//!   a time, 503 beyond), measuring itself.
+//! - [`story`]: the story — the API called directly, then through Surge with an HTTP kind —
+//!   and its side-by-side report and chart.
 //!
 //! The benchmark (`surge-bench`), on processes like a deployment's:
 //! - [`scenarios`]: burst, max sustainable rate, scaling, and the HTTP / ingress / broker /
@@ -24,6 +28,7 @@ pub mod burst;
 pub mod charts;
 pub mod db;
 pub mod deploy;
+pub mod downstream;
 pub mod http;
 pub mod load;
 pub mod procs;
@@ -31,3 +36,4 @@ pub mod report;
 pub mod results;
 pub mod scenarios;
 pub mod stack;
+pub mod story;

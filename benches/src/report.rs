@@ -15,6 +15,8 @@ pub struct BurstReport {
     pub capacity: u16,
     /// Duration of one job.
     pub job_ms: u64,
+    /// The kind posted.
+    pub kind: String,
     /// Requests answered 202.
     pub accepted: usize,
     /// Requests answered otherwise, by status code.
@@ -39,6 +41,8 @@ pub struct BurstReport {
     pub ideal: Duration,
     /// Accepted jobs with a stored result.
     pub persisted: usize,
+    /// Stored results with status `succeeded`.
+    pub succeeded: usize,
     /// Accepted jobs without one.
     pub lost: usize,
     /// Extra result writes caused by redeliveries (the stored rows stay one per job).
@@ -70,6 +74,12 @@ impl BurstReport {
                 self.capacity
             ));
         }
+        if self.succeeded < self.persisted {
+            broken.push(format!(
+                "{} stored jobs did not succeed",
+                self.persisted - self.succeeded
+            ));
+        }
         if self.lost > 0 {
             broken.push(format!("{} accepted jobs were lost", self.lost));
         }
@@ -98,8 +108,8 @@ impl fmt::Display for BurstReport {
         };
         writeln!(
             f,
-            "Surge burst: {} concurrent POSTs against capacity {} ({} broker, sleep {} ms jobs)",
-            self.jobs, self.capacity, self.broker, self.job_ms
+            "Surge burst: {} concurrent POSTs against capacity {} ({} broker, {} {} ms jobs)",
+            self.jobs, self.capacity, self.broker, self.kind, self.job_ms
         )?;
         writeln!(f, "  accepted           {}", self.accepted)?;
         writeln!(f, "  rejected           {rejected}")?;
@@ -124,7 +134,11 @@ impl fmt::Display for BurstReport {
             ms(self.ideal),
             self.drain.as_secs_f64() / self.ideal.as_secs_f64().max(f64::EPSILON)
         )?;
-        writeln!(f, "  results persisted  {}", self.persisted)?;
+        writeln!(
+            f,
+            "  results persisted  {} ({} succeeded)",
+            self.persisted, self.succeeded
+        )?;
         writeln!(f, "  lost               {}", self.lost)?;
         writeln!(f, "  duplicates         {}", self.duplicates)?;
         let broken = self.violations();

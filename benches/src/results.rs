@@ -125,6 +125,77 @@ pub struct RateSummary {
     pub steps: Vec<RateStep>,
 }
 
+/// Scenario 6: one measurement (one kind, one round).
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatchRun {
+    /// `echo` or `http`.
+    pub kind: String,
+    /// 1, 2, …: echo and http alternate within a round.
+    pub round: u32,
+    /// Jobs accepted.
+    pub jobs: u64,
+    /// Results stored when the measurement ended.
+    pub stored: u64,
+    /// Of which `succeeded`.
+    pub succeeded: u64,
+    /// Stored results ÷ (last finish − first start).
+    pub throughput: f64,
+    /// CPU and memory while draining (`target`: the HTTP target's CPU).
+    pub cost: Cost,
+}
+
+/// Scenario 6 on one backend: echo against an HTTP kind, side by side.
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatchRow {
+    /// Backend.
+    pub backend: String,
+    /// Worker capacity (and the kind's `concurrency`).
+    pub capacity: u16,
+    /// Jobs per measurement.
+    pub jobs: u64,
+    /// Every measurement, in the order run.
+    pub runs: Vec<DispatchRun>,
+    /// Mean jobs/s of the echo runs.
+    pub echo_rate: f64,
+    /// Mean jobs/s of the HTTP runs.
+    pub http_rate: f64,
+    /// `http_rate ÷ echo_rate`.
+    pub ratio: f64,
+    /// Accepted jobs without a stored result, over all runs.
+    pub lost: u64,
+    /// Stored results that did not succeed, over all runs.
+    pub failed: u64,
+}
+
+impl DispatchRow {
+    /// Summarises `runs`.
+    pub fn new(backend: &str, capacity: u16, jobs: u64, runs: Vec<DispatchRun>) -> DispatchRow {
+        let mean = |kind: &str| {
+            let rates: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.kind == kind)
+                .map(|r| r.throughput)
+                .collect();
+            rates.iter().sum::<f64>() / (rates.len().max(1) as f64)
+        };
+        let (echo_rate, http_rate) = (mean("echo"), mean("http"));
+        DispatchRow {
+            backend: backend.to_owned(),
+            capacity,
+            jobs,
+            echo_rate,
+            http_rate,
+            ratio: http_rate / echo_rate.max(1e-9),
+            lost: runs.iter().map(|r| r.jobs.saturating_sub(r.stored)).sum(),
+            failed: runs
+                .iter()
+                .map(|r| r.stored.saturating_sub(r.succeeded))
+                .sum(),
+            runs,
+        }
+    }
+}
+
 /// Scenario 3: one replica count.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScalingRow {
@@ -240,6 +311,8 @@ pub struct Results {
     pub ceilings: Vec<CeilingRow>,
     /// Scenario 5.
     pub soak: Vec<SoakRow>,
+    /// Scenario 6.
+    pub dispatch: Vec<DispatchRow>,
     /// The targets.
     pub targets: Vec<TargetRow>,
     /// Scenarios that could not run, with why.
@@ -368,6 +441,44 @@ impl Results {
                     c.p99_ms.map_or_else(|| "–".into(), |v| format!("{v:.2}")),
                     cost_cpu(&c.cost),
                     cost_rss(&c.cost)
+                );
+            }
+        }
+        if !self.dispatch.is_empty() {
+            let _ = writeln!(md, "\n## 6. HTTP dispatch: an HTTP kind against echo\n\nEach job POSTed to a target answering `200 {{}}` at once (a process of its own), against `echo`; same broker, one worker process, measurements alternated (echo, http, echo, …), each a fresh deployment draining a backlog of the given size.\n\n| backend | capacity | jobs per run | echo jobs/s (each run) | http jobs/s (each run) | http ÷ echo | lost | not succeeded | worker CPU s/1k jobs echo → http (memory: the ingress, which runs them) | target CPU s/1k |\n|---|---|---|---|---|---|---|---|---|---|");
+            for d in &self.dispatch {
+                let each = |kind: &str| {
+                    let rates: Vec<String> = d
+                        .runs
+                        .iter()
+                        .filter(|r| r.kind == kind)
+                        .map(|r| format!("{:.0}", r.throughput))
+                        .collect();
+                    rates.join(", ")
+                };
+                let cpu = |kind: &str, role: &str| {
+                    let v: Vec<f64> = d
+                        .runs
+                        .iter()
+                        .filter(|r| r.kind == kind)
+                        .filter_map(|r| r.cost.cpu_s_per_1k.get(role).copied())
+                        .collect();
+                    if v.is_empty() {
+                        "–".to_owned()
+                    } else {
+                        format!("{:.3}", v.iter().sum::<f64>() / v.len() as f64)
+                    }
+                };
+                let role = if d.backend == "memory" {
+                    "ingress"
+                } else {
+                    "workers"
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {:.0} ({}) | {:.0} ({}) | **{:.2}** | {} | {} | {} → {} | {} |",
+                    d.backend, d.capacity, d.jobs, d.echo_rate, each("echo"), d.http_rate, each("http"),
+                    d.ratio, d.lost, d.failed, cpu("echo", role), cpu("http", role), cpu("http", "target")
                 );
             }
         }

@@ -7,6 +7,7 @@
 //! memory` does. Real brokers: `worker_count` worker services share the capacity.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use clap::Parser;
@@ -32,12 +33,14 @@ pub struct Stack {
 impl Stack {
     /// Starts the ingress and workers with `capacity` jobs in flight at most: on the
     /// memory broker the ingress's embedded workers; otherwise `worker_count` worker
-    /// services, each with an equal share.
+    /// services, each with an equal share. `config_file` is given to the ingress and
+    /// every worker as `--config`.
     pub async fn start(
         broker: Arc<dyn Broker>,
         storage: Storage,
         capacity: u16,
         worker_count: u16,
+        config_file: Option<&Path>,
     ) -> anyhow::Result<Stack> {
         // The broker's name is its `--broker` value.
         let kind = broker.name();
@@ -49,17 +52,25 @@ impl Stack {
             }
         };
         let capacity = capacity.max(1);
-        let ingress_args = ProducerArgs::try_parse_from([
-            "surge-producer",
-            "--listen",
-            "127.0.0.1:0",
-            "--broker",
-            kind,
-            "--embedded-capacity",
-            &capacity.to_string(),
-            "--embedded-worker-id",
-            "demo-worker-0",
-        ])?;
+        let config_flag: Vec<String> = config_file
+            .map(|path| vec!["--config".to_owned(), path.display().to_string()])
+            .unwrap_or_default();
+        let capacity_flag = capacity.to_string();
+        let ingress_args = ProducerArgs::try_parse_from(
+            [
+                "surge-producer",
+                "--listen",
+                "127.0.0.1:0",
+                "--broker",
+                kind,
+                "--embedded-capacity",
+                &capacity_flag,
+                "--embedded-worker-id",
+                "demo-worker-0",
+            ]
+            .into_iter()
+            .chain(config_flag.iter().map(String::as_str)),
+        )?;
         let ingress = Ingress::build_with(&ingress_args, broker.clone(), storage.clone()).await?;
         let address = ingress.local_addr();
         let mut stats: Vec<_> = ingress.worker_stats().into_iter().collect();
@@ -68,15 +79,20 @@ impl Stack {
             let worker_count = worker_count.clamp(1, capacity);
             let share = capacity / worker_count;
             for i in 0..worker_count {
-                let args = WorkerArgs::try_parse_from([
-                    "surge-worker",
-                    "--broker",
-                    kind,
-                    "--capacity",
-                    &share.to_string(),
-                    "--worker-id",
-                    &format!("demo-worker-{i}"),
-                ])?;
+                let (share, id) = (share.to_string(), format!("demo-worker-{i}"));
+                let args = WorkerArgs::try_parse_from(
+                    [
+                        "surge-worker",
+                        "--broker",
+                        kind,
+                        "--capacity",
+                        &share,
+                        "--worker-id",
+                        &id,
+                    ]
+                    .into_iter()
+                    .chain(config_flag.iter().map(String::as_str)),
+                )?;
                 let worker =
                     WorkerService::build_with(&args, broker.clone(), storage.clone()).await?;
                 stats.push(worker.stats());

@@ -14,14 +14,7 @@ use surge_common::storage::Storage;
 use surge_common::testing::{self, AMQP_URL_VAR, POSTGRES_URL_VAR};
 
 fn config() -> BurstConfig {
-    BurstConfig {
-        jobs: 400,
-        capacity: 200,
-        workers: 2,
-        job_ms: 300,
-        drain_timeout: Duration::from_secs(120),
-        progress: false,
-    }
+    BurstConfig::sleep(400, 200, 2, 300, Duration::from_secs(120))
 }
 
 fn assert_kept_promises(report: &BurstReport) {

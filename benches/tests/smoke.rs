@@ -148,6 +148,20 @@ fn smoke_run_covers_every_scenario_and_backend() {
             "{row}"
         );
     }
+    // 6. HTTP dispatch: echo and http runs per backend, every job stored and succeeded.
+    assert_eq!(backends_of(&json["dispatch"]), want, "dispatch rows");
+    for row in json["dispatch"].as_array().unwrap() {
+        assert_eq!(row["lost"], 0, "{row}");
+        assert_eq!(row["failed"], 0, "{row}");
+        let kinds: BTreeSet<&str> = row["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, BTreeSet::from(["echo", "http"]), "{row}");
+        assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row}");
+    }
     // Every report carries CPU and memory figures.
     for row in json["burst"].as_array().unwrap().iter().chain(ceilings) {
         assert!(

@@ -76,6 +76,7 @@ fn burst_row(
         jobs: sizes.burst_jobs,
         capacity: sizes.burst_capacity,
         job_ms: sizes.burst_job_ms,
+        kind: "sleep".to_owned(),
         accepted: load.accepted as usize,
         rejected: load
             .rejected
@@ -92,6 +93,7 @@ fn burst_row(
         drain: Duration::from_micros(u64::try_from(last - t0).unwrap_or(0)),
         ideal,
         persisted: mine.len(),
+        succeeded: mine.iter().filter(|r| r.status == "succeeded").count(),
         lost: (load.accepted as usize).saturating_sub(mine.len()),
         duplicates: mine
             .iter()

@@ -16,9 +16,12 @@
 //!    a child process of their own ([`inproc`]).
 //! 5. [`soak`]: minutes at a fixed rate with the resident memory of every process
 //!    sampled, so a leak shows as a slope.
+//! 6. [`dispatch`]: jobs/s through an HTTP kind whose target answers at once, against
+//!    `echo`, alternately on the same setup: the cost of the hop as a ratio.
 
 mod burst;
 mod ceilings;
+mod dispatch;
 pub mod inproc;
 mod rate;
 mod scaling;
@@ -34,6 +37,7 @@ use crate::deploy::{Deployment, Env, Spec};
 
 pub use burst::{burst, peak_overlap};
 pub use ceilings::{broker_ceiling, db_ceiling, http_ceiling, ingress_ceiling};
+pub use dispatch::{dispatch, Target};
 pub use inproc::{ceiling_here, connect_broker, CeilingArgs, CeilingKind};
 pub use rate::rate;
 pub use scaling::scaling;
@@ -84,6 +88,12 @@ pub struct Sizes {
     pub soak_rate: f64,
     /// Soak: how long.
     pub soak: Duration,
+    /// HTTP dispatch: jobs per measurement.
+    pub dispatch_jobs: u64,
+    /// HTTP dispatch: rounds of (echo, http).
+    pub dispatch_rounds: u32,
+    /// HTTP dispatch: longest wait for a measurement's results.
+    pub dispatch_timeout: Duration,
 }
 
 impl Sizes {
@@ -111,6 +121,9 @@ impl Sizes {
             drain_timeout: Duration::from_secs(30),
             soak_rate: 500.0,
             soak: Duration::from_secs(30),
+            dispatch_jobs: 20_000,
+            dispatch_rounds: 2,
+            dispatch_timeout: Duration::from_secs(60),
         }
     }
 
@@ -138,6 +151,9 @@ impl Sizes {
             drain_timeout: Duration::from_secs(20),
             soak_rate: 50.0,
             soak: Duration::from_secs(2),
+            dispatch_jobs: 200,
+            dispatch_rounds: 1,
+            dispatch_timeout: Duration::from_secs(20),
         }
     }
 }

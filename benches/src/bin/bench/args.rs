@@ -18,6 +18,8 @@ pub enum Scenario {
     Ceilings,
     /// 5: a fixed rate for a while, resident memory of every process sampled.
     Soak,
+    /// 6: jobs/s through an HTTP kind (target answering at once) against echo.
+    Dispatch,
 }
 
 /// Surge's benchmark: burst, max sustainable rate, scaling, ceilings and soak for the
@@ -33,7 +35,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "burst,rate,scaling,ceilings,soak"
+        default_value = "burst,rate,scaling,ceilings,soak,dispatch"
     )]
     pub scenarios: Vec<Scenario>,
     /// Backends to run them on.
@@ -112,6 +114,12 @@ pub struct Args {
     /// Soak: offered jobs/s (default 500; smoke 50).
     #[arg(long)]
     pub soak_rate: Option<f64>,
+    /// HTTP dispatch: jobs per measurement (default 20000; smoke 200).
+    #[arg(long)]
+    pub dispatch_jobs: Option<u64>,
+    /// HTTP dispatch: rounds of (echo, http) measurements (default 2; smoke 1).
+    #[arg(long)]
+    pub dispatch_rounds: Option<u32>,
     /// Rate: seconds per ramp step (default 3).
     #[arg(long)]
     pub step_secs: Option<f64>,

@@ -1,5 +1,6 @@
-//! `surge-bench`: the burst, the max sustainable rate, scaling and the ceilings, on the
-//! memory broker, RabbitMQ and Kafka in one run; a Markdown table, JSON and SVG charts.
+//! `surge-bench`: the burst, the max sustainable rate, scaling, the ceilings, soak and HTTP
+//! dispatch, on the memory broker, RabbitMQ and Kafka in one run; a Markdown table, JSON
+//! and SVG charts.
 //!
 //! ```sh
 //! cargo build --release -p surge-producer -p surge-worker   # the processes under test
@@ -76,6 +77,12 @@ async fn run(args: Args, argv: Vec<String>) -> anyhow::Result<()> {
     }
     if let Some(r) = args.soak_rate {
         sizes.soak_rate = r;
+    }
+    if let Some(n) = args.dispatch_jobs {
+        sizes.dispatch_jobs = n;
+    }
+    if let Some(n) = args.dispatch_rounds {
+        sizes.dispatch_rounds = n.max(1);
     }
     if let Some(s) = args.step_secs {
         sizes.step = Duration::from_secs_f64(s);
@@ -257,6 +264,35 @@ async fn run(args: Args, argv: Vec<String>) -> anyhow::Result<()> {
                 Ok(row) => results.soak.push(row),
                 Err(e) => record(&mut results, format!("soak on {}", backend.name()), e),
             }
+        }
+    }
+    if wants(Scenario::Dispatch) {
+        eprintln!(
+            "\n== 6. HTTP dispatch: {} jobs per run, an HTTP kind (target answering 200 at once) against echo",
+            sizes.dispatch_jobs
+        );
+        match scenarios::Target::start(&env).await {
+            Ok(target) => {
+                for &backend in &args.backends {
+                    match scenarios::dispatch(&env, &sizes, backend, &target).await {
+                        Ok(row) => {
+                            eprintln!(
+                                "    → {}: echo {:.0} jobs/s, http {:.0} jobs/s: http ÷ echo = {:.2}",
+                                backend.name(),
+                                row.echo_rate,
+                                row.http_rate,
+                                row.ratio
+                            );
+                            results.dispatch.push(row);
+                        }
+                        Err(e) => {
+                            record(&mut results, format!("dispatch on {}", backend.name()), e)
+                        }
+                    }
+                }
+                target.stop().await;
+            }
+            Err(e) => record(&mut results, "dispatch target".into(), e),
         }
     }
     results.meta.load_after = loadavg();

@@ -66,7 +66,7 @@ struct NullArgs {
 
 /// The HTTP ceiling: `POST /jobs` answers `202` with a fixed body, nothing else
 /// happens (the same axum, hyper connection handling and tokio as the ingress, no
-/// middleware).
+/// middleware). `POST /ok` answers `200 {}` at once: the HTTP-dispatch scenario's target.
 pub fn null(args: &[String]) -> anyhow::Result<()> {
     let args =
         NullArgs::parse_from(std::iter::once("__null".to_owned()).chain(args.iter().cloned()));
@@ -87,6 +87,15 @@ pub fn null(args: &[String]) -> anyhow::Result<()> {
                             body.to_string(),
                         )
                     }
+                }),
+            )
+            .route(
+                "/ok",
+                axum::routing::post(|| async {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        "{}",
+                    )
                 }),
             )
             .route("/healthz", axum::routing::get(|| async { "ok" }));
