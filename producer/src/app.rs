@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use crate::dashboard;
 use crate::error::ApiError;
-use crate::routes::{health, jobs, metrics};
+use crate::routes::{health, jobs, metrics, operations};
 use crate::state::AppState;
 
 /// The request id header, set when the client did not send one and echoed back.
@@ -67,6 +67,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::submit_batch))
         .routes(routes!(jobs::status))
         .routes(routes!(jobs::replay))
+        .routes(routes!(operations::list))
+        .routes(routes!(operations::replay_many))
+        .routes(routes!(operations::cancel))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))

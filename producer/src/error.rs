@@ -77,6 +77,20 @@ pub enum ApiError {
     /// The job is not dead, so it cannot be replayed: 409.
     #[error("{0}")]
     NotDead(String),
+    /// A query parameter is malformed, out of range or unknown: 400, naming it.
+    #[error("{field}: {message}")]
+    BadQuery {
+        /// The parameter.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The job finished (succeeded or dead) before it could be cancelled: 409.
+    #[error("{0}")]
+    AlreadyFinished(String),
+    /// Another replay of this dead job is publishing it right now: 409.
+    #[error("{0}")]
+    ReplayInProgress(String),
     /// The broker cannot take jobs right now: 503 with `Retry-After`.
     #[error("the broker is unavailable; retry shortly")]
     BrokerUnavailable(#[source] BrokerError),
@@ -134,6 +148,9 @@ impl ApiError {
                 (StatusCode::CONFLICT, "idempotency_key_in_progress")
             }
             ApiError::NotDead(_) => (StatusCode::CONFLICT, "not_dead"),
+            ApiError::BadQuery { .. } => (StatusCode::BAD_REQUEST, "bad_query"),
+            ApiError::AlreadyFinished(_) => (StatusCode::CONFLICT, "already_finished"),
+            ApiError::ReplayInProgress(_) => (StatusCode::CONFLICT, "replay_in_progress"),
             ApiError::BrokerUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
             }
@@ -150,6 +167,7 @@ impl ApiError {
             ApiError::BadPath { field, .. } | ApiError::BadHeader { field, .. } => {
                 Some((*field).to_owned())
             }
+            ApiError::BadQuery { field, .. } => Some(field.clone()),
             ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyInProgress => {
                 Some("Idempotency-Key".to_owned())
             }

@@ -22,6 +22,7 @@ use surge_common::clock::now_micros;
 use surge_common::metrics as m;
 use surge_common::retry::{reconnect, RetryPolicy};
 use surge_common::storage::batch::{ResultWriter, StageWriter};
+use surge_common::storage::cancel::Settled;
 use surge_common::storage::lifecycle::{Stage, StageUpdate};
 use surge_common::storage::{JobResult, JobStatus, PendingResult, Recorded, Storage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,6 +30,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::autoscale::desired_replicas;
+use crate::precheck::SettledCheck;
 use crate::stats::WorkerStats;
 use surge_common::kinds::{JobError, Kind, KindRegistry};
 
@@ -105,6 +107,7 @@ pub const UNKNOWN_KIND_DELAY: Duration = Duration::from_secs(5);
 /// What a job task needs, shared by all of them.
 struct JobContext {
     kinds: KindRegistry,
+    settled: SettledCheck,
     writer: ResultWriter,
     stages: StageWriter,
     options: WorkerOptions,
@@ -139,6 +142,7 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(usize::from(capacity)));
         let context = Arc::new(JobContext {
             kinds: self.kinds.clone(),
+            settled: SettledCheck::spawn(self.storage.clone(), self.options.write_batch),
             writer: ResultWriter::spawn(self.storage.clone(), self.options.write_batch),
             stages: StageWriter::spawn(self.storage.clone(), self.options.write_batch),
             options: self.options.clone(),
@@ -321,6 +325,11 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
     );
     async move {
         let _permit = permit;
+        match context.settled.check(delivery.job.id).await {
+            Ok(Some(settled)) => return settle_early(delivery, settled, &context).await,
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "could not check whether the job is settled; running it"),
+        }
         let Some(kind) = context.kinds.get(&delivery.job.kind).cloned() else {
             context.stats.deferred();
             return defer_unknown_kind(delivery, context.options.unknown_kind_delay).await;
@@ -479,13 +488,33 @@ fn record_end_to_end(enqueued_at_us: i64) {
     metrics::histogram!(m::END_TO_END_SECONDS).record(seconds);
 }
 
-/// Acks a job the ingress cancelled (its client got a 503): no result, no dead letter.
+/// Acks a cancelled job (an operator cancelled it, or the ingress refused it): no result,
+/// no dead letter.
 async fn settle_cancelled(delivery: Delivery) {
-    tracing::info!(
-        "job was cancelled by the ingress (its publish failed); acking without a result"
-    );
+    tracing::info!("job was cancelled; acking without a result");
     if let Err(e) = delivery.ack().await {
         tracing::warn!(error = %e, "ack failed; the cancelled job will be redelivered");
+    }
+}
+
+/// Settles a delivery of a job that already has a terminal state, without running it (see
+/// [`crate::precheck`]): cancelled → ack; succeeded (a repeat) → ack; dead → dead-letter
+/// again with its stored error.
+async fn settle_early(delivery: Delivery, settled: Settled, context: &JobContext) {
+    let settled = match settled {
+        Settled::Cancelled => return settle_cancelled(delivery).await,
+        Settled::Succeeded => {
+            context.stats.duplicate();
+            tracing::info!("job already has a result; acking without running it");
+            delivery.ack().await
+        }
+        Settled::Dead(error) => {
+            tracing::info!("job is already dead; dead-lettering without running it");
+            delivery.dead_letter(&error).await
+        }
+    };
+    if let Err(e) = settled {
+        tracing::warn!(error = %e, "settling failed; the job will be redelivered");
     }
 }
 

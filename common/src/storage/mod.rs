@@ -27,9 +27,12 @@
 
 pub mod acceptance;
 pub mod batch;
+pub mod cancel;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod lifecycle;
+pub mod listing;
+pub mod replay;
 
 use std::time::Duration;
 
@@ -93,6 +96,9 @@ pub enum JobStatus {
     Succeeded,
     /// The job failed permanently or ran out of attempts.
     Dead,
+    /// An operator cancelled it (`DELETE /jobs/{id}`) before it finished: it never gets a
+    /// result (see [`listing`]).
+    Cancelled,
 }
 
 impl JobStatus {
@@ -101,13 +107,16 @@ impl JobStatus {
         match self {
             JobStatus::Succeeded => "succeeded",
             JobStatus::Dead => "dead",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 
-    fn parse(s: &str) -> Option<JobStatus> {
+    /// The status stored under `name`, if any.
+    pub fn parse(s: &str) -> Option<JobStatus> {
         match s {
             "succeeded" => Some(JobStatus::Succeeded),
             "dead" => Some(JobStatus::Dead),
+            "cancelled" => Some(JobStatus::Cancelled),
             _ => None,
         }
     }
@@ -149,8 +158,9 @@ pub enum Recorded {
     New,
     /// The job already had a result (a redelivery); only its delivery count changed.
     Duplicate,
-    /// The job was cancelled because its publish failed (the client got a 503 and may
-    /// resubmit): no result is stored, the delivery should be acked.
+    /// The job was cancelled: its publish failed (the client got a 503 and may resubmit),
+    /// or an operator cancelled it (`DELETE /jobs/{id}`, a `cancelled` row). No result is
+    /// stored; the delivery should be acked, not dead-lettered.
     Cancelled,
     /// The job awaits the ingress's decision, which is not recorded yet: nothing is
     /// stored; keep the delivery and try again shortly (see [`acceptance`]).
@@ -406,7 +416,7 @@ impl Storage {
         // between is visible here although the insert did not see it, so only a row that
         // exists makes a repeat; anything else is tried again.
         let decided = self.decisions(&mut tx, &skipped).await?;
-        let present = self.ids_in(&mut tx, "job_results", &skipped).await?;
+        let present = self.statuses_in(&mut tx, &skipped).await?;
         let mut outcome = Vec::with_capacity(rows.len());
         let mut repeated = Vec::new();
         let mut written = std::collections::HashSet::new();
@@ -423,9 +433,12 @@ impl Storage {
                 repeated.push(id);
                 continue;
             }
-            if decided.get(&id) == Some(&false) {
+            if decided.get(&id) == Some(&false)
+                || present.get(&id).map(String::as_str) == Some(JobStatus::Cancelled.as_str())
+            {
+                // Refused at the ingress, or cancelled by an operator before this result.
                 outcome.push(Recorded::Cancelled);
-            } else if present.contains(&id) {
+            } else if present.contains_key(&id) {
                 outcome.push(Recorded::Duplicate);
                 repeated.push(id);
             } else {
