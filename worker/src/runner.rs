@@ -376,7 +376,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                     return; // dropping the delivery releases it for redelivery
                 };
                 if recorded == Recorded::Cancelled {
-                    return settle_cancelled(delivery).await;
+                    return settle_cancelled(delivery, &context).await;
                 }
                 context.stats.succeeded();
                 record_end_to_end(delivery.job.enqueued_at_us);
@@ -419,7 +419,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                     return;
                 };
                 if recorded == Recorded::Cancelled {
-                    return settle_cancelled(delivery).await;
+                    return settle_cancelled(delivery, &context).await;
                 }
                 tracing::warn!(error = %reason, "job dead-lettered");
                 context.stats.dead();
@@ -490,7 +490,8 @@ fn record_end_to_end(enqueued_at_us: i64) {
 
 /// Acks a cancelled job (an operator cancelled it, or the ingress refused it): no result,
 /// no dead letter.
-async fn settle_cancelled(delivery: Delivery) {
+async fn settle_cancelled(delivery: Delivery, context: &JobContext) {
+    context.stats.cancelled();
     tracing::info!("job was cancelled; acking without a result");
     if let Err(e) = delivery.ack().await {
         tracing::warn!(error = %e, "ack failed; the cancelled job will be redelivered");
@@ -502,7 +503,7 @@ async fn settle_cancelled(delivery: Delivery) {
 /// again with its stored error.
 async fn settle_early(delivery: Delivery, settled: Settled, context: &JobContext) {
     let settled = match settled {
-        Settled::Cancelled => return settle_cancelled(delivery).await,
+        Settled::Cancelled => return settle_cancelled(delivery, context).await,
         Settled::Succeeded => {
             context.stats.duplicate();
             tracing::info!("job already has a result; acking without running it");
