@@ -82,6 +82,13 @@ impl Storage {
         .bind(now)
         .fetch_optional(self.pool())
         .await?;
+        if inserted.is_some() {
+            // Obsolete now, as when a result is stored.
+            sqlx::query("DELETE FROM job_status WHERE job_id = $1")
+                .bind(job_id.to_string())
+                .execute(self.pool())
+                .await?;
+        }
         // Inserted, or a worker's result (or another cancel) committed first.
         let row = self
             .get(job_id)

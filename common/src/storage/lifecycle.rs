@@ -113,7 +113,9 @@ impl Storage {
 
     /// Records stage changes; of several for one job, the last wins. A `queued` update
     /// never overwrites a stage a worker wrote (the worker may have started the job before
-    /// the ingress got the broker's confirm).
+    /// the ingress got the broker's confirm). A job that has finished gets no stage row
+    /// (an update written late, after the result, would otherwise linger): the result's
+    /// commit removes the row, see [`Storage::record_pending`].
     pub async fn record_stages(&self, updates: &[StageUpdate]) -> Result<(), StorageError> {
         let mut last: HashMap<Uuid, &StageUpdate> = HashMap::new();
         for update in updates {
@@ -140,6 +142,8 @@ impl Storage {
                 let sql = format!(
                     "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
                      SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
+                     AND NOT EXISTS (SELECT 1 FROM job_results r WHERE r.job_id = v.column1 \
+                     AND r.replaying_since_us IS NULL) \
                      ON CONFLICT (job_id) {on_conflict}",
                     self.placeholders(1, rows, 6)
                 );

@@ -447,6 +447,24 @@ impl Storage {
                 outcome.push(Recorded::Unaccepted);
             }
         }
+        // A finished job's stage row is obsolete: removed in the result's transaction, so
+        // listings of unfinished jobs (`GET /jobs?status=running`) never wade through
+        // finished ones (see [`listing`]).
+        let finished: Vec<String> = written.iter().cloned().collect();
+        for chunk in finished.chunks(MAX_ROWS_PER_STATEMENT) {
+            let rows = padded(chunk.len());
+            let sql = format!(
+                "DELETE FROM job_status WHERE job_id IN ({})",
+                self.list(1, rows)
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            bind_nulls(query, rows - chunk.len())
+                .execute(&mut *tx)
+                .await?;
+        }
         for id in repeated {
             sqlx::query(&format!(
                 "UPDATE job_results SET deliveries = deliveries + 1 WHERE job_id = {}",
