@@ -75,6 +75,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics::metrics))
         .routes(routes!(dashboard::page))
         .routes(routes!(dashboard::api))
+        .routes(routes!(dashboard::kinds::kinds))
         .routes(routes!(crate::openapi::openapi_json))
 }
 

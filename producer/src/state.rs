@@ -59,6 +59,8 @@ pub struct AppState {
     pub kinds: KindRegistry,
     /// `GET /openapi.json`, made once from the router and `kinds`.
     pub openapi: Arc<std::sync::OnceLock<utoipa::openapi::OpenApi>>,
+    /// The dashboard's jobs per kind and status, shared by viewers for a few seconds.
+    pub kind_counts: Arc<crate::dashboard::kinds::KindCountsCache>,
 }
 
 impl AppState {
@@ -77,6 +79,7 @@ impl AppState {
             draining: Arc::default(),
             kinds: KindRegistry::builtin(),
             openapi: Arc::default(),
+            kind_counts: Arc::default(),
         }
     }
 

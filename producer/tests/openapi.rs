@@ -109,6 +109,7 @@ async fn the_document_and_the_router_agree() {
         "GET /openapi.json",
         "GET /",
         "GET /api/dashboard",
+        "GET /api/dashboard/kinds",
     ];
     for route in served {
         assert!(
