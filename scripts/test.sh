@@ -40,7 +40,12 @@ if cargo tree -e normal --locked --no-default-features --features rabbitmq \
 fi
 cargo clippy -p surge-common -p surge-producer -p surge-worker --all-targets --locked \
   --no-default-features --features rabbitmq -- -D warnings
+echo "== the OTLP build (cargo feature otlp) lints clean"
+cargo clippy -p surge-common -p surge-producer -p surge-worker --all-targets --locked \
+  --features otlp -- -D warnings
 echo "== docker-compose.yml, Dockerfile and deploy/ manifests"
 bash scripts/check-deploy.sh
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== spans exported over OTLP (cargo feature otlp)"
+cargo test -p surge-producer --features otlp --test otlp --locked

@@ -110,6 +110,34 @@ pub enum OpenError {
     },
 }
 
+/// A secret from a flag or the environment: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(std::sync::Arc<str>);
+
+impl Secret {
+    /// The secret itself, for the code that uses it (never for logs).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() < 16 {
+            return Err("a secret needs at least 16 characters".into());
+        }
+        Ok(Secret(s.into()))
+    }
+}
+
 /// Job kinds: the configuration file that declares them.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct KindsArgs {
@@ -164,6 +192,10 @@ pub struct TelemetryArgs {
     /// Log format.
     #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Export spans to this OTLP/HTTP endpoint, e.g. `http://127.0.0.1:4318` (needs a
+    /// binary built with the `otlp` cargo feature).
+    #[arg(long, env = "SURGE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Log line format.

@@ -13,6 +13,10 @@ use crate::kinds::KindRegistry;
 
 /// Longest accepted `key` (partition / ordering key), in bytes.
 pub const MAX_KEY_LEN: usize = 256;
+/// Longest accepted `callback_url`, in bytes.
+pub const MAX_CALLBACK_URL_LEN: usize = 2048;
+/// Furthest ahead a job may be scheduled (`delay_ms` / `run_at`): seven days.
+pub const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 /// A request that does not describe a runnable job; names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -53,6 +57,18 @@ pub struct JobRequest {
     /// Partition / ordering key; defaults to the job id.
     #[serde(default)]
     pub key: Option<String>,
+    /// Run no earlier than this many milliseconds from now (at most [`MAX_DELAY`]). With
+    /// `run_at` too, both hold (the later one counts).
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// Where to POST the job's outcome when it succeeds or dies (signed; see the
+    /// worker's callback sender). `http` or `https`, at most [`MAX_CALLBACK_URL_LEN`].
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// Run no earlier than this RFC 3339 time (at most [`MAX_DELAY`] ahead; a past time
+    /// runs now).
+    #[serde(default)]
+    pub run_at: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -72,8 +88,75 @@ impl JobRequest {
                 ));
             }
         }
-        Ok(Job::new(self.kind, self.payload, self.key))
+        if let Some(url) = &self.callback_url {
+            check_callback_url(url)?;
+        }
+        let run_at_us = self.run_at_us()?;
+        let callback_url = self.callback_url.clone();
+        let mut job = Job::new(self.kind, self.payload, self.key);
+        job.callback_url = callback_url;
+        job.run_at_us = run_at_us.filter(|at| *at > job.enqueued_at_us);
+        Ok(job)
     }
+
+    /// When the job may run (µs since the epoch), if the request schedules it.
+    fn run_at_us(&self) -> Result<Option<i64>, InvalidJob> {
+        let now = crate::clock::now_micros();
+        let max_us = i64::try_from(MAX_DELAY.as_micros()).unwrap_or(i64::MAX);
+        let too_far = |field: &str| {
+            InvalidJob::new(
+                field,
+                format!("at most {} days ahead", MAX_DELAY.as_secs() / 86_400),
+            )
+        };
+        let after_delay = match self.delay_ms {
+            Some(delay_ms) => {
+                let delay_us = i64::try_from(delay_ms)
+                    .ok()
+                    .and_then(|ms| ms.checked_mul(1000))
+                    .filter(|us| *us <= max_us)
+                    .ok_or_else(|| too_far("delay_ms"))?;
+                Some(now + delay_us)
+            }
+            None => None,
+        };
+        let at_time = match &self.run_at {
+            Some(text) => {
+                let at = time::OffsetDateTime::parse(
+                    text,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_err(|e| {
+                    InvalidJob::new(
+                        "run_at",
+                        format!("not an RFC 3339 time like 2026-12-24T18:00:00Z ({e})"),
+                    )
+                })?;
+                let at_us = i64::try_from(at.unix_timestamp_nanos() / 1000)
+                    .map_err(|_| too_far("run_at"))?;
+                if at_us - now > max_us {
+                    return Err(too_far("run_at"));
+                }
+                Some(at_us)
+            }
+            None => None,
+        };
+        // Both given: both hold, so the later one.
+        Ok(after_delay.max(at_time))
+    }
+}
+
+/// An `http`/`https` URL with a host, not too long.
+fn check_callback_url(url: &str) -> Result<(), InvalidJob> {
+    let bad = |message: String| InvalidJob::new("callback_url", message);
+    if url.len() > MAX_CALLBACK_URL_LEN {
+        return Err(bad(format!("at most {MAX_CALLBACK_URL_LEN} bytes")));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad("must be an http:// or https:// URL with a host".into()));
+    }
+    Ok(())
 }
 
 /// A validated job as it travels through a broker (JSON-encoded).
@@ -98,6 +181,13 @@ pub struct Job {
     /// recorded it accepted (see [`crate::storage::acceptance`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub awaits_acceptance: bool,
+    /// Run no earlier than this (µs since the epoch): a scheduled job, which waits in the
+    /// database until then (see [`crate::storage::schedule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at_us: Option<i64>,
+    /// Where the outcome is POSTed when the job succeeds or dies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 impl Job {
@@ -111,6 +201,8 @@ impl Job {
             enqueued_at_us: crate::clock::now_micros(),
             traceparent: None,
             awaits_acceptance: false,
+            run_at_us: None,
+            callback_url: None,
         }
     }
 
@@ -149,6 +241,9 @@ mod tests {
             kind: kind.into(),
             payload,
             key: None,
+            delay_ms: None,
+            run_at: None,
+            callback_url: None,
         }
     }
 
@@ -184,5 +279,64 @@ mod tests {
         let mut keyed = request("echo", json!(null));
         keyed.key = Some(String::new());
         assert_eq!(keyed.into_job(&kinds).unwrap_err().field, "key");
+    }
+
+    #[test]
+    fn callback_urls_are_checked() {
+        let kinds = KindRegistry::builtin();
+        for bad in [
+            "not a url",
+            "ftp://x/y",
+            "file:///etc/passwd",
+            &format!("http://x/{}", "a".repeat(3000)),
+        ] {
+            let mut r = request("echo", json!({}));
+            r.callback_url = Some(bad.to_owned());
+            assert_eq!(
+                r.into_job(&kinds).unwrap_err().field,
+                "callback_url",
+                "{bad}"
+            );
+        }
+        let mut r = request("echo", json!({}));
+        r.callback_url = Some("https://hooks.example.com/surge".into());
+        assert!(r.into_job(&kinds).unwrap().callback_url.is_some());
+    }
+
+    #[test]
+    fn delays_are_bounded_and_name_their_field() {
+        let kinds = KindRegistry::builtin();
+        let with = |delay_ms: Option<u64>, run_at: Option<&str>| {
+            let mut r = request("echo", json!({}));
+            r.delay_ms = delay_ms;
+            r.run_at = run_at.map(str::to_owned);
+            r.into_job(&kinds)
+        };
+        let week_ms = MAX_DELAY.as_millis() as u64;
+        let job = with(Some(60_000), None).unwrap();
+        let ahead = job.run_at_us.unwrap() - job.enqueued_at_us;
+        assert!((59_000_000..=61_000_000).contains(&ahead), "{ahead}");
+        assert_eq!(
+            with(Some(0), None).unwrap().run_at_us,
+            None,
+            "now is not later"
+        );
+        assert_eq!(with(Some(week_ms + 1), None).unwrap_err().field, "delay_ms");
+        assert_eq!(with(Some(u64::MAX), None).unwrap_err().field, "delay_ms");
+        assert_eq!(with(None, Some("tomorrow")).unwrap_err().field, "run_at");
+        assert_eq!(
+            with(None, Some("2999-01-01T00:00:00Z")).unwrap_err().field,
+            "run_at"
+        );
+        // Both: the later one holds.
+        let both = with(Some(60_000), Some("2020-01-01T00:00:00Z")).unwrap();
+        assert!(both.run_at_us.unwrap() > both.enqueued_at_us);
+        // A past time runs now; an offset is understood.
+        assert_eq!(
+            with(None, Some("2020-01-01T00:00:00+02:00"))
+                .unwrap()
+                .run_at_us,
+            None
+        );
     }
 }

@@ -15,6 +15,7 @@
 //! - [`retry`]: the backoff policy (backon) used for job retries and reconnects.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future binaries stop on.
 //! - [`clock`]: wall-clock helpers for timestamps that cross processes.
+//! - [`otlp`]: spans to an OTLP backend (cargo feature `otlp`), one trace per job.
 //! - [`trace`]: W3C `traceparent` carried from the request to the worker.
 //! - [`testing`]: how tests find real services (and fail in CI when one is missing).
 
@@ -26,6 +27,7 @@ pub mod config;
 pub mod job;
 pub mod kinds;
 pub mod metrics;
+pub mod otlp;
 pub mod retry;
 pub mod shutdown;
 pub mod storage;

@@ -127,4 +127,5 @@ fn describe() {
         "Accepted at the ingress until the result committed."
     );
     describe_gauge!(DESIRED_WORKERS, "Worker replicas the backlog calls for.");
+    crate::kinds::http::metrics::describe();
 }

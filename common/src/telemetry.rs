@@ -1,4 +1,5 @@
-//! `tracing` set-up: `RUST_LOG` filtering (default `info`), text or JSON lines on stderr.
+//! `tracing` set-up: `RUST_LOG` filtering (default `info`), text or JSON lines on stderr;
+//! and, with `--otlp-endpoint`, span export ([`crate::otlp`]).
 
 use tracing_subscriber::EnvFilter;
 
@@ -16,4 +17,18 @@ pub fn init(format: LogFormat) {
     };
     // Already installed (tests, or an embedding program): keep the existing one.
     let _ = result;
+}
+
+/// [`init`] from the binary's flags, and OTLP export as `service` when `--otlp-endpoint` is
+/// set. An endpoint the binary cannot serve (built without the `otlp` feature, not a URL) is
+/// an error at start-up, not a silent nothing.
+pub fn init_with(
+    args: &crate::config::TelemetryArgs,
+    service: &str,
+) -> Result<(), crate::otlp::OtlpError> {
+    init(args.log_format);
+    match &args.otlp_endpoint {
+        Some(endpoint) => crate::otlp::init(endpoint, service),
+        None => Ok(()),
+    }
 }

@@ -60,6 +60,16 @@ impl TraceContext {
         }
     }
 
+    /// The trace id as a number.
+    pub fn trace_id_u128(&self) -> u128 {
+        self.trace_id
+    }
+
+    /// The span id this context names (the parent of the next hop).
+    pub fn span_id(&self) -> u64 {
+        self.span_id
+    }
+
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id(&self) -> String {
         format!("{:032x}", self.trace_id)

@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
     match role.as_deref() {
         Some("ingress") => {
             let args = surge_producer::config::ProducerArgs::parse_from(flags);
-            surge_common::telemetry::init(args.telemetry.log_format);
+            surge_common::telemetry::init_with(&args.telemetry, "own-kind-ingress")?;
             surge_producer::Ingress::build_with_kinds(&args, kinds())
                 .await?
                 .run_until_stopped(surge_common::shutdown::signal())
@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("worker") => {
             let args = surge_worker::config::WorkerArgs::parse_from(flags);
-            surge_common::telemetry::init(args.telemetry.log_format);
+            surge_common::telemetry::init_with(&args.telemetry, "own-kind-worker")?;
             surge_worker::WorkerService::build_with_kinds(&args, kinds())
                 .await?
                 .run_until_stopped(surge_common::shutdown::signal())

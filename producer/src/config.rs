@@ -19,6 +19,10 @@ pub struct ProducerArgs {
     /// Most jobs in one `POST /jobs/batch`.
     #[arg(long, env = "SURGE_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
+    /// Longest wait, in milliseconds, for the broker to confirm a publish; beyond it the
+    /// client gets 503 (Retry-After) and the jobs are cancelled (they never run).
+    #[arg(long, env = "SURGE_PUBLISH_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub publish_timeout_ms: u64,
     /// Answer 503 (with Retry-After from the drain rate) once this many jobs wait in the
     /// broker. Off when absent.
     #[arg(long, env = "SURGE_MAX_BACKLOG")]
@@ -62,6 +66,10 @@ pub struct ProducerArgs {
     /// (default: hostname-pid).
     #[arg(long, env = "SURGE_WORKER_ID")]
     pub embedded_worker_id: Option<String>,
+    /// Key that signs the embedded workers' outcome callbacks (see `surge-worker
+    /// --callback-secret`).
+    #[arg(long, env = "SURGE_CALLBACK_SECRET", hide_env_values = true)]
+    pub callback_secret: Option<surge_common::config::Secret>,
     /// Broker connection.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -118,6 +126,7 @@ impl ProducerArgs {
                 .embedded_worker_id
                 .clone()
                 .unwrap_or(defaults.worker_id.clone()),
+            callback_secret: self.callback_secret.clone(),
             ..defaults
         }
     }
@@ -127,6 +136,7 @@ impl ProducerArgs {
         Limits {
             max_body_bytes: self.max_body_bytes,
             max_batch: self.max_batch,
+            publish_timeout: std::time::Duration::from_millis(self.publish_timeout_ms),
         }
     }
 }

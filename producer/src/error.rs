@@ -45,6 +45,9 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
+    /// Too many requests wait for results already: 503 with `Retry-After`.
+    #[error(transparent)]
+    TooManyWaiters(#[from] crate::waiters::TooManyWaiters),
     /// Nothing stored under this id: 404.
     #[error("{0}")]
     NotFound(String),
@@ -135,6 +138,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::BadPath { .. } => (StatusCode::BAD_REQUEST, "bad_path"),
+            ApiError::TooManyWaiters(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_waiters"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -200,6 +204,7 @@ impl IntoResponse for ApiError {
             ApiError::BrokerUnavailable(_)
             | ApiError::DatabaseUnavailable(_)
             | ApiError::ShuttingDown
+            | ApiError::TooManyWaiters(_)
             | ApiError::IdempotencyKeyInProgress => Some(1),
             _ => None,
         };

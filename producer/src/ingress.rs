@@ -192,6 +192,10 @@ impl Ingress {
                 let _ = stopped.wait_for(|s| *s).await;
             }))
         });
+        let mut scheduler_stopped = workers_stopped.clone();
+        let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), async move {
+            let _ = scheduler_stopped.wait_for(|s| *s).await;
+        }));
         let draining = state.draining.clone();
         let drain = async move {
             shutdown.await;
@@ -202,6 +206,7 @@ impl Ingress {
         };
         server::serve(listener, crate::app(state), serve, drain).await;
         let _ = stop_workers.send(true);
+        let _ = scheduler.await;
         let workers = match embedded {
             Some(task) => match task.await {
                 Ok(result) => result.map_err(IngressError::from),

@@ -17,6 +17,8 @@
 //! - [`error`]: [`error::ApiError`], the one place errors become HTTP responses.
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers.
 //! - [`state`]: what handlers share (broker, storage, limits).
+//! - [`scheduler`]: publishes scheduled jobs (`delay_ms` / `run_at`) when due.
+//! - [`waiters`]: `GET /jobs/{id}?wait=N` without per-request database polling.
 //! - [`config`]: the binary's command line.
 
 #![forbid(unsafe_code)]
@@ -31,8 +33,10 @@ pub mod error;
 pub mod ingress;
 pub mod openapi;
 pub mod routes;
+pub mod scheduler;
 pub mod server;
 pub mod state;
+pub mod waiters;
 
 pub use app::app;
 pub use ingress::Ingress;

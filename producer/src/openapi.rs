@@ -17,10 +17,11 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use serde_json::json;
-use surge_common::job::MAX_KEY_LEN;
+use surge_common::job::{MAX_DELAY, MAX_KEY_LEN};
 use surge_common::kinds::{Kind, KindRegistry};
 use utoipa::openapi::schema::{
-    AdditionalProperties, Discriminator, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
+    AdditionalProperties, Discriminator, KnownFormat, ObjectBuilder, OneOfBuilder, Schema,
+    SchemaFormat, SchemaType, Type,
 };
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{OpenApi, PartialSchema, ToSchema};
@@ -105,7 +106,28 @@ fn kind_request(name: &str, kind: &dyn Kind) -> RefOr<Schema> {
         )
         .required("kind")
         .property("payload", payload_schema(kind))
-        .property("key", key_schema());
+        .property("key", key_schema())
+        .property(
+            "delay_ms",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(MAX_DELAY.as_millis() as f64))
+                .description(Some(
+                    "Run no earlier than this many milliseconds from now (at most 7 days); \
+                     with `run_at` too, the later one counts.",
+                )),
+        )
+        .property(
+            "run_at",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+                .description(Some(
+                    "Run no earlier than this RFC 3339 time (at most 7 days ahead; a past \
+                     time runs now); with `delay_ms` too, the later one counts.",
+                )),
+        );
     if let Some(payload) = kind.example() {
         object = object.examples([json!({"kind": name, "payload": payload})]);
     }

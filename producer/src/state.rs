@@ -19,6 +19,11 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most jobs in one `POST /jobs/batch`.
     pub max_batch: usize,
+    /// Longest wait for the broker to take responsibility for a publish (confirm /
+    /// delivery report). Beyond it the client gets 503 and the jobs are cancelled, so a
+    /// broker that stalls (a quorum queue without its majority, a Kafka partition without
+    /// its in-sync replicas) cannot hold requests, and connections, for ever.
+    pub publish_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -26,9 +31,13 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 256 * 1024,
             max_batch: 1000,
+            publish_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
+
+/// Most clients waiting in `GET /jobs/{id}?wait=N` at once.
+pub const MAX_WAITERS: usize = 1000;
 
 /// Most requests whose `queued` marks share one commit.
 const QUEUED_WRITE_BATCH: usize = 500;
@@ -57,6 +66,8 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// The job kinds accepted (validated here before anything is published).
     pub kinds: KindRegistry,
+    /// Clients waiting in `GET /jobs/{id}?wait=N`.
+    pub waiters: Arc<crate::waiters::Waiters>,
     /// `GET /openapi.json`, made once from the router and `kinds`.
     pub openapi: Arc<std::sync::OnceLock<utoipa::openapi::OpenApi>>,
     /// The dashboard's jobs per kind and status, shared by viewers for a few seconds.
@@ -67,6 +78,7 @@ impl AppState {
     /// State for one server: the built-in kinds, no admission limits, no API keys. Starts
     /// the `queued` writer task, so it must be called inside a Tokio runtime.
     pub fn new(broker: Arc<dyn Broker>, storage: Storage, limits: Limits) -> AppState {
+        let waiters = crate::waiters::Waiters::new(storage.clone(), MAX_WAITERS);
         AppState {
             broker,
             queued: QueuedWriter::spawn(storage.clone(), QUEUED_WRITE_BATCH),
@@ -78,6 +90,7 @@ impl AppState {
             api_keys: ApiKeys::default(),
             draining: Arc::default(),
             kinds: KindRegistry::builtin(),
+            waiters,
             openapi: Arc::default(),
             kind_counts: Arc::default(),
         }

@@ -21,6 +21,7 @@ const KEY: &str = "corpus-key";
 const LIMITS: Limits = Limits {
     max_body_bytes: 8 * 1024,
     max_batch: 20,
+    publish_timeout: std::time::Duration::from_secs(10),
 };
 
 /// One bad request: what it is, method, path, content type, body, extra headers, and the

@@ -20,6 +20,7 @@ use tower::ServiceExt;
 const LIMITS: Limits = Limits {
     max_body_bytes: 4096,
     max_batch: 10,
+    publish_timeout: std::time::Duration::from_secs(10),
 };
 
 struct Response {

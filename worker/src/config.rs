@@ -43,6 +43,11 @@ pub struct WorkerArgs {
     /// `0.0.0.0:9090`. Off by default (replicas on one host would collide).
     #[arg(long, env = "SURGE_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Key that signs outcome callbacks (jobs with a `callback_url`): HMAC-SHA256 in the
+    /// `Surge-Signature` header. At least 16 characters; give every worker the same one.
+    /// Without it, callbacks wait undelivered (and the worker says so in its logs).
+    #[arg(long, env = "SURGE_CALLBACK_SECRET", hide_env_values = true)]
+    pub callback_secret: Option<surge_common::config::Secret>,
     /// Seconds in-flight jobs may run on after SIGTERM/SIGINT.
     #[arg(long, env = "SURGE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -62,6 +67,7 @@ impl WorkerArgs {
                 BrokerKind::Kafka => u32::try_from(self.broker.kafka_partitions).ok(),
                 _ => None,
             },
+            callback_secret: self.callback_secret.clone(),
             ..WorkerOptions::default()
         }
     }

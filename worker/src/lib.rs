@@ -7,6 +7,7 @@
 //!
 //! - [`runner`]: the consume loop — capacity bound, result commit, settle, reconnects,
 //!   graceful shutdown.
+//! - [`callbacks`]: delivers signed outcome callbacks from the database outbox.
 //! - [`autoscale`]: the `surge_desired_workers` signal from backlog and drain rate.
 //! - [`precheck`]: before an attempt, whether the job is already settled (cancelled, or a
 //!   result from an earlier delivery): then it is not run.
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod autoscale;
+pub mod callbacks;
 pub mod config;
 pub mod heartbeat;
 pub mod precheck;

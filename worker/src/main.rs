@@ -9,10 +9,11 @@ use surge_worker::WorkerService;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = WorkerArgs::parse();
-    surge_common::telemetry::init(args.telemetry.log_format);
+    surge_common::telemetry::init_with(&args.telemetry, "surge-worker")?;
     WorkerService::build(&args)
         .await?
         .run_until_stopped(surge_common::shutdown::signal())
         .await?;
+    surge_common::otlp::flush();
     Ok(())
 }

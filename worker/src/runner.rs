@@ -20,11 +20,13 @@ use futures::StreamExt;
 use surge_common::broker::{Broker, BrokerError, ConsumeOptions, Deliveries, Delivery};
 use surge_common::clock::now_micros;
 use surge_common::metrics as m;
+use surge_common::otlp::{Span, SpanKind};
 use surge_common::retry::{reconnect, RetryPolicy};
 use surge_common::storage::batch::{ResultWriter, StageWriter};
 use surge_common::storage::cancel::Settled;
 use surge_common::storage::lifecycle::{Stage, StageUpdate};
 use surge_common::storage::{JobResult, JobStatus, PendingResult, Recorded, Storage};
+use surge_common::trace::TraceContext;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -54,6 +56,8 @@ pub struct WorkerOptions {
     /// How long a job of a kind this worker does not know waits in the broker before it
     /// comes again ([`UNKNOWN_KIND_DELAY`] by default).
     pub unknown_kind_delay: Duration,
+    /// Signs outcome callbacks; without it they wait undelivered.
+    pub callback_secret: Option<surge_common::config::Secret>,
 }
 
 impl Default for WorkerOptions {
@@ -67,6 +71,7 @@ impl Default for WorkerOptions {
             write_batch: 256,
             max_replicas: None,
             unknown_kind_delay: UNKNOWN_KIND_DELAY,
+            callback_secret: None,
         }
     }
 }
@@ -108,6 +113,7 @@ pub const UNKNOWN_KIND_DELAY: Duration = Duration::from_secs(5);
 struct JobContext {
     kinds: KindRegistry,
     settled: SettledCheck,
+    storage: Storage,
     writer: ResultWriter,
     stages: StageWriter,
     options: WorkerOptions,
@@ -143,6 +149,7 @@ impl Worker {
         let context = Arc::new(JobContext {
             kinds: self.kinds.clone(),
             settled: SettledCheck::spawn(self.storage.clone(), self.options.write_batch),
+            storage: self.storage.clone(),
             writer: ResultWriter::spawn(self.storage.clone(), self.options.write_batch),
             stages: StageWriter::spawn(self.storage.clone(), self.options.write_batch),
             options: self.options.clone(),
@@ -163,6 +170,8 @@ impl Worker {
             self.options.worker_id.clone(),
             capacity,
         );
+        let callbacks =
+            crate::callbacks::spawn(self.storage.clone(), self.options.callback_secret.clone());
         tokio::pin!(shutdown);
         let mut failures = 0usize;
         let mut open_stream = None;
@@ -254,6 +263,7 @@ impl Worker {
         }
         drop(open_stream);
         signal.abort();
+        callbacks.abort();
         heartbeat.stop();
         metrics::gauge!(m::CAPACITY).decrement(f64::from(capacity));
         tracing::info!("worker stopped");
@@ -330,11 +340,20 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "could not check whether the job is settled; running it"),
         }
+        if let Some(early) = too_early(&delivery.job) {
+            // Scheduled jobs are published when due; this one came early (clocks apart).
+            context.stats.deferred();
+            if let Err(e) = delivery.defer(early).await {
+                tracing::warn!(error = %e, "handing back an early job failed; it will be redelivered");
+            }
+            return;
+        }
         let Some(kind) = context.kinds.get(&delivery.job.kind).cloned() else {
             context.stats.deferred();
             return defer_unknown_kind(delivery, context.options.unknown_kind_delay).await;
         };
         let policy = kind.retry_policy(context.options.retry);
+        let mut job_span = job_span(&delivery.job, delivery.attempt);
         let started_at_us = now_micros();
         let stage = |stage: Stage, attempt: u32, error: Option<String>| StageUpdate {
             job_id: delivery.job.id,
@@ -371,12 +390,17 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
         let settled = match outcome {
             Ok(value) => {
                 let row = row(JobStatus::Succeeded, Some(value), None);
-                let Some(recorded) = commit(&context, delivery.job.awaits_acceptance, row).await
-                else {
+                let commit_span = child_span(&job_span, "commit");
+                let committed = commit(&context, delivery.job.awaits_acceptance, row).await;
+                drop(commit_span);
+                let Some(recorded) = committed else {
                     return; // dropping the delivery releases it for redelivery
                 };
                 if recorded == Recorded::Cancelled {
                     return settle_cancelled(delivery, &context).await;
+                }
+                if !queue_callback(&context, &delivery.job).await {
+                    return; // released: the redelivery queues it
                 }
                 context.stats.succeeded();
                 record_end_to_end(delivery.job.enqueued_at_us);
@@ -414,12 +438,20 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
             Err(error) => {
                 let reason = error.to_string();
                 let row = row(JobStatus::Dead, None, Some(reason.clone()));
-                let Some(recorded) = commit(&context, delivery.job.awaits_acceptance, row).await
-                else {
+                if let Some(span) = &mut job_span {
+                    span.fail(&reason);
+                }
+                let commit_span = child_span(&job_span, "commit");
+                let committed = commit(&context, delivery.job.awaits_acceptance, row).await;
+                drop(commit_span);
+                let Some(recorded) = committed else {
                     return;
                 };
                 if recorded == Recorded::Cancelled {
                     return settle_cancelled(delivery, &context).await;
+                }
+                if !queue_callback(&context, &delivery.job).await {
+                    return;
                 }
                 tracing::warn!(error = %reason, "job dead-lettered");
                 context.stats.dead();
@@ -467,6 +499,43 @@ pub fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
     format!("handler panicked: {message}")
 }
 
+/// The span of one attempt, child of the `publish` span the job's `traceparent` names
+/// (when spans are exported and the job has a trace context).
+fn job_span(job: &surge_common::job::Job, attempt: u32) -> Option<Span> {
+    if !surge_common::otlp::enabled() {
+        return None;
+    }
+    let parent = TraceContext::parse(job.traceparent.as_deref()?)?;
+    let mut span = Span::start(
+        format!("job {}", job.kind),
+        SpanKind::Consumer,
+        parent.child(),
+        Some((parent, true)),
+    );
+    span.attribute("surge.job.id", job.id);
+    span.attribute("surge.job.kind", &job.kind);
+    span.attribute("surge.job.attempt", attempt);
+    Some(span)
+}
+
+/// A span under `parent`, when there is one.
+fn child_span(parent: &Option<Span>, name: &str) -> Option<Span> {
+    let parent = parent.as_ref()?.context();
+    Some(Span::start(
+        name,
+        SpanKind::Internal,
+        parent.child(),
+        Some((parent, false)),
+    ))
+}
+
+/// How long before its `run_at` a job arrived, when that is more than a second (the
+/// ingress's and this worker's clocks may differ by a little).
+fn too_early(job: &surge_common::job::Job) -> Option<Duration> {
+    let early_us = job.run_at_us? - now_micros();
+    (early_us > 1_000_000).then(|| Duration::from_micros(early_us.unsigned_abs()))
+}
+
 /// A job of a kind this worker does not know (a rolling deploy: the ingress, or another
 /// worker, already runs a newer configuration): it is not this worker's to judge, so it
 /// goes back to the broker, no attempt consumed, for a worker that knows the kind.
@@ -488,6 +557,30 @@ fn record_end_to_end(enqueued_at_us: i64) {
     metrics::histogram!(m::END_TO_END_SECONDS).record(seconds);
 }
 
+/// Queues the outcome callback of a job that has one, from its stored row (the first
+/// delivery's outcome, also on a redelivery), before the message is settled: `false` when
+/// that failed, and the delivery must be released so a redelivery queues it.
+async fn queue_callback(context: &JobContext, job: &surge_common::job::Job) -> bool {
+    let Some(url) = &job.callback_url else {
+        return true;
+    };
+    let queued = async {
+        let row = context.storage.get(job.id).await?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let body = crate::callbacks::body(&row).to_string();
+        context.storage.enqueue_callback(job.id, url, &body).await
+    };
+    match queued.await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "queueing the outcome callback failed; releasing the job");
+            false
+        }
+    }
+}
+
 /// Acks a cancelled job (an operator cancelled it, or the ingress refused it): no result,
 /// no dead letter.
 async fn settle_cancelled(delivery: Delivery, context: &JobContext) {
@@ -500,8 +593,12 @@ async fn settle_cancelled(delivery: Delivery, context: &JobContext) {
 
 /// Settles a delivery of a job that already has a terminal state, without running it (see
 /// [`crate::precheck`]): cancelled → ack; succeeded (a repeat) → ack; dead → dead-letter
-/// again with its stored error.
+/// again with its stored error. A repeat queues the outcome callback first, as a repeat
+/// that ran would (the first delivery may have died between its commit and its callback).
 async fn settle_early(delivery: Delivery, settled: Settled, context: &JobContext) {
+    if settled != Settled::Cancelled && !queue_callback(context, &delivery.job).await {
+        return; // released: the redelivery queues it
+    }
     let settled = match settled {
         Settled::Cancelled => return settle_cancelled(delivery, context).await,
         Settled::Succeeded => {

@@ -241,12 +241,18 @@ impl KindRegistryBuilder {
     }
 
     fn insert(&mut self, name: String, kind: Arc<dyn Kind>) {
+        use std::collections::btree_map::Entry;
         if !is_valid_kind_name(&name) {
             self.errors.push(RegistryError::BadName(name));
-        } else if self.kinds.contains_key(&name) {
-            self.errors.push(RegistryError::Duplicate(name));
-        } else {
-            self.kinds.insert(name, kind);
+            return;
+        }
+        match self.kinds.entry(name) {
+            Entry::Occupied(taken) => self
+                .errors
+                .push(RegistryError::Duplicate(taken.key().clone())),
+            Entry::Vacant(free) => {
+                free.insert(kind);
+            }
         }
     }
 

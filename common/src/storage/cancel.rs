@@ -83,11 +83,15 @@ impl Storage {
         .fetch_optional(self.pool())
         .await?;
         if inserted.is_some() {
-            // Obsolete now, as when a result is stored.
-            sqlx::query("DELETE FROM job_status WHERE job_id = $1")
-                .bind(job_id.to_string())
-                .execute(self.pool())
-                .await?;
+            // Obsolete now: the stage row, as when a result is stored, and a scheduled
+            // job's wait for its time (it is never published; should a scheduler have
+            // claimed it already, the worker acks it unrun).
+            for table in ["job_status", "scheduled_jobs"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
+                    .bind(job_id.to_string())
+                    .execute(self.pool())
+                    .await?;
+            }
         }
         // Inserted, or a worker's result (or another cancel) committed first.
         let row = self

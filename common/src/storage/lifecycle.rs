@@ -39,6 +39,8 @@ pub enum Stage {
     /// Not attempted, back in the broker without consuming an attempt: its target's
     /// circuit is open or at its concurrency cap.
     Waiting,
+    /// Accepted for later (`delay_ms` / `run_at`): waits in the database until due.
+    Scheduled,
 }
 
 impl Stage {
@@ -49,18 +51,21 @@ impl Stage {
             Stage::Running => "running",
             Stage::Retrying => "retrying",
             Stage::Waiting => "waiting",
+            Stage::Scheduled => "scheduled",
         }
     }
 
+    /// Every stage.
+    pub const ALL: [Stage; 5] = [
+        Stage::Queued,
+        Stage::Running,
+        Stage::Retrying,
+        Stage::Waiting,
+        Stage::Scheduled,
+    ];
+
     fn parse(s: &str) -> Option<Stage> {
-        [
-            Stage::Queued,
-            Stage::Running,
-            Stage::Retrying,
-            Stage::Waiting,
-        ]
-        .into_iter()
-        .find(|stage| stage.as_str() == s)
+        Stage::ALL.into_iter().find(|stage| stage.as_str() == s)
     }
 }
 
@@ -102,7 +107,7 @@ pub enum Lifecycle {
     /// Not finished yet.
     Pending(StageUpdate),
     /// Finished (succeeded or dead).
-    Finished(JobResult),
+    Finished(Box<JobResult>),
 }
 
 impl Storage {
@@ -159,7 +164,7 @@ impl Storage {
     /// cancelled because its publish failed: the client was told it does not exist).
     pub async fn lifecycle(&self, job_id: Uuid) -> Result<Option<Lifecycle>, StorageError> {
         if let Some(result) = self.get(job_id).await? {
-            return Ok(Some(Lifecycle::Finished(result)));
+            return Ok(Some(Lifecycle::Finished(Box::new(result))));
         }
         if self.is_cancelled(job_id).await? {
             return Ok(None);

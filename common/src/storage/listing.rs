@@ -2,7 +2,8 @@
 //! page at a time; and job counts per kind and status (the dashboard).
 //!
 //! Finished jobs (`succeeded`, `dead`, `cancelled`) come from `job_results`, ordered by the
-//! time they finished; jobs not finished yet (`queued`, `running`, `retrying`, `waiting`)
+//! time they finished; jobs not finished yet (`scheduled`, `queued`, `running`, `retrying`,
+//! `waiting`)
 //! from `job_status`, ordered by their last change, leaving out those that have a result
 //! (a result's commit removes the stage row, but a late stage write may race it) or were
 //! refused at the ingress.
@@ -37,7 +38,8 @@ pub enum StatusFilter {
 
 impl StatusFilter {
     /// Every status a job can have, as the API names them.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
+        "scheduled",
         "queued",
         "running",
         "retrying",
@@ -52,15 +54,10 @@ impl StatusFilter {
         if let Some(status) = JobStatus::parse(name) {
             return Some(StatusFilter::Finished(status));
         }
-        [
-            Stage::Queued,
-            Stage::Running,
-            Stage::Retrying,
-            Stage::Waiting,
-        ]
-        .into_iter()
-        .find(|stage| stage.as_str() == name)
-        .map(StatusFilter::Pending)
+        Stage::ALL
+            .into_iter()
+            .find(|stage| stage.as_str() == name)
+            .map(StatusFilter::Pending)
     }
 }
 
@@ -432,6 +429,8 @@ mod tests {
         for name in StatusFilter::NAMES {
             assert!(StatusFilter::parse(name).is_some(), "{name}");
         }
+        // Every stage and every outcome has a name in the list.
+        assert_eq!(StatusFilter::NAMES.len(), Stage::ALL.len() + 3);
         assert_eq!(StatusFilter::parse("failed"), None);
     }
 }

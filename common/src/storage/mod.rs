@@ -27,12 +27,15 @@
 
 pub mod acceptance;
 pub mod batch;
+pub mod callbacks;
 pub mod cancel;
+pub mod flow;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod lifecycle;
 pub mod listing;
 pub mod replay;
+pub mod schedule;
 
 use std::time::Duration;
 

@@ -12,8 +12,10 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use surge_common::broker::BrokerError;
 use surge_common::job::{InvalidJob, Job, JobRequest};
 use surge_common::metrics as m;
+use surge_common::otlp::{Span, SpanKind};
 use surge_common::retry::reconnect;
 use surge_common::storage::idempotency::Claim;
 use surge_common::storage::lifecycle::Lifecycle;
@@ -85,10 +87,10 @@ pub async fn submit(
     JsonBody(request): JsonBody<JobRequest>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
-    let trace = trace_context(&headers);
+    let request_span = request_span(&headers, "POST /jobs");
     let request_hash = idempotency_key.as_ref().map(|_| request_hash(&request));
     let mut job = request.into_job(&state.kinds)?;
-    job.traceparent = Some(trace.child().header());
+    job.traceparent = Some(request_span.context().child().header());
     job.awaits_acceptance = true;
     admit(&state, &caller, 1).await?;
     if let (Some(key), Some(hash)) = (&idempotency_key, &request_hash) {
@@ -117,7 +119,9 @@ pub async fn submit(
             }
         }
     }
-    let published = publish_new(&state, std::slice::from_ref(&job)).await;
+    let publish_spans = publish_spans(&request_span, std::slice::from_ref(&job));
+    let published = enqueue(&state, std::slice::from_ref(&job)).await;
+    end_publish_spans(publish_spans, &published);
     if let Some(key) = &idempotency_key {
         let settled = match published {
             Ok(()) => state.storage.complete_idempotency_key(key).await,
@@ -163,7 +167,7 @@ pub async fn submit_batch(
     headers: HeaderMap,
     JsonBody(requests): JsonBody<Vec<JobRequest>>,
 ) -> Result<Response, ApiError> {
-    let trace = trace_context(&headers);
+    let request_span = request_span(&headers, "POST /jobs/batch");
     let limit = state.limits.max_batch;
     if requests.len() > limit {
         return Err(ApiError::BatchTooLarge {
@@ -181,30 +185,70 @@ pub async fn submit_batch(
             let mut job = request
                 .into_job(&state.kinds)
                 .map_err(|e| e.under(&format!("[{i}]")))?;
-            job.traceparent = Some(trace.child().header());
+            job.traceparent = Some(request_span.context().child().header());
             job.awaits_acceptance = true;
             Ok(job)
         })
         .collect::<Result<Vec<Job>, InvalidJob>>()?;
     let count = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
     admit(&state, &caller, count).await?;
-    publish_new(&state, &jobs).await?;
+    let publish_spans = publish_spans(&request_span, &jobs);
+    let published = enqueue(&state, &jobs).await;
+    end_publish_spans(publish_spans, &published);
+    published?;
     let accepted = BatchAccepted {
         jobs: jobs.iter().map(Accepted::of).collect(),
     };
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
-/// The request's trace context (a new trace when it has none or an invalid one), also
-/// recorded on the request's log span so the request line carries the `trace_id`.
-fn trace_context(headers: &HeaderMap) -> TraceContext {
-    let trace = headers
+/// The request's span: in the client's trace when the request carries a valid
+/// `traceparent` (as its child), else the root of a new trace. Its trace id is recorded on
+/// the request's log span, so the request line carries the `trace_id`; each job's
+/// `traceparent` names a `publish` span under it ([`publish_spans`]).
+fn request_span(headers: &HeaderMap, name: &str) -> Span {
+    let incoming = headers
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .unwrap_or_else(TraceContext::new_root);
-    tracing::Span::current().record("trace_id", trace.trace_id());
-    trace
+        .and_then(TraceContext::parse);
+    let (context, parent) = match incoming {
+        Some(client) => (client.child(), Some((client, true))),
+        None => (TraceContext::new_root(), None),
+    };
+    tracing::Span::current().record("trace_id", context.trace_id());
+    Span::start(name, SpanKind::Server, context, parent)
+}
+
+/// One `publish` span per job, child of the request's span, with the ids of the job's
+/// `traceparent`: the worker's span for the job is its child.
+fn publish_spans(request: &Span, jobs: &[Job]) -> Vec<Span> {
+    if !surge_common::otlp::enabled() {
+        return Vec::new();
+    }
+    jobs.iter()
+        .filter_map(|job| {
+            let context = TraceContext::parse(job.traceparent.as_deref()?)?;
+            let mut span = Span::start(
+                "publish",
+                SpanKind::Producer,
+                context,
+                Some((request.context(), false)),
+            );
+            span.attribute("surge.job.id", job.id);
+            span.attribute("surge.job.kind", &job.kind);
+            Some(span)
+        })
+        .collect()
+}
+
+/// Ends the `publish` spans, failed when the jobs were refused.
+fn end_publish_spans(spans: Vec<Span>, outcome: &Result<(), ApiError>) {
+    for mut span in spans {
+        if let Err(e) = outcome {
+            span.fail(e);
+        }
+        span.end();
+    }
 }
 
 /// The `Idempotency-Key` header, validated: 1 to 255 visible ASCII characters.
@@ -289,6 +333,36 @@ pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), 
         .map_err(ApiError::Unauthorized)
 }
 
+/// Accepts new jobs: those scheduled for later are stored until due (the scheduler
+/// publishes them), the others published now ([`publish_new`]).
+async fn enqueue(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
+    let (mut later, now): (Vec<Job>, Vec<Job>) = jobs
+        .iter()
+        .cloned()
+        .partition(|job| job.run_at_us.is_some());
+    if !later.is_empty() {
+        // Stored, they are accepted: nothing awaits a publish outcome.
+        for job in &mut later {
+            job.awaits_acceptance = false;
+        }
+        state.storage.schedule(&later).await?;
+    }
+    if !now.is_empty() {
+        if let Err(refused) = publish_new(state, &now).await {
+            // All or nothing: the scheduled part of a refused batch must not run either.
+            let ids: Vec<Uuid> = later.iter().map(|job| job.id).collect();
+            if let Err(e) = state.storage.drop_scheduled(&ids).await {
+                tracing::error!(error = %e, jobs = ids.len(), "a refused batch's scheduled jobs could not be removed; they will run");
+            }
+            return Err(refused);
+        }
+    }
+    if !later.is_empty() {
+        record_accepted(state, &later, Duration::ZERO);
+    }
+    Ok(())
+}
+
 /// Publishes new jobs (which await acceptance) and records them accepted. If the publish
 /// fails, the broker may still hold them (it stored a message whose confirm was lost):
 /// they are cancelled instead, so a refused job never gets a result (see
@@ -366,11 +440,17 @@ fn cancel_later(state: &AppState, ids: Vec<Uuid>, first_error: String) {
 /// the jobs for admission control.
 pub(crate) async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
+    let timeout = state.limits.publish_timeout;
     let (published, marked) = tokio::join!(
-        state.broker.publish(jobs),
+        tokio::time::timeout(timeout, state.broker.publish(jobs)),
         tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.queued.mark(jobs)),
     );
-    published?;
+    published.map_err(|_| {
+        BrokerError::Unavailable(format!(
+            "the broker did not confirm the publish within {} ms",
+            timeout.as_millis()
+        ))
+    })??;
     match marked {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "could not mark jobs queued"),
@@ -388,25 +468,45 @@ fn record_accepted(state: &AppState, jobs: &[Job], publish_time: std::time::Dura
     state.live.accepted(jobs.len(), publish_time);
 }
 
-/// `GET /jobs/{id}`: where a job is in its life.
+/// `?wait=N` on `GET /jobs/{id}`.
+#[derive(Debug, serde::Deserialize)]
+pub struct StatusQuery {
+    /// Seconds to wait for the job to finish before answering (0..=60).
+    wait: Option<String>,
+}
+
+/// `GET /jobs/{id}`: where a job is in its life; with `?wait=N`, answered as soon as the
+/// job is finished (succeeded, dead, cancelled) or after N seconds, whichever first.
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
-    params(("id" = uuid::Uuid, Path, description = "The job id returned by POST /jobs")),
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job id returned by POST /jobs"),
+        ("wait" = Option<u64>, Query, minimum = 0, maximum = 60,
+            description = "Seconds to wait for the job to finish before answering (long polling); 0 or absent: answer at once"),
+    ),
     responses(
-        (status = 200, description = "status: queued | running | retrying | waiting (with attempt and last error) | succeeded (with result) | dead (with error) | cancelled (by DELETE /jobs/{id}; never a result)",
+        (status = 200, description = "status: scheduled | queued | running | retrying | waiting (with attempt and last error) | succeeded (with result) | dead (with error) | cancelled (by DELETE /jobs/{id}; never a result)",
             content_type = "application/json"),
         (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),
         (status = 401, description = "API key missing or wrong", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`wait` is not a number of seconds from 0 to 60", body = crate::openapi::ErrorBody),
         (status = 404, description = "Unknown job id (or a job refused with 503 whose message the broker kept)", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Database unavailable; see Retry-After", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Database unavailable, or too many requests waiting already; see Retry-After", body = crate::openapi::ErrorBody),
     ))]
 pub async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    query: Result<axum::extract::Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&state, &headers)?;
     let id = parse_id(&id)?;
-    match state.storage.lifecycle(id).await? {
+    let wait = parse_wait(query)?;
+    let mut lifecycle = state.storage.lifecycle(id).await?;
+    if let (Some(wait), Some(Lifecycle::Pending(_))) = (wait, &lifecycle) {
+        state.waiters.wait(id, wait).await?;
+        lifecycle = state.storage.lifecycle(id).await?;
+    }
+    match lifecycle {
         Some(Lifecycle::Finished(result)) => Ok(Json(describe(&result))),
         Some(Lifecycle::Pending(stage)) => Ok(Json(json!({
             "id": stage.job_id,
@@ -417,6 +517,28 @@ pub async fn status(
             "updated_at_us": stage.at_us,
         }))),
         None => Err(ApiError::NotFound(format!("no job {id}"))),
+    }
+}
+
+/// The `wait` query parameter: `None` for no wait.
+fn parse_wait(
+    query: Result<axum::extract::Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Option<Duration>, ApiError> {
+    let bad = |message: String| ApiError::BadQuery {
+        field: "wait".to_owned(),
+        message,
+    };
+    let query = query.map_err(|e| bad(e.body_text()))?;
+    let Some(wait) = query.0.wait else {
+        return Ok(None);
+    };
+    let max = crate::waiters::MAX_WAIT_SECS;
+    match wait.parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(seconds) if seconds <= max => Ok(Some(Duration::from_secs(seconds))),
+        _ => Err(bad(format!(
+            "must be a whole number of seconds from 0 to {max}, not {wait:?}"
+        ))),
     }
 }
 

@@ -36,11 +36,13 @@ pub const DEFAULT_REPLAY_MAX: u32 = 100;
 /// Longest `kind` accepted as a filter (kinds are short names).
 const MAX_KIND_LEN: usize = 256;
 
-/// A job's status, wherever statuses are listed: not finished (`queued`, `running`,
-/// `retrying`, `waiting`) or finished (`succeeded`, `dead`, `cancelled`).
+/// A job's status, wherever statuses are listed: not finished (`scheduled`, `queued`,
+/// `running`, `retrying`, `waiting`) or finished (`succeeded`, `dead`, `cancelled`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StatusName {
+    /// Accepted for later (`delay_ms` / `run_at`): waits in the database until due.
+    Scheduled,
     /// Accepted, not picked up yet.
     Queued,
     /// A worker is running it.
@@ -61,6 +63,7 @@ pub enum StatusName {
 impl StatusName {
     fn of(name: &str) -> Option<StatusName> {
         Some(match name {
+            "scheduled" => StatusName::Scheduled,
             "queued" => StatusName::Queued,
             "running" => StatusName::Running,
             "retrying" => StatusName::Retrying,

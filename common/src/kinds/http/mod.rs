@@ -1,25 +1,74 @@
-//! HTTP kinds: each job POSTed to an existing service, its payload as the JSON body.
+//! HTTP kinds: each job POSTed to an existing service, its payload as the JSON body, with
+//! flow control protecting that service.
 //!
-//! Declared in the configuration file ([`config`]). The response decides the outcome:
-//! 2xx → succeeded (the body, size-capped, is the result); 408, 429, 5xx, connection
-//! errors and timeouts → retryable (after `Retry-After` when the target sends one); other
-//! 4xx → permanent (dead, with the status and a body excerpt).
+//! Declared in the configuration file ([`config`]). Modelled on Google Cloud Tasks' HTTP
+//! targets and Upstash QStash: the target's answer decides the outcome.
+//!
+//! | Target's answer | Job outcome | Notes |
+//! |---|---|---|
+//! | 2xx | `succeeded` | Result = the body: JSON if it parses, else a string (lossy UTF-8); empty → `null`. A body over `max_result_bytes` is not read further: the result is `{"truncated": true, "bytes": N, "content_length": …, "body": "<first N bytes>"}` |
+//! | 408, 429, 5xx | retried | After `Retry-After` (seconds or an HTTP-date, clamped to `max_backoff_ms`, else 1 h) when sent, else the kind's backoff. Dead after `max_attempts` |
+//! | timeout, connection refused/reset | retried | `timeout_ms` covers the whole exchange, body included |
+//! | 3xx | `dead` | Redirects are not followed (a redirected POST loses its body on 301/302/303, and the headers — secrets too — would go to another address): point `url` at the final address |
+//! | other 4xx | `dead` | The error names the status and quotes ≤ 200 characters of the body (never a header) |
+//! | circuit open, cap or rate full | deferred | No request sent, no attempt consumed: the job goes back to the broker for a while |
+//!
+//! Every request carries `Content-Type: application/json`, `Idempotency-Key: <job id>`
+//! (the same on every attempt: the target can drop repeats), `Surge-Attempt: <n>`
+//! (1-based), the job's `traceparent` when it has one, and the configured `headers`
+//! (which cannot replace `Idempotency-Key`, `Surge-Attempt` or `traceparent`; their values
+//! are never logged).
+//!
+//! Flow control, in the order an attempt meets it:
+//! 1. the circuit breaker ([`breaker`], per process): open after `breaker_failures`
+//!    consecutive retryable failures, jobs deferred for `breaker_cooldown_ms`, then one
+//!    probe;
+//! 2. the adaptive limit ([`aimd`], per process): at most `limit` requests in flight,
+//!    `limit` halving on 429/503/timeouts and growing back by one per window of successes,
+//!    never above `concurrency`;
+//! 3. the shared limits ([`shared`], across ALL replicas, in the results database):
+//!    `concurrency` leased slots and `rate` requests started per second.
+//!
+//! Waiting for 2 and 3 is bounded ([`shared::WAIT_BOUND`]); past it the job is deferred.
 
+pub mod aimd;
+pub mod breaker;
 pub mod config;
+pub mod metrics;
+pub mod outcome;
+pub mod request;
+pub mod retry_after;
+pub mod shared;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use tokio::time::Instant;
 
+use self::aimd::AdaptiveLimit;
+use self::breaker::{Admission, Breaker};
 use self::config::HttpKindConfig;
+use self::shared::{Refusal, SharedLimits};
 use crate::job::{InvalidJob, Job};
 use crate::kinds::{JobError, Kind};
 use crate::retry::RetryPolicy;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
+
+/// How long a job deferred because the flow-control database failed waits in the broker.
+pub const DEFER_DATABASE: Duration = Duration::from_secs(1);
+/// Shortest deferral for the rate limit.
+pub const DEFER_RATE_MIN: Duration = Duration::from_millis(100);
 
 /// An HTTP kind, ready to dispatch.
 pub struct HttpKind {
     config: HttpKindConfig,
     client: reqwest::Client,
+    breaker: Breaker,
+    limit: AdaptiveLimit,
+    shared: SharedLimits,
+    in_flight: AtomicU32,
 }
 
 /// An HTTP kind could not be set up.
@@ -32,24 +81,103 @@ pub struct HttpKindError {
     pub message: String,
 }
 
+/// The flow-control state of a kind in this process (for tests and the dashboard).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlowSnapshot {
+    /// The adaptive limit (1..=concurrency).
+    pub limit: f64,
+    /// Requests in flight from this process.
+    pub in_flight: u32,
+    /// Whether the circuit is open or half-open.
+    pub breaker_open: bool,
+}
+
 impl HttpKind {
     /// A dispatcher for `config`. `storage` is the results database, shared by every
-    /// replica: it holds the cross-replica concurrency and rate state.
+    /// replica: it holds the cross-replica concurrency and rate state (its rows are written
+    /// by [`HttpKind::prepare`], or at the first attempt).
     pub fn new(config: HttpKindConfig, storage: Storage) -> Result<HttpKind, HttpKindError> {
-        let _ = storage;
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| HttpKindError {
-                kind: config.name.clone(),
-                message: format!("building the HTTP client: {e}"),
-            })?;
-        Ok(HttpKind { config, client })
+        let client = request::client(&config).map_err(|e| HttpKindError {
+            kind: config.name.clone(),
+            message: format!("building the HTTP client: {e}"),
+        })?;
+        let shared = SharedLimits::new(
+            storage,
+            &config.name,
+            config.concurrency,
+            config.rate,
+            config.timeout,
+        );
+        Ok(HttpKind {
+            client,
+            breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
+            limit: AdaptiveLimit::new(config.concurrency, config.adaptive),
+            shared,
+            in_flight: AtomicU32::new(0),
+            config,
+        })
+    }
+
+    /// Writes (or resizes) the kind's slot rows in the shared database. Optional: the
+    /// first attempt does it otherwise. Call it at worker start-up to fail early.
+    pub async fn prepare(&self) -> Result<(), StorageError> {
+        self.shared.prepare().await
     }
 
     /// The checked configuration.
     pub fn config(&self) -> &HttpKindConfig {
         &self.config
+    }
+
+    /// The flow-control state in this process.
+    pub fn flow(&self) -> FlowSnapshot {
+        FlowSnapshot {
+            limit: self.limit.limit(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            breaker_open: self.breaker.is_open(),
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let flow = self.flow();
+        metrics::gauges(
+            &self.config.name,
+            flow.limit,
+            flow.in_flight,
+            flow.breaker_open,
+        );
+    }
+
+    fn defer(&self, reason: &'static str, message: String, after: Duration) -> JobError {
+        metrics::deferred(&self.config.name, reason);
+        self.publish_gauges();
+        tracing::debug!(kind = %self.config.name, reason, ?after, "job deferred");
+        JobError::Deferred {
+            reason: message,
+            after,
+        }
+    }
+
+    fn max_retry_after(&self) -> Duration {
+        self.config
+            .max_backoff
+            .unwrap_or(retry_after::DEFAULT_MAX_RETRY_AFTER)
+    }
+}
+
+/// Counts a request in flight while alive.
+struct InFlight<'a>(&'a AtomicU32);
+
+impl<'a> InFlight<'a> {
+    fn new(counter: &'a AtomicU32) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -63,35 +191,69 @@ impl Kind for HttpKind {
     }
 
     async fn run(&self, job: &Job, attempt: u32) -> Result<Value, JobError> {
-        let mut request = self
-            .client
-            .post(self.config.url.clone())
-            .json(&job.payload)
-            .header("Idempotency-Key", job.id.to_string())
-            .header("Surge-Attempt", attempt.to_string());
-        if let Some(traceparent) = &job.traceparent {
-            request = request.header("traceparent", traceparent);
+        let deadline = Instant::now() + shared::WAIT_BOUND;
+        let ticket = match self.breaker.admit(Instant::now()) {
+            Admission::Go(ticket) => ticket,
+            Admission::Wait(after) => {
+                return Err(self.defer(
+                    "breaker",
+                    format!(
+                        "the circuit of {} is open after repeated failures",
+                        self.config.name
+                    ),
+                    after,
+                ))
+            }
+        };
+        let Some(permit) = self.limit.acquire(deadline).await else {
+            return Err(self.defer(
+                "concurrency",
+                format!(
+                    "this worker's adaptive limit for {} ({:.0}) stayed full",
+                    self.config.name,
+                    self.limit.limit()
+                ),
+                shared::DEFER_BUSY,
+            ));
+        };
+        let lease = match self.shared.acquire(deadline).await {
+            Ok(lease) => lease,
+            Err(refusal) => {
+                let (reason, after) = match &refusal {
+                    Refusal::Concurrency(_) => ("concurrency", shared::DEFER_BUSY),
+                    Refusal::Rate(next) => ("rate", (*next).max(DEFER_RATE_MIN)),
+                    Refusal::Database(error) => {
+                        tracing::warn!(kind = %self.config.name, %error, "flow-control database failed; deferring");
+                        ("database", DEFER_DATABASE)
+                    }
+                };
+                return Err(self.defer(reason, refusal.to_string(), after));
+            }
+        };
+        let started = Instant::now();
+        let verdict = {
+            let _counted = InFlight::new(&self.in_flight);
+            self.publish_gauges();
+            match request::send(&self.client, &self.config, job, attempt).await {
+                Ok(answer) => outcome::from_answer(answer, self.max_retry_after()),
+                Err(error) => outcome::from_error(&error),
+            }
+        };
+        let took = started.elapsed();
+        lease.release().await;
+        self.limit.record(&permit, verdict.signal);
+        drop(permit);
+        if ticket.record(verdict.failed, Instant::now()) {
+            tracing::warn!(
+                kind = %self.config.name,
+                failures = self.config.breaker_failures,
+                cooldown = ?self.config.breaker_cooldown,
+                "circuit opened: jobs of this kind are deferred until a probe succeeds"
+            );
         }
-        for (name, value) in &self.config.headers {
-            request = request.header(name, &value.0);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| JobError::retryable(format!("request failed: {e}")))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| JobError::retryable(format!("reading the response failed: {e}")))?;
-        if status.is_success() {
-            Ok(serde_json::from_slice(&body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())))
-        } else if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
-            Err(JobError::retryable(format!("target answered {status}")))
-        } else {
-            Err(JobError::permanent(format!("target answered {status}")))
-        }
+        metrics::response(&self.config.name, verdict.class, took);
+        self.publish_gauges();
+        verdict.result
     }
 
     fn description(&self) -> String {

@@ -1,0 +1,579 @@
+//! HTTP kinds against a real HTTP server started by each test (axum on 127.0.0.1:0): how
+//! each answer becomes an outcome, the headers sent, the adaptive limit, the circuit
+//! breaker, the rate limit, and the concurrency cap held across several replicas
+//! (separate `HttpKind`s with their own pools on one database) on SQLite and PostgreSQL.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use surge_common::job::Job;
+use surge_common::kinds::http::config::{HttpKindConfig, HttpKindFile};
+use surge_common::kinds::http::HttpKind;
+use surge_common::kinds::{JobError, Kind};
+use surge_common::storage::Storage;
+use surge_common::testing::{self, POSTGRES_URL_VAR};
+
+/// What the test server saw.
+#[derive(Default)]
+struct Seen {
+    requests: AtomicU32,
+    in_flight: AtomicU32,
+    peak: AtomicU32,
+    failing: AtomicBool,
+    last: Mutex<Option<(HeaderMap, Bytes)>>,
+}
+
+struct Server {
+    base: String,
+    seen: Arc<Seen>,
+}
+
+async fn record(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    *seen.last.lock().unwrap() = Some((headers, body));
+    StatusCode::OK.into_response()
+}
+
+async fn json_body(State(seen): State<Arc<Seen>>, body: Bytes) -> Response {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    axum::Json(json!({"ok": true, "echo": payload})).into_response()
+}
+
+async fn status(State(seen): State<Arc<Seen>>, Path(code): Path<u16>) -> Response {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    let status = StatusCode::from_u16(code).unwrap();
+    let body = format!(
+        "field `name` is required{}",
+        " and this explanation goes on".repeat(30)
+    );
+    let mut response = (status, body).into_response();
+    if status.is_redirection() {
+        response
+            .headers_mut()
+            .insert("location", "http://127.0.0.1:1/elsewhere".parse().unwrap());
+    }
+    response
+}
+
+async fn work(State(seen): State<Arc<Seen>>) -> Response {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    seen.peak.fetch_max(now, Ordering::SeqCst);
+    // The target's own work: long enough for requests to overlap.
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+    (StatusCode::OK, "done").into_response()
+}
+
+async fn toggle(State(seen): State<Arc<Seen>>) -> Response {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    if seen.failing.load(Ordering::SeqCst) {
+        StatusCode::SERVICE_UNAVAILABLE.into_response()
+    } else {
+        axum::Json(json!({"probe": "ok"})).into_response()
+    }
+}
+
+async fn start() -> Server {
+    let seen = Arc::new(Seen::default());
+    let app = Router::new()
+        .route("/record", post(record))
+        .route("/json", post(json_body))
+        .route("/text", post(|| async { "plain words" }))
+        .route("/status/{code}", post(status))
+        .route("/work", post(work))
+        .route("/toggle", post(toggle))
+        .route("/big", post(|| async { "0123456789".repeat(1000) }))
+        .route(
+            "/endless",
+            post(|| async {
+                // Never ends: the client must stop reading at its cap.
+                let chunks = futures::stream::repeat_with(|| {
+                    Ok::<_, Infallible>(Bytes::from_static(&[0xff; 4096]))
+                });
+                Body::from_stream(chunks)
+            }),
+        )
+        .route(
+            "/retry-seconds",
+            post(|| async {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "7")],
+                    "slow down",
+                )
+            }),
+        )
+        .route(
+            "/retry-date",
+            post(|| async {
+                let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+                (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", at)], "")
+            }),
+        )
+        .route(
+            "/retry-garbage",
+            post(|| async { (StatusCode::BAD_GATEWAY, [("retry-after", "soon-ish")], "") }),
+        )
+        .route("/hang", post(std::future::pending::<&'static str>))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Server {
+        base: format!("http://{addr}"),
+        seen,
+    }
+}
+
+fn env(var: &str) -> Option<String> {
+    (var == "TOKEN").then(|| "s3cret".to_owned())
+}
+
+fn config(name: &str, url: &str, extra: &str) -> HttpKindConfig {
+    let file: HttpKindFile = toml::from_str(&format!("url = \"{url}\"\n{extra}")).unwrap();
+    HttpKindConfig::check(name, file, &env).unwrap()
+}
+
+async fn sqlite() -> Storage {
+    Storage::connect(&testing::temp_sqlite_url()).await.unwrap()
+}
+
+async fn kind(url: &str, extra: &str) -> HttpKind {
+    HttpKind::new(config("target", url, extra), sqlite().await).unwrap()
+}
+
+fn job() -> Job {
+    Job::new("target", json!({"name": "ada", "n": 1}), None)
+}
+
+fn retryable(result: Result<Value, JobError>) -> (String, Option<Duration>) {
+    match result {
+        Err(JobError::Retryable {
+            message,
+            retry_after,
+        }) => (message, retry_after),
+        other => panic!("expected a retryable failure, got {other:?}"),
+    }
+}
+
+fn permanent(result: Result<Value, JobError>) -> String {
+    match result {
+        Err(JobError::Permanent(message)) => message,
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
+
+fn deferred(result: Result<Value, JobError>) -> (String, Duration) {
+    match result {
+        Err(JobError::Deferred { reason, after }) => (reason, after),
+        other => panic!("expected a deferral, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn success_bodies_become_results() {
+    let server = start().await;
+    let b = &server.base;
+    let json_kind = kind(&format!("{b}/json"), "").await;
+    assert_eq!(
+        json_kind.run(&job(), 1).await,
+        Ok(json!({"ok": true, "echo": {"name": "ada", "n": 1}}))
+    );
+    let text = kind(&format!("{b}/text"), "").await;
+    assert_eq!(text.run(&job(), 1).await, Ok(json!("plain words")));
+
+    let big = kind(&format!("{b}/big"), "max_result_bytes = 100").await;
+    let result = big.run(&job(), 1).await.unwrap();
+    assert_eq!(result["truncated"], json!(true));
+    assert_eq!(result["bytes"], json!(100));
+    assert_eq!(result["content_length"], json!(10_000));
+    assert_eq!(result["body"], json!("0123456789".repeat(10)));
+
+    // An endless, non-UTF-8 body: read up to the cap, then dropped.
+    let endless = kind(&format!("{b}/endless"), "max_result_bytes = 1000").await;
+    let result = endless.run(&job(), 1).await.unwrap();
+    assert_eq!(result["truncated"], json!(true));
+    assert!(result["body"].as_str().unwrap().len() <= 1000);
+}
+
+#[tokio::test]
+async fn client_errors_are_permanent_with_a_short_excerpt() {
+    let server = start().await;
+    let b = &server.base;
+    let message = permanent(
+        kind(&format!("{b}/status/400"), "")
+            .await
+            .run(&job(), 1)
+            .await,
+    );
+    assert!(message.contains("400 Bad Request"), "{message}");
+    assert!(message.contains("field `name` is required"), "{message}");
+    assert!(message.chars().count() < 260, "{message}");
+    let message = permanent(
+        kind(&format!("{b}/status/404"), "")
+            .await
+            .run(&job(), 1)
+            .await,
+    );
+    assert!(message.contains("404"), "{message}");
+    // A redirect is not followed (the server at the Location is never contacted).
+    let message = permanent(
+        kind(&format!("{b}/status/302"), "")
+            .await
+            .run(&job(), 1)
+            .await,
+    );
+    assert!(
+        message.contains("302") && message.contains("redirect"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn overload_and_server_errors_are_retryable_honouring_retry_after() {
+    let server = start().await;
+    let b = &server.base;
+    for code in [408, 429, 500, 503] {
+        let (message, after) = retryable(
+            kind(&format!("{b}/status/{code}"), "")
+                .await
+                .run(&job(), 1)
+                .await,
+        );
+        assert!(message.contains(&code.to_string()), "{message}");
+        assert_eq!(after, None);
+    }
+    let (_, after) = retryable(
+        kind(&format!("{b}/retry-seconds"), "")
+            .await
+            .run(&job(), 1)
+            .await,
+    );
+    assert_eq!(after, Some(Duration::from_secs(7)));
+    // Clamped to the kind's max_backoff_ms.
+    let clamped = kind(&format!("{b}/retry-seconds"), "max_backoff_ms = 2000").await;
+    assert_eq!(
+        retryable(clamped.run(&job(), 1).await).1,
+        Some(Duration::from_secs(2))
+    );
+    let (_, after) = retryable(
+        kind(&format!("{b}/retry-date"), "")
+            .await
+            .run(&job(), 1)
+            .await,
+    );
+    let after = after.expect("an HTTP-date Retry-After is honoured");
+    assert!(
+        after <= Duration::from_secs(30) && after >= Duration::from_secs(25),
+        "{after:?}"
+    );
+    let (_, after) = retryable(
+        kind(&format!("{b}/retry-garbage"), "")
+            .await
+            .run(&job(), 1)
+            .await,
+    );
+    assert_eq!(after, None);
+}
+
+#[tokio::test]
+async fn timeouts_and_refused_connections_are_retryable() {
+    let server = start().await;
+    let hang = kind(&format!("{}/hang", server.base), "timeout_ms = 200").await;
+    let (message, _) = retryable(hang.run(&job(), 1).await);
+    assert!(message.contains("timed out"), "{message}");
+
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let refused = kind(&format!("http://127.0.0.1:{port}/x"), "").await;
+    let (message, _) = retryable(refused.run(&job(), 1).await);
+    assert!(message.contains("connect"), "{message}");
+    assert!(
+        !message.contains(&port.to_string()),
+        "no URL in the message: {message}"
+    );
+}
+
+#[tokio::test]
+async fn every_request_carries_its_headers() {
+    let server = start().await;
+    let kind = kind(
+        &format!("{}/record", server.base),
+        "[headers]\nX-Api-Key = \"key-${TOKEN}\"\nIdempotency-Key = \"not-this\"",
+    )
+    .await;
+    let mut job = job();
+    job.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    kind.run(&job, 3).await.unwrap();
+    let (headers, body) = server.seen.last.lock().unwrap().take().unwrap();
+    let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+    assert_eq!(header("idempotency-key"), job.id.to_string());
+    assert_eq!(header("surge-attempt"), "3");
+    assert_eq!(header("traceparent"), job.traceparent.clone().unwrap());
+    assert_eq!(header("x-api-key"), "key-s3cret");
+    assert_eq!(header("content-type"), "application/json");
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), job.payload);
+}
+
+#[tokio::test]
+async fn the_adaptive_limit_shrinks_under_429s() {
+    let server = start().await;
+    let extra = "concurrency = 8\nbreaker_failures = 0";
+    let kind = kind(&format!("{}/status/429", server.base), extra).await;
+    assert_eq!(kind.flow().limit, 8.0);
+    for _ in 0..3 {
+        retryable(kind.run(&job(), 1).await);
+    }
+    assert_eq!(kind.flow().limit, 1.0);
+    // Not adaptive: the limit stays at the cap.
+    let fixed = self::kind(
+        &format!("{}/status/429", server.base),
+        &format!("{extra}\nadaptive = false"),
+    )
+    .await;
+    retryable(fixed.run(&job(), 1).await);
+    assert_eq!(fixed.flow().limit, 8.0);
+}
+
+#[tokio::test]
+async fn the_breaker_opens_defers_without_sending_and_closes_after_a_probe() {
+    let server = start().await;
+    let seen = &server.seen;
+    seen.failing.store(true, Ordering::SeqCst);
+    let storage = sqlite().await;
+    let extra = "breaker_failures = 2\nbreaker_cooldown_ms = 300";
+    let flaky = HttpKind::new(
+        config("flaky", &format!("{}/toggle", server.base), extra),
+        storage.clone(),
+    )
+    .unwrap();
+    let other = HttpKind::new(
+        config("other", &format!("{}/json", server.base), extra),
+        storage,
+    )
+    .unwrap();
+    retryable(flaky.run(&job(), 1).await);
+    retryable(flaky.run(&job(), 2).await);
+    assert!(flaky.flow().breaker_open);
+    let sent = seen.requests.load(Ordering::SeqCst);
+    let (reason, after) = deferred(flaky.run(&job(), 3).await);
+    assert!(reason.contains("circuit"), "{reason}");
+    assert!(after <= Duration::from_millis(300));
+    assert_eq!(
+        seen.requests.load(Ordering::SeqCst),
+        sent,
+        "nothing sent while open"
+    );
+    // Another kind (same target even) is not affected.
+    other.run(&job(), 1).await.unwrap();
+    assert!(!other.flow().breaker_open);
+
+    // The target recovers; after the cool-down one probe goes through and closes it.
+    seen.failing.store(false, Ordering::SeqCst);
+    let mut result = flaky.run(&job(), 3).await;
+    for _ in 0..100 {
+        match result {
+            Err(JobError::Deferred { after, .. }) => {
+                // The broker would bring the job back after `after`.
+                tokio::time::sleep(after).await;
+                result = flaky.run(&job(), 3).await;
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(result, Ok(json!({"probe": "ok"})));
+    assert!(!flaky.flow().breaker_open);
+    flaky.run(&job(), 1).await.unwrap();
+}
+
+#[tokio::test]
+async fn over_the_rate_jobs_are_deferred() {
+    let server = start().await;
+    // One request per 100 s: the second cannot start within the wait bound.
+    let kind = kind(&format!("{}/json", server.base), "rate = 0.01").await;
+    kind.run(&job(), 1).await.unwrap();
+    let (reason, after) = deferred(kind.run(&job(), 1).await);
+    assert!(reason.contains("rate"), "{reason}");
+    assert!(after > Duration::from_secs(60), "{after:?}");
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_full_cap_or_a_failed_database_defers_without_sending() {
+    let server = start().await;
+    let storage = sqlite().await;
+    let url = format!("{}/json", server.base);
+    let kind = HttpKind::new(config("full", &url, "concurrency = 2"), storage.clone()).unwrap();
+    kind.prepare().await.unwrap();
+    // Another replica holds both slots.
+    let now = surge_common::clock::now_micros();
+    for holder in ["other-1", "other-2"] {
+        storage
+            .try_acquire_dispatch_slot("full", holder, now, now + 600_000_000)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let (reason, _) = deferred(kind.run(&job(), 1).await);
+    assert!(reason.contains("slots"), "{reason}");
+    assert_eq!(kind.flow().in_flight, 0);
+    // The database is gone: deferred too, never sent without a slot.
+    storage.pool().close().await;
+    let (reason, _) = deferred(kind.run(&job(), 1).await);
+    assert!(reason.contains("database"), "{reason}");
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 0);
+}
+
+/// Three replicas (own `HttpKind`, own pool, one database) and 90 jobs against a target
+/// that records its peak concurrency: it never sees more than `concurrency`. A deferred job
+/// is brought back, as the broker would.
+async fn the_cap_holds_across_replicas(database_url: &str) {
+    const CAP: u32 = 4;
+    const JOBS: usize = 90;
+    let server = start().await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let storage = Storage::connect(database_url).await.unwrap();
+        let config = config(
+            "capped",
+            &format!("{}/work", server.base),
+            &format!("concurrency = {CAP}"),
+        );
+        let kind = Arc::new(HttpKind::new(config, storage).unwrap());
+        kind.prepare().await.unwrap();
+        replicas.push(kind);
+    }
+    let runs = (0..JOBS).map(|i| {
+        let kind = replicas[i % replicas.len()].clone();
+        tokio::spawn(async move {
+            let job = Job::new("capped", json!({"i": i}), None);
+            let mut deferrals = 0;
+            loop {
+                match kind.run(&job, 1).await {
+                    Err(JobError::Deferred { .. }) if deferrals < 100 => {
+                        deferrals += 1;
+                        // The broker's redelivery, shortened.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => return other,
+                }
+            }
+        })
+    });
+    for result in futures::future::join_all(runs).await {
+        assert_eq!(result.unwrap(), Ok(json!("done")));
+    }
+    let peak = server.seen.peak.load(Ordering::SeqCst);
+    assert!(peak <= CAP, "the target saw {peak} concurrent requests");
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), JOBS as u32);
+    let storage = Storage::connect(database_url).await.unwrap();
+    let (held, total) = storage
+        .dispatch_slots_in_use("capped", surge_common::clock::now_micros())
+        .await
+        .unwrap();
+    assert_eq!((held, total), (0, CAP), "every slot released");
+}
+
+#[tokio::test]
+async fn the_cap_holds_across_replicas_on_sqlite() {
+    the_cap_holds_across_replicas(&testing::temp_sqlite_url()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn the_cap_holds_across_replicas_on_postgres() {
+    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let url = testing::fresh_postgres_database(&base).await.unwrap();
+    the_cap_holds_across_replicas(&url).await;
+}
+
+/// The slot table itself: leases, expiry, stale releases, resizing.
+async fn slot_leases(storage: Storage) {
+    storage.ensure_dispatch_slots("k", 2).await.unwrap();
+    let a = storage
+        .try_acquire_dispatch_slot("k", "a", 1_000, 5_000)
+        .await
+        .unwrap();
+    let b = storage
+        .try_acquire_dispatch_slot("k", "b", 1_000, 5_000)
+        .await
+        .unwrap();
+    assert!(a.is_some() && b.is_some() && a != b);
+    assert_eq!(
+        storage
+            .try_acquire_dispatch_slot("k", "c", 1_000, 5_000)
+            .await
+            .unwrap(),
+        None
+    );
+    // Other kinds have their own slots.
+    storage.ensure_dispatch_slots("other", 1).await.unwrap();
+    assert!(storage
+        .try_acquire_dispatch_slot("other", "x", 1_000, 5_000)
+        .await
+        .unwrap()
+        .is_some());
+    // After the lease, a slot is taken over; the old holder's release frees nothing.
+    let c = storage
+        .try_acquire_dispatch_slot("k", "c", 6_000, 9_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let old = if Some(c) == a { "a" } else { "b" };
+    assert!(!storage.release_dispatch_slot("k", c, old).await.unwrap());
+    assert_eq!(
+        storage.dispatch_slots_in_use("k", 6_000).await.unwrap(),
+        (1, 2)
+    );
+    // Resizing: up adds free slots, down drops the extra ones.
+    storage.ensure_dispatch_slots("k", 5).await.unwrap();
+    assert_eq!(
+        storage.dispatch_slots_in_use("k", 6_000).await.unwrap(),
+        (1, 5)
+    );
+    assert!(storage.release_dispatch_slot("k", c, "c").await.unwrap());
+    assert_eq!(
+        storage.dispatch_slots_in_use("k", 6_000).await.unwrap(),
+        (0, 5)
+    );
+    storage.ensure_dispatch_slots("k", 1).await.unwrap();
+    assert_eq!(
+        storage.dispatch_slots_in_use("k", 6_000).await.unwrap().1,
+        1
+    );
+}
+
+#[tokio::test]
+async fn slot_leases_on_sqlite() {
+    slot_leases(sqlite().await).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn slot_leases_on_postgres() {
+    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let url = testing::fresh_postgres_database(&base).await.unwrap();
+    slot_leases(Storage::connect(&url).await.unwrap()).await;
+}
