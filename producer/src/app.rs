@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use crate::dashboard;
 use crate::error::ApiError;
-use crate::routes::{health, jobs, metrics};
+use crate::routes::{health, jobs, metrics, operations};
 use crate::state::AppState;
 
 /// The request id header, set when the client did not send one and echoed back.
@@ -67,11 +67,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::submit_batch))
         .routes(routes!(jobs::status))
         .routes(routes!(jobs::replay))
+        .routes(routes!(operations::list))
+        .routes(routes!(operations::replay_many))
+        .routes(routes!(operations::cancel))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))
         .routes(routes!(dashboard::page))
         .routes(routes!(dashboard::api))
+        .routes(routes!(dashboard::kinds::kinds))
         .routes(routes!(crate::openapi::openapi_json))
 }
 

@@ -45,14 +45,6 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
-    /// A query parameter is malformed or out of range: 400, naming it.
-    #[error("{field}: {message}")]
-    BadQuery {
-        /// The parameter.
-        field: &'static str,
-        /// What is wrong.
-        message: String,
-    },
     /// Too many requests wait for results already: 503 with `Retry-After`.
     #[error(transparent)]
     TooManyWaiters(#[from] crate::waiters::TooManyWaiters),
@@ -88,6 +80,20 @@ pub enum ApiError {
     /// The job is not dead, so it cannot be replayed: 409.
     #[error("{0}")]
     NotDead(String),
+    /// A query parameter is malformed, out of range or unknown: 400, naming it.
+    #[error("{field}: {message}")]
+    BadQuery {
+        /// The parameter.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The job finished (succeeded or dead) before it could be cancelled: 409.
+    #[error("{0}")]
+    AlreadyFinished(String),
+    /// Another replay of this dead job is publishing it right now: 409.
+    #[error("{0}")]
+    ReplayInProgress(String),
     /// The broker cannot take jobs right now: 503 with `Retry-After`.
     #[error("the broker is unavailable; retry shortly")]
     BrokerUnavailable(#[source] BrokerError),
@@ -132,7 +138,6 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::BadPath { .. } => (StatusCode::BAD_REQUEST, "bad_path"),
-            ApiError::BadQuery { .. } => (StatusCode::BAD_REQUEST, "bad_query"),
             ApiError::TooManyWaiters(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_waiters"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
@@ -147,6 +152,9 @@ impl ApiError {
                 (StatusCode::CONFLICT, "idempotency_key_in_progress")
             }
             ApiError::NotDead(_) => (StatusCode::CONFLICT, "not_dead"),
+            ApiError::BadQuery { .. } => (StatusCode::BAD_REQUEST, "bad_query"),
+            ApiError::AlreadyFinished(_) => (StatusCode::CONFLICT, "already_finished"),
+            ApiError::ReplayInProgress(_) => (StatusCode::CONFLICT, "replay_in_progress"),
             ApiError::BrokerUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable")
             }
@@ -160,9 +168,10 @@ impl ApiError {
     fn field(&self) -> Option<String> {
         match self {
             ApiError::Invalid(e) => Some(e.field.clone()),
-            ApiError::BadPath { field, .. }
-            | ApiError::BadQuery { field, .. }
-            | ApiError::BadHeader { field, .. } => Some((*field).to_owned()),
+            ApiError::BadPath { field, .. } | ApiError::BadHeader { field, .. } => {
+                Some((*field).to_owned())
+            }
+            ApiError::BadQuery { field, .. } => Some(field.clone()),
             ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyInProgress => {
                 Some("Idempotency-Key".to_owned())
             }

@@ -70,6 +70,8 @@ pub struct AppState {
     pub waiters: Arc<crate::waiters::Waiters>,
     /// `GET /openapi.json`, made once from the router and `kinds`.
     pub openapi: Arc<std::sync::OnceLock<utoipa::openapi::OpenApi>>,
+    /// The dashboard's jobs per kind and status, shared by viewers for a few seconds.
+    pub kind_counts: Arc<crate::dashboard::kinds::KindCountsCache>,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ impl AppState {
             kinds: KindRegistry::builtin(),
             waiters,
             openapi: Arc::default(),
+            kind_counts: Arc::default(),
         }
     }
 

@@ -100,12 +100,16 @@ async fn the_document_and_the_router_agree() {
         "POST /jobs/batch",
         "GET /jobs/{id}",
         "POST /jobs/{id}/replay",
+        "GET /jobs",
+        "POST /jobs/replay",
+        "DELETE /jobs/{id}",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",
         "GET /openapi.json",
         "GET /",
         "GET /api/dashboard",
+        "GET /api/dashboard/kinds",
     ];
     for route in served {
         assert!(
@@ -114,7 +118,7 @@ async fn the_document_and_the_router_agree() {
         );
     }
     // And an operation that does not exist is refused by the router, so the check above bites.
-    let (status, _) = send(&state, Method::DELETE, "/jobs").await;
+    let (status, _) = send(&state, Method::PUT, "/jobs").await;
     assert!(status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND);
 }
 
@@ -211,7 +215,10 @@ async fn path_ids_are_declared_uuids() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 2, "GET /jobs/{{id}} and POST /jobs/{{id}}/replay");
+    assert_eq!(
+        checked, 3,
+        "GET and DELETE /jobs/{{id}}, POST /jobs/{{id}}/replay"
+    );
     // What the format rules out is what the server refuses.
     let (status, body) = send(&state, Method::GET, "/jobs/not-a-uuid").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -283,4 +290,60 @@ async fn every_kind_is_described_and_requests_valid_by_the_document_are_accepted
     let (status, answer) =
         send_body(&state, Method::POST, "/jobs/batch", &Value::Array(batch)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+}
+
+/// The query parameters of the listing and the bulk replay: each documented one is taken
+/// by the server (a bad value is refused naming it, never as unknown), an undocumented one
+/// is refused, and the documented statuses are exactly the ones the server knows,
+/// `cancelled` included.
+#[tokio::test]
+async fn query_parameters_are_documented_as_served() {
+    let state = state().await;
+    let doc = document(&state).await;
+    for (method, path) in [(Method::GET, "/jobs"), (Method::POST, "/jobs/replay")] {
+        let operation = &doc["paths"][path][method.as_str().to_lowercase()];
+        let params: Vec<&Value> = operation["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} {path} declares no parameters: {operation}"))
+            .iter()
+            .filter(|p| p["in"] == "query")
+            .collect();
+        assert!(params.len() >= 3, "{method} {path}: {params:?}");
+        for param in params {
+            let name = param["name"].as_str().unwrap();
+            let (status, body) =
+                send(&state, method.clone(), &format!("{path}?{name}=%00bad")).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{method} {path}?{name}: {body}"
+            );
+            assert_eq!(body["error"]["field"], name, "{body}");
+            let message = body["error"]["message"].as_str().unwrap_or("");
+            assert!(
+                !message.contains("unknown parameter"),
+                "{name} is documented but not taken: {body}"
+            );
+        }
+        let (status, body) = send(&state, method.clone(), &format!("{path}?colour=red")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["field"], "colour", "{body}");
+    }
+    let status = &doc["paths"]["/jobs"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "status")
+        .unwrap()["schema"];
+    let names: BTreeSet<&str> = resolve(&doc, status)["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status is not an enumeration: {status}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let known: BTreeSet<&str> = surge_common::storage::listing::StatusFilter::NAMES
+        .into_iter()
+        .collect();
+    assert_eq!(names, known);
+    assert!(names.contains("cancelled"));
 }

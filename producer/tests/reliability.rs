@@ -652,7 +652,20 @@ async fn a_replay_that_never_published_loses_nothing(storage: Storage) {
     // With a working broker the job can still be replayed, and runs to a result.
     let working = Arc::new(MemoryBroker::new());
     let state = AppState::new(working.clone(), storage.clone(), Limits::default());
-    let replayed = send(&state, replay()).await;
+    // The aborted request's claim is released in the background as it is dropped (a
+    // crash would leave it to expire): until then the job answers 409 replay_in_progress.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let replayed = loop {
+        let answer = send(&state, replay()).await;
+        if answer.body["error"]["code"] != "replay_in_progress" {
+            break answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the claim was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(replayed.status, StatusCode::ACCEPTED, "{}", replayed.body);
     assert_eq!(working.stats().await.unwrap().backlog, Some(1));
     assert_eq!(wait_for_status(&state, &id, "queued").await["attempt"], 1);

@@ -9,6 +9,8 @@
 //!   graceful shutdown.
 //! - [`callbacks`]: delivers signed outcome callbacks from the database outbox.
 //! - [`autoscale`]: the `surge_desired_workers` signal from backlog and drain rate.
+//! - [`precheck`]: before an attempt, whether the job is already settled (cancelled, or a
+//!   result from an earlier delivery): then it is not run.
 //! - [`heartbeat`]: the worker's row in `worker_heartbeats`, upserted every second.
 //! - [`stats`]: live counters (in flight, peak, processed…) for progress and reports.
 //! - [`service`]: the one entry point (build from settings, run until a shutdown future
@@ -25,6 +27,7 @@ pub mod autoscale;
 pub mod callbacks;
 pub mod config;
 pub mod heartbeat;
+pub mod precheck;
 pub mod runner;
 pub mod service;
 pub mod stats;

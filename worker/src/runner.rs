@@ -23,6 +23,7 @@ use surge_common::metrics as m;
 use surge_common::otlp::{Span, SpanKind};
 use surge_common::retry::{reconnect, RetryPolicy};
 use surge_common::storage::batch::{ResultWriter, StageWriter};
+use surge_common::storage::cancel::Settled;
 use surge_common::storage::lifecycle::{Stage, StageUpdate};
 use surge_common::storage::{JobResult, JobStatus, PendingResult, Recorded, Storage};
 use surge_common::trace::TraceContext;
@@ -31,6 +32,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::autoscale::desired_replicas;
+use crate::precheck::SettledCheck;
 use crate::stats::WorkerStats;
 use surge_common::kinds::{JobError, Kind, KindRegistry};
 
@@ -110,6 +112,7 @@ pub const UNKNOWN_KIND_DELAY: Duration = Duration::from_secs(5);
 /// What a job task needs, shared by all of them.
 struct JobContext {
     kinds: KindRegistry,
+    settled: SettledCheck,
     storage: Storage,
     writer: ResultWriter,
     stages: StageWriter,
@@ -145,6 +148,7 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(usize::from(capacity)));
         let context = Arc::new(JobContext {
             kinds: self.kinds.clone(),
+            settled: SettledCheck::spawn(self.storage.clone(), self.options.write_batch),
             storage: self.storage.clone(),
             writer: ResultWriter::spawn(self.storage.clone(), self.options.write_batch),
             stages: StageWriter::spawn(self.storage.clone(), self.options.write_batch),
@@ -332,6 +336,11 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
     );
     async move {
         let _permit = permit;
+        match context.settled.check(delivery.job.id).await {
+            Ok(Some(settled)) => return settle_early(delivery, settled, &context).await,
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "could not check whether the job is settled; running it"),
+        }
         if let Some(early) = too_early(&delivery.job) {
             // Scheduled jobs are published when due; this one came early (clocks apart).
             context.stats.deferred();
@@ -389,7 +398,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                     return; // dropping the delivery releases it for redelivery
                 };
                 if recorded == Recorded::Cancelled {
-                    return settle_cancelled(delivery).await;
+                    return settle_cancelled(delivery, &context).await;
                 }
                 if !queue_callback(&context, &delivery.job).await {
                     return; // released: the redelivery queues it
@@ -440,7 +449,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                     return;
                 };
                 if recorded == Recorded::Cancelled {
-                    return settle_cancelled(delivery).await;
+                    return settle_cancelled(delivery, &context).await;
                 }
                 if !queue_callback(&context, &delivery.job).await {
                     return;
@@ -573,13 +582,38 @@ async fn queue_callback(context: &JobContext, job: &surge_common::job::Job) -> b
     }
 }
 
-/// Acks a job the ingress cancelled (its client got a 503): no result, no dead letter.
-async fn settle_cancelled(delivery: Delivery) {
-    tracing::info!(
-        "job was cancelled by the ingress (its publish failed); acking without a result"
-    );
+/// Acks a cancelled job (an operator cancelled it, or the ingress refused it): no result,
+/// no dead letter.
+async fn settle_cancelled(delivery: Delivery, context: &JobContext) {
+    context.stats.cancelled();
+    tracing::info!("job was cancelled; acking without a result");
     if let Err(e) = delivery.ack().await {
         tracing::warn!(error = %e, "ack failed; the cancelled job will be redelivered");
+    }
+}
+
+/// Settles a delivery of a job that already has a terminal state, without running it (see
+/// [`crate::precheck`]): cancelled → ack; succeeded (a repeat) → ack; dead → dead-letter
+/// again with its stored error. A repeat queues the outcome callback first, as a repeat
+/// that ran would (the first delivery may have died between its commit and its callback).
+async fn settle_early(delivery: Delivery, settled: Settled, context: &JobContext) {
+    if settled != Settled::Cancelled && !queue_callback(context, &delivery.job).await {
+        return; // released: the redelivery queues it
+    }
+    let settled = match settled {
+        Settled::Cancelled => return settle_cancelled(delivery, context).await,
+        Settled::Succeeded => {
+            context.stats.duplicate();
+            tracing::info!("job already has a result; acking without running it");
+            delivery.ack().await
+        }
+        Settled::Dead(error) => {
+            tracing::info!("job is already dead; dead-lettering without running it");
+            delivery.dead_letter(&error).await
+        }
+    };
+    if let Err(e) = settled {
+        tracing::warn!(error = %e, "settling failed; the job will be redelivered");
     }
 }
 

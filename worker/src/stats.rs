@@ -15,6 +15,7 @@ pub struct WorkerStats {
     dead: AtomicU64,
     duplicates: AtomicU64,
     deferred: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 /// A point-in-time copy of [`WorkerStats`].
@@ -74,6 +75,17 @@ impl WorkerStats {
     pub(crate) fn duplicate(&self) {
         self.duplicates.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::JOBS_DUPLICATE).increment(1);
+    }
+
+    pub(crate) fn cancelled(&self) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Deliveries of cancelled jobs (by an operator, or refused at the ingress) acked
+    /// without a result. Kept out of [`StatsSnapshot`] so that reports summing snapshots
+    /// field by field are unaffected.
+    pub fn cancelled_total(&self) -> u64 {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     pub(crate) fn deferred(&self) {

@@ -161,9 +161,26 @@ impl Storage {
         Ok(out)
     }
 
+    /// The stored status (`succeeded`, `dead`, `cancelled`) of each of `ids` that has a row
+    /// in `job_results`, inside a running transaction.
+    pub(crate) async fn statuses_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        ids: &[String],
+    ) -> Result<HashMap<String, String>, StorageError> {
+        let mut out = HashMap::new();
+        for row in self
+            .rows_for_ids(tx, "job_id, status FROM job_results", ids)
+            .await?
+        {
+            out.insert(row.try_get("job_id")?, row.try_get("status")?);
+        }
+        Ok(out)
+    }
+
     /// `SELECT <columns_from> WHERE job_id IN (ids)`, in padded chunks (so the server and
     /// sqlx cache a few statement texts), inside a running transaction.
-    async fn rows_for_ids(
+    pub(crate) async fn rows_for_ids(
         &self,
         tx: &mut Transaction<'static, Any>,
         columns_from: &str,

@@ -181,7 +181,8 @@ impl Storage {
     ) -> Result<RecentLatency, StorageError> {
         let rows = sqlx::query(
             "SELECT enqueued_at_us, finished_at_us FROM job_results \
-             WHERE finished_at_us >= $1 ORDER BY finished_at_us DESC LIMIT $2",
+             WHERE finished_at_us >= $1 AND status <> 'cancelled' \
+             ORDER BY finished_at_us DESC LIMIT $2",
         )
         .bind(since_us)
         .bind(i64::from(limit))

@@ -13,9 +13,19 @@ use sqlx::query::Query;
 use sqlx::{Any, Row};
 use uuid::Uuid;
 
-use super::{decode, JobResult, JobStatus, Storage, StorageError, COLUMNS};
+use super::{decode, JobResult, Storage, StorageError, COLUMNS};
 use crate::clock::now_micros;
 use crate::job::Job;
+
+/// How long a replay's claim on a dead job holds ([`Storage::claim_replay`]): longer than
+/// any publish takes, so a live replay keeps its job; a claim left by a replay that died
+/// before publishing (or before clearing it) expires after this, and the job can be
+/// replayed again.
+pub const REPLAY_CLAIM_EXPIRY: std::time::Duration = std::time::Duration::from_secs(120);
+
+fn claim_expiry_us() -> i64 {
+    i64::try_from(REPLAY_CLAIM_EXPIRY.as_micros()).unwrap_or(i64::MAX)
+}
 
 /// A state before the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +118,9 @@ impl Storage {
 
     /// Records stage changes; of several for one job, the last wins. A `queued` update
     /// never overwrites a stage a worker wrote (the worker may have started the job before
-    /// the ingress got the broker's confirm).
+    /// the ingress got the broker's confirm). A job that has finished gets no stage row
+    /// (an update written late, after the result, would otherwise linger): the result's
+    /// commit removes the row, see [`Storage::record_pending`].
     pub async fn record_stages(&self, updates: &[StageUpdate]) -> Result<(), StorageError> {
         let mut last: HashMap<Uuid, &StageUpdate> = HashMap::new();
         for update in updates {
@@ -135,6 +147,8 @@ impl Storage {
                 let sql = format!(
                     "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
                      SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
+                     AND NOT EXISTS (SELECT 1 FROM job_results r WHERE r.job_id = v.column1 \
+                     AND r.replaying_since_us IS NULL) \
                      ON CONFLICT (job_id) {on_conflict}",
                     self.placeholders(1, rows, 6)
                 );
@@ -182,44 +196,74 @@ impl Storage {
     }
 
     /// Claims a dead job for replay and returns its row (with the job), or `None` when the
-    /// job is not dead. The dead row stays, marked as being replayed, and the job is marked
-    /// `queued`; the row still answers `GET /jobs/{id}` until [`Storage::finish_replay`].
+    /// job is not dead or another replay holds it. The dead row stays, marked as being
+    /// replayed, and the job is marked `queued`; the row still answers `GET /jobs/{id}`
+    /// until [`Storage::finish_replay`]. The claim is exclusive: one statement sets the
+    /// mark only where none is set (or the one set is older than [`REPLAY_CLAIM_EXPIRY`]),
+    /// so of two overlapping replays one publishes the job and the other does not.
     /// Nothing is lost if the caller never gets further (a crash, a dropped request): the
-    /// job is still dead and can be replayed again. A second claim of the same job succeeds
-    /// too; publishing it twice is harmless, as results are stored once per job id.
+    /// job is still dead, and once the claim expires (or is abandoned) it can be replayed
+    /// again.
     pub async fn claim_replay(&self, job_id: Uuid) -> Result<Option<JobResult>, StorageError> {
+        self.claim_replay_at(job_id, now_micros()).await
+    }
+
+    /// [`Storage::claim_replay`] as if the time were `now_us` (µs since the epoch): tests
+    /// use it to see a claim expire without waiting.
+    pub async fn claim_replay_at(
+        &self,
+        job_id: Uuid,
+        now_us: i64,
+    ) -> Result<Option<JobResult>, StorageError> {
+        let mut claimed = self.claim_dead(&[job_id.to_string()], now_us).await?;
+        Ok(claimed.pop())
+    }
+
+    /// Claims the dead jobs among `ids` that no unexpired replay holds (see
+    /// [`Storage::claim_replay`]), in one transaction; returns their rows.
+    pub(crate) async fn claim_dead(
+        &self,
+        ids: &[String],
+        now_us: i64,
+    ) -> Result<Vec<JobResult>, StorageError> {
         let mut tx = self.pool().begin().await?;
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM job_results WHERE job_id = $1 AND status = $2"
-        ))
-        .bind(job_id.to_string())
-        .bind(JobStatus::Dead.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let dead = decode(&row)?;
-        sqlx::query(
-            "UPDATE job_results SET replaying_since_us = $1 WHERE job_id = $2 AND status = $3",
-        )
-        .bind(now_micros())
-        .bind(job_id.to_string())
-        .bind(JobStatus::Dead.as_str())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
-             VALUES ($1, $2, 'queued', 1, NULL, $3) ON CONFLICT (job_id) DO UPDATE SET \
-             status = 'queued', attempt = 1, error = NULL, updated_at_us = excluded.updated_at_us",
-        )
-        .bind(job_id.to_string())
-        .bind(dead.kind.clone())
-        .bind(now_micros())
-        .execute(&mut *tx)
-        .await?;
+        let mut claimed = Vec::new();
+        for chunk in ids.chunks(super::MAX_ROWS_PER_STATEMENT) {
+            let rows = super::padded(chunk.len());
+            let sql = format!(
+                "UPDATE job_results SET replaying_since_us = {} WHERE status = 'dead' \
+                 AND (replaying_since_us IS NULL OR replaying_since_us < {}) \
+                 AND job_id IN ({}) RETURNING {COLUMNS}",
+                self.list(1, 1),
+                self.list(2, 1),
+                self.list(3, rows),
+            );
+            // Parameters in the order they appear (SQLite's `?` are positional).
+            let mut query = sqlx::query(&sql)
+                .bind(now_us)
+                .bind(now_us.saturating_sub(claim_expiry_us()));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            query = super::bind_nulls(query, rows - chunk.len());
+            for row in query.fetch_all(&mut *tx).await? {
+                claimed.push(decode(&row)?);
+            }
+        }
+        for dead in &claimed {
+            sqlx::query(
+                "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
+                 VALUES ($1, $2, 'queued', 1, NULL, $3) ON CONFLICT (job_id) DO UPDATE SET \
+                 status = 'queued', attempt = 1, error = NULL, updated_at_us = excluded.updated_at_us",
+            )
+            .bind(dead.job_id.to_string())
+            .bind(dead.kind.clone())
+            .bind(now_us)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        Ok(Some(dead))
+        Ok(claimed)
     }
 
     /// The replay of a claimed job is published: removes its dead row, unless the replayed
@@ -232,8 +276,9 @@ impl Storage {
         Ok(())
     }
 
-    /// The replay of a claimed job could not be published: the job stays dead, and a run
-    /// of a message the broker may have kept anyway finds its dead row and changes nothing.
+    /// The replay of a claimed job could not be published: the job stays dead (and can be
+    /// replayed again at once), and a run of a message the broker may have kept anyway
+    /// finds its dead row and changes nothing.
     pub async fn abandon_replay(&self, job_id: Uuid) -> Result<(), StorageError> {
         sqlx::query("UPDATE job_results SET replaying_since_us = NULL WHERE job_id = $1")
             .bind(job_id.to_string())

@@ -28,10 +28,13 @@
 pub mod acceptance;
 pub mod batch;
 pub mod callbacks;
+pub mod cancel;
 pub mod flow;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod lifecycle;
+pub mod listing;
+pub mod replay;
 pub mod schedule;
 
 use std::time::Duration;
@@ -96,6 +99,9 @@ pub enum JobStatus {
     Succeeded,
     /// The job failed permanently or ran out of attempts.
     Dead,
+    /// An operator cancelled it (`DELETE /jobs/{id}`) before it finished: it never gets a
+    /// result (see [`listing`]).
+    Cancelled,
 }
 
 impl JobStatus {
@@ -104,13 +110,16 @@ impl JobStatus {
         match self {
             JobStatus::Succeeded => "succeeded",
             JobStatus::Dead => "dead",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 
-    fn parse(s: &str) -> Option<JobStatus> {
+    /// The status stored under `name`, if any.
+    pub fn parse(s: &str) -> Option<JobStatus> {
         match s {
             "succeeded" => Some(JobStatus::Succeeded),
             "dead" => Some(JobStatus::Dead),
+            "cancelled" => Some(JobStatus::Cancelled),
             _ => None,
         }
     }
@@ -152,8 +161,9 @@ pub enum Recorded {
     New,
     /// The job already had a result (a redelivery); only its delivery count changed.
     Duplicate,
-    /// The job was cancelled because its publish failed (the client got a 503 and may
-    /// resubmit): no result is stored, the delivery should be acked.
+    /// The job was cancelled: its publish failed (the client got a 503 and may resubmit),
+    /// or an operator cancelled it (`DELETE /jobs/{id}`, a `cancelled` row). No result is
+    /// stored; the delivery should be acked, not dead-lettered.
     Cancelled,
     /// The job awaits the ingress's decision, which is not recorded yet: nothing is
     /// stored; keep the delivery and try again shortly (see [`acceptance`]).
@@ -409,7 +419,7 @@ impl Storage {
         // between is visible here although the insert did not see it, so only a row that
         // exists makes a repeat; anything else is tried again.
         let decided = self.decisions(&mut tx, &skipped).await?;
-        let present = self.ids_in(&mut tx, "job_results", &skipped).await?;
+        let present = self.statuses_in(&mut tx, &skipped).await?;
         let mut outcome = Vec::with_capacity(rows.len());
         let mut repeated = Vec::new();
         let mut written = std::collections::HashSet::new();
@@ -426,9 +436,12 @@ impl Storage {
                 repeated.push(id);
                 continue;
             }
-            if decided.get(&id) == Some(&false) {
+            if decided.get(&id) == Some(&false)
+                || present.get(&id).map(String::as_str) == Some(JobStatus::Cancelled.as_str())
+            {
+                // Refused at the ingress, or cancelled by an operator before this result.
                 outcome.push(Recorded::Cancelled);
-            } else if present.contains(&id) {
+            } else if present.contains_key(&id) {
                 outcome.push(Recorded::Duplicate);
                 repeated.push(id);
             } else {
@@ -436,6 +449,24 @@ impl Storage {
                 // the insert looked): nothing stored, try again.
                 outcome.push(Recorded::Unaccepted);
             }
+        }
+        // A finished job's stage row is obsolete: removed in the result's transaction, so
+        // listings of unfinished jobs (`GET /jobs?status=running`) never wade through
+        // finished ones (see [`listing`]).
+        let finished: Vec<String> = written.iter().cloned().collect();
+        for chunk in finished.chunks(MAX_ROWS_PER_STATEMENT) {
+            let rows = padded(chunk.len());
+            let sql = format!(
+                "DELETE FROM job_status WHERE job_id IN ({})",
+                self.list(1, rows)
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            bind_nulls(query, rows - chunk.len())
+                .execute(&mut *tx)
+                .await?;
         }
         for id in repeated {
             sqlx::query(&format!(

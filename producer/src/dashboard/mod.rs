@@ -8,9 +8,14 @@
 //!   the database — `job_results` and the heartbeats every worker writes each second — so
 //!   they are right whichever process the workers run in.
 //!
+//! The page also lists dead jobs (from `GET /jobs?status=dead`, with a replay button per
+//! job and one for the current filter, which call the replay routes) and jobs per kind and
+//! status ([`kinds`]).
+//!
 //! The broker and database part is shared by concurrent viewers for [`REFRESH`], so many
 //! open dashboards cost the database no more than one.
 
+pub mod kinds;
 pub mod live;
 
 use std::sync::Arc;

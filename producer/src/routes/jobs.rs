@@ -19,10 +19,11 @@ use surge_common::otlp::{Span, SpanKind};
 use surge_common::retry::reconnect;
 use surge_common::storage::idempotency::Claim;
 use surge_common::storage::lifecycle::Lifecycle;
-use surge_common::storage::JobResult;
+use surge_common::storage::{JobResult, JobStatus};
 use surge_common::trace::TraceContext;
 use uuid::Uuid;
 
+use super::operations::ClaimGuard;
 use crate::admission::Refusal;
 use crate::body::JsonBody;
 use crate::error::ApiError;
@@ -324,7 +325,7 @@ async fn admit(state: &AppState, caller: &Caller, jobs: u32) -> Result<(), ApiEr
 }
 
 /// Checks the API key on read-only job endpoints.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     state
         .api_keys
         .authenticate(headers)
@@ -399,7 +400,7 @@ async fn publish_new(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
 /// [`QUEUED_WRITE_TIMEOUT`]; after that, or a failed write (the database is struggling),
 /// keeps trying in the background. Should it never succeed, the results still commit
 /// once the acceptance is overdue.
-async fn accept(state: &AppState, jobs: &[Job]) {
+pub(crate) async fn accept(state: &AppState, jobs: &[Job]) {
     use backon::Retryable;
     let failure = match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.accepts.accept(jobs)).await
     {
@@ -437,7 +438,7 @@ fn cancel_later(state: &AppState, ids: Vec<Uuid>, first_error: String) {
 /// commit rather than their sum. A `queued` row of a job whose publish then fails is
 /// hidden by its cancellation (see [`publish_new`]). On success records metrics and counts
 /// the jobs for admission control.
-async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
+pub(crate) async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
     let timeout = state.limits.publish_timeout;
     let (published, marked) = tokio::join!(
@@ -483,7 +484,7 @@ pub struct StatusQuery {
             description = "Seconds to wait for the job to finish before answering (long polling); 0 or absent: answer at once"),
     ),
     responses(
-        (status = 200, description = "status: queued | running | retrying (with attempt and last error) | succeeded (with result) | dead (with error)",
+        (status = 200, description = "status: scheduled | queued | running | retrying | waiting (with attempt and last error) | succeeded (with result) | dead (with error) | cancelled (by DELETE /jobs/{id}; never a result)",
             content_type = "application/json"),
         (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),
         (status = 401, description = "API key missing or wrong", body = crate::openapi::ErrorBody),
@@ -524,7 +525,7 @@ fn parse_wait(
     query: Result<axum::extract::Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Option<Duration>, ApiError> {
     let bad = |message: String| ApiError::BadQuery {
-        field: "wait",
+        field: "wait".to_owned(),
         message,
     };
     let query = query.map_err(|e| bad(e.body_text()))?;
@@ -549,7 +550,7 @@ fn parse_wait(
         (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),
         (status = 401, description = "API key missing or wrong", body = crate::openapi::ErrorBody),
         (status = 404, description = "Unknown job id", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The job is not dead", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The job is not dead (`not_dead`), or another replay is publishing it (`replay_in_progress`)", body = crate::openapi::ErrorBody),
         (status = 503, description = "Broker or database unavailable; the job stays dead", body = crate::openapi::ErrorBody),
     ))]
 pub async fn replay(
@@ -565,26 +566,32 @@ pub async fn replay(
     let Some(dead) = state.storage.claim_replay(id).await? else {
         return match state.storage.lifecycle(id).await? {
             None => Err(ApiError::NotFound(format!("no job {id}"))),
+            Some(Lifecycle::Finished(r)) if r.status == JobStatus::Dead => {
+                Err(ApiError::ReplayInProgress(format!(
+                    "job {id} is being replayed by another request; see its status"
+                )))
+            }
             Some(_) => Err(ApiError::NotDead(format!(
                 "job {id} is not dead; only dead jobs can be replayed"
             ))),
         };
     };
+    let guard = ClaimGuard::new(state.storage.clone(), vec![id]);
     let Some(mut job) = dead.job.clone() else {
-        state.storage.abandon_replay(id).await?;
+        guard.release().await;
         return Err(ApiError::NotDead(format!(
             "job {id} died before replay was possible (its body was not kept)"
         )));
     };
     job.enqueued_at_us = surge_common::clock::now_micros();
     // The dead row stays until the publish succeeded: if this request ends before (a
-    // crash, a client hanging up), the job is still dead and replayable.
+    // crash, a client hanging up), the job is still dead and replayable (the guard
+    // releases the claim; after a crash it expires).
     if let Err(e) = publish(&state, std::slice::from_ref(&job)).await {
-        if let Err(restore) = state.storage.abandon_replay(id).await {
-            tracing::warn!(error = %restore, job_id = %id, "could not clear the replay mark; the dead row stays");
-        }
+        guard.release().await;
         return Err(e);
     }
+    guard.disarm();
     if job.awaits_acceptance {
         // Accepted when it first ran; a no-op unless that record was lost.
         accept(&state, std::slice::from_ref(&job)).await;
@@ -593,14 +600,14 @@ pub async fn replay(
     accepted_response(id)
 }
 
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|e| ApiError::BadPath {
         field: "id",
         message: format!("not a job id (UUID): {e}"),
     })
 }
 
-fn describe(r: &JobResult) -> Value {
+pub(crate) fn describe(r: &JobResult) -> Value {
     json!({
         "id": r.job_id,
         "kind": r.kind,

@@ -4,7 +4,10 @@
 //! - [`health`]: `GET /healthz` (the process answers), `GET /readyz` (broker and database
 //!   reachable).
 //! - [`metrics`]: `GET /metrics` (Prometheus).
+//! - [`operations`]: `GET /jobs` (list), `POST /jobs/replay` (bulk replay of dead jobs),
+//!   `DELETE /jobs/{id}` (cancel).
 
 pub mod health;
 pub mod jobs;
 pub mod metrics;
+pub mod operations;

@@ -1,0 +1,330 @@
+//! The dashboard's operations part in a real browser (issue 14): the ingress with an
+//! embedded worker serves `GET /` with dead jobs already stored; headless Chromium shows
+//! them (kind, error, attempts, when) and the jobs per kind and status; clicking one job's
+//! replay button replays it, and with the filter set to one kind, "replay all matching"
+//! replays exactly that kind's dead jobs; the replayed jobs run to a result and the
+//! per-kind counts follow. A screenshot is saved to
+//! `target/artifacts/dashboard-operations.png`.
+//!
+//! Needs Debian's `chromium` (`scripts/chromium.sh` installs it). Without it the test fails
+//! when `CI=true` and is skipped loudly otherwise.
+
+mod browser;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use browser::{Browser, Tab, CHROMIUM};
+use clap::Parser;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use surge_common::broker::memory::MemoryBroker;
+use surge_common::job::Job;
+use surge_common::storage::{JobResult, JobStatus, Storage};
+use surge_common::testing;
+use surge_producer::config::ProducerArgs;
+use surge_producer::Ingress;
+use uuid::Uuid;
+
+/// One dead job row as shown.
+#[derive(Debug, Clone, Deserialize)]
+struct DeadRow {
+    id: String,
+    cells: Vec<String>,
+    replayable: bool,
+}
+
+/// What the operations part of the page shows.
+#[derive(Debug, Clone, Deserialize)]
+struct Shown {
+    dead_polls: u64,
+    kinds_polls: u64,
+    dead: Vec<DeadRow>,
+    empty: Option<String>,
+    note: String,
+    replay_all: String,
+    kinds: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+const READ_PAGE: &str = r##"(() => {
+  const $ = (id) => document.getElementById(id);
+  const empty = document.querySelector("#dead-body td.empty");
+  return {
+    dead_polls: Number(document.body.dataset.deadPolls || 0),
+    kinds_polls: Number(document.body.dataset.kindsPolls || 0),
+    dead: [...document.querySelectorAll("#dead-body tr[data-job]")].map((row) => ({
+      id: row.dataset.job,
+      cells: [...row.cells].map((cell) => cell.textContent.trim()),
+      replayable: !row.querySelector("button.replay").disabled,
+    })),
+    empty: empty ? empty.textContent.trim() : null,
+    note: $("dead-note").textContent.trim(),
+    replay_all: $("replay-all").textContent.trim(),
+    kinds: Object.fromEntries([...document.querySelectorAll("#kinds-body tr[data-kind]")].map((row) =>
+      [row.dataset.kind, Object.fromEntries([...row.querySelectorAll("td[data-status]")]
+        .map((td) => [td.dataset.status, td.textContent.trim()]))])),
+  };
+})()"##;
+
+async fn read(tab: &Tab<'_>) -> anyhow::Result<Shown> {
+    let value = tab.eval(READ_PAGE).await?;
+    serde_json::from_value(value.clone()).with_context(|| format!("reading the page: {value}"))
+}
+
+/// Polls the page until `done` holds; fails after `limit`.
+async fn wait_for(
+    tab: &Tab<'_>,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Shown) -> bool,
+) -> anyhow::Result<Shown> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let shown = read(tab).await?;
+        if done(&shown) {
+            return Ok(shown);
+        }
+        if Instant::now() > deadline {
+            bail!("the page did not show {what} within {limit:?}; it shows {shown:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn chromium() -> Option<PathBuf> {
+    let path = Path::new(CHROMIUM);
+    if path.exists() {
+        return Some(path.to_owned());
+    }
+    if testing::in_ci() {
+        panic!("CI=true but {CHROMIUM} is missing: run scripts/chromium.sh (as root) first");
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED: the dashboard browser test needs Debian's chromium at {CHROMIUM}; \
+         install it with `scripts/chromium.sh` (as root) !!!!!\n"
+    );
+    None
+}
+
+/// Stores `n` dead jobs of `kind` (bodies kept, acceptance recorded) and returns their ids.
+async fn dead_jobs(storage: &Storage, kind: &str, n: usize) -> anyhow::Result<Vec<Uuid>> {
+    let rows: Vec<JobResult> = (0..n)
+        .map(|i| {
+            let mut job = Job::new(kind, json!({"rounds": 1 + i}), None);
+            job.awaits_acceptance = true;
+            let at = job.enqueued_at_us + i as i64;
+            JobResult {
+                job_id: job.id,
+                kind: kind.into(),
+                status: JobStatus::Dead,
+                result: None,
+                error: Some(format!("{kind}: bad deploy")),
+                attempts: 5,
+                deliveries: 1,
+                worker: "old-worker".into(),
+                enqueued_at_us: at,
+                started_at_us: at,
+                finished_at_us: at,
+                job: Some(job),
+            }
+        })
+        .collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.job_id).collect();
+    storage.accept(&ids).await?;
+    storage.record_many(&rows).await?;
+    Ok(ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_jobs_are_listed_and_replayed_from_the_dashboard() -> anyhow::Result<()> {
+    let Some(chromium) = chromium() else {
+        return Ok(());
+    };
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await?;
+    // A bad deploy left dead jobs of two kinds (the payloads are valid for them: they
+    // run to a result once replayed).
+    let echo = dead_jobs(&storage, "echo", 3).await?;
+    let hash = dead_jobs(&storage, "hash", 2).await?;
+    let args = ProducerArgs::try_parse_from([
+        "surge-producer",
+        "--listen",
+        "127.0.0.1:0",
+        "--broker",
+        "memory",
+        "--embedded-capacity",
+        "4",
+    ])?;
+    let ingress = Ingress::build_with(&args, Arc::new(MemoryBroker::new()), storage).await?;
+    let base = format!("http://{}", ingress.local_addr());
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ingress.run_until_stopped(async {
+        let _ = server_stopped.await;
+    }));
+    let client = reqwest::Client::new();
+
+    let browser = Browser::launch(&chromium).await?;
+    let outcome = drive(&browser, &client, &base, &echo, &hash).await;
+    let problems = browser.problems();
+    if outcome.is_err() {
+        let tail = std::fs::read_to_string(browser.log()).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+        eprintln!(
+            "chromium log (last lines, newest first):\n{}",
+            tail.join("\n")
+        );
+    }
+    browser.close().await;
+    let _ = stop_server.send(());
+    server.await??;
+    outcome?;
+    assert!(
+        problems.is_empty(),
+        "the page reported errors: {problems:#?}"
+    );
+    Ok(())
+}
+
+/// Waits until `GET /jobs/{id}` says `succeeded`.
+async fn succeeded(client: &reqwest::Client, base: &str, id: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body: Value = client
+            .get(format!("{base}/jobs/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if body["status"] == "succeeded" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} never succeeded: {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn drive(
+    browser: &Browser,
+    client: &reqwest::Client,
+    base: &str,
+    echo: &[Uuid],
+    hash: &[Uuid],
+) -> anyhow::Result<()> {
+    let tab = browser.tab(1280, 1100).await?;
+    tab.navigate(&format!("{base}/")).await?;
+    let patience = Duration::from_secs(30);
+
+    // The dead jobs, newest first, with kind, error, attempts and when; and per kind.
+    let shown = wait_for(&tab, "5 dead jobs and their kinds", patience, |s| {
+        s.dead.len() == 5 && s.kinds.contains_key("echo") && s.kinds.contains_key("hash")
+    })
+    .await?;
+    for row in &shown.dead {
+        let kind = &row.cells[0];
+        assert!(kind == "echo" || kind == "hash", "{row:?}");
+        assert_eq!(row.cells[1], format!("{kind}: bad deploy"), "{row:?}");
+        assert_eq!(row.cells[2], "5", "{row:?}");
+        assert!(row.cells[3].ends_with(" UTC"), "when it died: {row:?}");
+        assert!(row.replayable, "{row:?}");
+    }
+    assert_eq!(shown.kinds["echo"]["dead"], "3", "{shown:#?}");
+    assert_eq!(shown.kinds["hash"]["dead"], "2", "{shown:#?}");
+    assert_eq!(
+        shown.kinds["echo"]["cancelled"], "0",
+        "every status has a column"
+    );
+    assert_eq!(shown.replay_all, "replay all 5 matching");
+
+    // One job's replay button: that job leaves the table and runs to a result.
+    let one = echo[0].to_string();
+    tab.eval(&format!(
+        r#"document.querySelector('#dead-body tr[data-job="{one}"] button.replay').click()"#
+    ))
+    .await?;
+    wait_for(&tab, "the replayed job gone", patience, |s| {
+        s.dead.len() == 4 && s.dead.iter().all(|r| r.id != one) && s.note == "replayed 1 job"
+    })
+    .await?;
+    succeeded(client, base, &one).await?;
+
+    // Filter to one kind, then replay all matching: exactly that kind's dead jobs.
+    let polls = read(&tab).await?.dead_polls;
+    tab.eval(
+        r#"document.getElementById("dead-kind").value = "hash";
+           document.getElementById("dead-apply").click()"#,
+    )
+    .await?;
+    let filtered = wait_for(&tab, "the hash jobs only", patience, |s| {
+        s.dead_polls > polls && s.dead.len() == 2 && s.dead.iter().all(|r| r.cells[0] == "hash")
+    })
+    .await?;
+    assert_eq!(filtered.replay_all, "replay all 2 matching");
+    tab.eval(r#"document.getElementById("replay-all").click()"#)
+        .await?;
+    wait_for(&tab, "no dead hash job left", patience, |s| {
+        s.dead.is_empty()
+            && s.empty.as_deref() == Some("no dead job matches")
+            && s.note == "replayed 2 jobs"
+    })
+    .await?;
+    for id in hash {
+        succeeded(client, base, &id.to_string()).await?;
+    }
+
+    // Without the filter: the two echo jobs not replayed are still there; the per-kind
+    // counts follow the replays.
+    tab.eval(
+        r#"document.getElementById("dead-kind").value = "";
+           document.getElementById("dead-apply").click()"#,
+    )
+    .await?;
+    let kinds_polls = read(&tab).await?.kinds_polls;
+    let after = wait_for(
+        &tab,
+        "two echo jobs left and the counts updated",
+        patience,
+        |s| {
+            s.dead.len() == 2
+                && s.dead.iter().all(|r| r.cells[0] == "echo")
+                && s.kinds_polls > kinds_polls
+                && s.kinds
+                    .get("hash")
+                    .and_then(|k| k.get("succeeded"))
+                    .map(String::as_str)
+                    == Some("2")
+                && s.kinds
+                    .get("echo")
+                    .and_then(|k| k.get("dead"))
+                    .map(String::as_str)
+                    == Some("2")
+        },
+    )
+    .await?;
+    let left: Vec<String> = after.dead.iter().map(|r| r.id.clone()).collect();
+    let mut expected: Vec<String> = echo[1..].iter().map(Uuid::to_string).collect();
+    expected.reverse();
+    assert_eq!(left, expected, "newest first");
+    assert_eq!(after.kinds["hash"]["dead"], "0");
+    assert_eq!(after.kinds["echo"]["succeeded"], "1");
+
+    let png = tab.screenshot().await?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("artifacts");
+    std::fs::create_dir_all(&dir)?;
+    if !png.starts_with(b"\x89PNG\r\n\x1a\n") || png.len() < 10_000 {
+        bail!(
+            "the screenshot is not a plausible PNG ({} bytes)",
+            png.len()
+        );
+    }
+    let path = dir.join("dashboard-operations.png");
+    std::fs::write(&path, &png)?;
+    eprintln!("screenshot: {} ({} bytes)", path.display(), png.len());
+    Ok(())
+}
