@@ -47,6 +47,7 @@ struct Shown {
     note: String,
     replay_all: String,
     kinds: BTreeMap<String, BTreeMap<String, String>>,
+    flows: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 const READ_PAGE: &str = r##"(() => {
@@ -66,6 +67,9 @@ const READ_PAGE: &str = r##"(() => {
     kinds: Object.fromEntries([...document.querySelectorAll("#kinds-body tr[data-kind]")].map((row) =>
       [row.dataset.kind, Object.fromEntries([...row.querySelectorAll("td[data-status]")]
         .map((td) => [td.dataset.status, td.textContent.trim()]))])),
+    flows: Object.fromEntries([...document.querySelectorAll("#kinds-body tr[data-kind]")].map((row) =>
+      [row.dataset.kind, Object.fromEntries([...row.querySelectorAll("td[data-flow]")]
+        .map((td) => [td.dataset.flow, td.textContent.trim()]))])),
   };
 })()"##;
 
@@ -157,6 +161,7 @@ async fn dead_jobs_are_listed_and_replayed_from_the_dashboard() -> anyhow::Resul
         "--embedded-capacity",
         "4",
     ])?;
+    let heartbeats = storage.clone();
     let ingress = Ingress::build_with(&args, Arc::new(MemoryBroker::new()), storage).await?;
     let base = format!("http://{}", ingress.local_addr());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -165,8 +170,30 @@ async fn dead_jobs_are_listed_and_replayed_from_the_dashboard() -> anyhow::Resul
     }));
     let client = reqwest::Client::new();
 
+    // A worker in another process runs an HTTP kind whose target pushes back: its
+    // heartbeat reports the kind's flow control, which the per-kind table shows.
+    let beating = tokio::spawn(async move {
+        loop {
+            let now = surge_common::clock::now_micros();
+            let beat = surge_common::storage::heartbeat::Heartbeat {
+                worker_id: "remote-worker".into(),
+                capacity: 32,
+                in_flight: 3,
+                succeeded: 0,
+                dead: 0,
+                started_at_us: now,
+                last_seen_us: now,
+                kinds: serde_json::json!({"thumbnail": {
+                    "limit": 12.0, "in_flight": 3, "breaker_open": true, "concurrency": 20
+                }}),
+            };
+            let _ = heartbeats.upsert_heartbeat(&beat).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     let browser = Browser::launch(&chromium).await?;
     let outcome = drive(&browser, &client, &base, &echo, &hash).await;
+    beating.abort();
     let problems = browser.problems();
     if outcome.is_err() {
         let tail = std::fs::read_to_string(browser.log()).unwrap_or_default();
@@ -238,6 +265,15 @@ async fn drive(
         "every status has a column"
     );
     assert_eq!(shown.replay_all, "replay all 5 matching");
+    let flow = wait_for(&tab, "the HTTP kind's flow control", patience, |s| {
+        s.flows.contains_key("thumbnail")
+    })
+    .await?
+    .flows["thumbnail"]
+        .clone();
+    assert_eq!(flow["in_flight"], "3 / 20", "{flow:?}");
+    assert_eq!(flow["limit"], "12", "{flow:?}");
+    assert_eq!(flow["circuit"], "open on 1 of 1", "{flow:?}");
 
     // One job's replay button: that job leaves the table and runs to a result.
     let one = echo[0].to_string();
