@@ -92,7 +92,10 @@ impl JobRequest {
             check_callback_url(url)?;
         }
         let run_at_us = self.run_at_us()?;
-        let callback_url = self.callback_url.clone();
+        let callback_url = self
+            .callback_url
+            .clone()
+            .or_else(|| kinds.get(&self.kind)?.callback_url());
         let mut job = Job::new(self.kind, self.payload, self.key);
         job.callback_url = callback_url;
         job.run_at_us = run_at_us.filter(|at| *at > job.enqueued_at_us);
@@ -301,6 +304,39 @@ mod tests {
         let mut r = request("echo", json!({}));
         r.callback_url = Some("https://hooks.example.com/surge".into());
         assert!(r.into_job(&kinds).unwrap().callback_url.is_some());
+    }
+
+    #[test]
+    fn a_kind_may_give_its_jobs_a_default_callback() {
+        struct Hooked;
+        #[async_trait::async_trait]
+        impl crate::kinds::Kind for Hooked {
+            fn validate(&self, _: &Value) -> Result<(), InvalidJob> {
+                Ok(())
+            }
+            async fn run(&self, _: &Job, _: u32) -> Result<Value, crate::kinds::JobError> {
+                Ok(Value::Null)
+            }
+            fn callback_url(&self) -> Option<String> {
+                Some("http://hooks.example/kind".into())
+            }
+        }
+        let kinds = KindRegistry::builder()
+            .register("hooked", Hooked)
+            .try_build()
+            .unwrap();
+        let job = request("hooked", json!({})).into_job(&kinds).unwrap();
+        assert_eq!(
+            job.callback_url.as_deref(),
+            Some("http://hooks.example/kind")
+        );
+        let mut own = request("hooked", json!({}));
+        own.callback_url = Some("http://hooks.example/job".into());
+        let job = own.into_job(&kinds).unwrap();
+        assert_eq!(
+            job.callback_url.as_deref(),
+            Some("http://hooks.example/job")
+        );
     }
 
     #[test]

@@ -119,6 +119,18 @@ fn kind_request(name: &str, kind: &dyn Kind) -> RefOr<Schema> {
                 )),
         )
         .property(
+            "callback_url",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::Custom("uri".into())))
+                // The server counts bytes; 4-byte characters at most make this always fit.
+                .max_length(Some(surge_common::job::MAX_CALLBACK_URL_LEN / 4))
+                .description(Some(
+                    "Where the outcome is POSTed (signed) when the job succeeds or dies; \
+                     http or https. Default: the kind's `callback_url`, if it has one.",
+                )),
+        )
+        .property(
             "run_at",
             ObjectBuilder::new()
                 .schema_type(Type::String)

@@ -164,6 +164,9 @@ fn instance(doc: &Value, schema: &Value, edge: Edge) -> Value {
             Edge::Least => schema["minimum"].clone(),
             Edge::Most => schema["maximum"].clone(),
         },
+        Some("string") if schema["format"] == "uri" => {
+            Value::String("http://127.0.0.1:9/hook".into())
+        }
         Some("string") if schema["format"] == "date-time" => {
             Value::String("2026-01-01T00:00:00Z".into())
         }

@@ -103,6 +103,12 @@ pub trait Kind: Send + Sync + 'static {
         None
     }
 
+    /// Where the outcome of this kind's jobs is POSTed when a job names no
+    /// `callback_url` of its own (HTTP kinds: `callback_url` in the configuration file).
+    fn callback_url(&self) -> Option<String> {
+        None
+    }
+
     /// This process's flow-control state for the kind, for the dashboard (HTTP kinds:
     /// adaptive limit, requests in flight, circuit); `None` for kinds without any.
     fn flow(&self) -> Option<Value> {

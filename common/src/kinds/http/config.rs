@@ -72,6 +72,10 @@ pub struct HttpKindFile {
     /// A line for humans (OpenAPI, dashboard).
     #[serde(default)]
     pub description: Option<String>,
+    /// Where the outcome of this kind's jobs is POSTed (signed) when they succeed or die,
+    /// unless a job names its own `callback_url`.
+    #[serde(default)]
+    pub callback_url: Option<String>,
     /// JSON Schema of the payload, checked at the ingress (422 naming the failing field).
     #[serde(default)]
     pub schema: Option<Value>,
@@ -138,6 +142,8 @@ pub struct HttpKindConfig {
     pub breaker_cooldown: Duration,
     /// For humans.
     pub description: Option<String>,
+    /// The kind's default outcome callback.
+    pub callback_url: Option<String>,
     /// The payload schema, compiled.
     pub schema: Option<PayloadSchema>,
 }
@@ -223,6 +229,16 @@ impl HttpKindConfig {
             }
             headers.push((header_name, HeaderSecret(value)));
         }
+        if let Some(callback) = &file.callback_url {
+            let parsed = reqwest::Url::parse(callback)
+                .map_err(|e| bad("callback_url", format!("not a URL ({e})")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(bad(
+                    "callback_url",
+                    "must be an http:// or https:// URL with a host".into(),
+                ));
+            }
+        }
         let schema = match file.schema {
             Some(document) => Some(
                 PayloadSchema::compile(&key("schema"), document)
@@ -245,6 +261,7 @@ impl HttpKindConfig {
             breaker_failures: file.breaker_failures,
             breaker_cooldown: Duration::from_millis(file.breaker_cooldown_ms),
             description: file.description,
+            callback_url: file.callback_url,
             schema,
         })
     }
@@ -327,6 +344,7 @@ mod tests {
                 "kinds.t.headers.bad header",
             ),
             ("[schema]\ntype = 5", "kinds.t.schema"),
+            ("callback_url = \"ftp://x/\"", "kinds.t.callback_url"),
         ];
         for (extra, key) in cases {
             let err = HttpKindConfig::check("t", file(extra), &env).unwrap_err();

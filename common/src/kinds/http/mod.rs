@@ -266,6 +266,10 @@ impl Kind for HttpKind {
         }))
     }
 
+    fn callback_url(&self) -> Option<String> {
+        self.config.callback_url.clone()
+    }
+
     fn description(&self) -> String {
         self.config
             .description
