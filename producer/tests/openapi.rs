@@ -350,3 +350,24 @@ async fn query_parameters_are_documented_as_served() {
     assert_eq!(names, known);
     assert!(names.contains("cancelled"));
 }
+
+#[tokio::test]
+async fn a_configured_kind_refuses_a_payload_failing_its_schema_naming_the_field() {
+    let state = state().await;
+    for (payload, field) in [
+        (serde_json::json!({}), "payload.image"),
+        (
+            serde_json::json!({"image": "cat.png", "width": 5000}),
+            "payload.width",
+        ),
+        (serde_json::json!({"image": 7}), "payload.image"),
+    ] {
+        let request = serde_json::json!({"kind": "thumbnail", "payload": payload});
+        let (status, answer) = send_body(&state, Method::POST, "/jobs", &request).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    // Nothing was published: the memory broker holds no job.
+    let stats = state.broker.stats().await.unwrap();
+    assert_eq!(stats.backlog, Some(0), "{stats:?}");
+}
