@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use browser::{Browser, Tab, CHROMIUM};
+use browser::{chromium, Browser, Tab};
 use clap::Parser;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -74,8 +74,7 @@ fn count(text: &str) -> Option<u64> {
 }
 
 async fn read(tab: &Tab<'_>) -> anyhow::Result<Shown> {
-    let value = tab.eval(READ_PAGE).await?;
-    serde_json::from_value(value.clone()).with_context(|| format!("reading the page: {value}"))
+    tab.read(READ_PAGE).await
 }
 
 /// Polls the page until `done` holds, calling `seen` on every reading; fails after `limit`.
@@ -83,36 +82,10 @@ async fn wait_for(
     tab: &Tab<'_>,
     what: &str,
     limit: Duration,
-    mut seen: impl FnMut(&Shown),
+    seen: impl FnMut(&Shown),
     done: impl Fn(&Shown) -> bool,
 ) -> anyhow::Result<Shown> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let shown = read(tab).await?;
-        seen(&shown);
-        if done(&shown) {
-            return Ok(shown);
-        }
-        if Instant::now() > deadline {
-            bail!("the page did not show {what} within {limit:?}; it shows {shown:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn chromium() -> Option<PathBuf> {
-    let path = Path::new(CHROMIUM);
-    if path.exists() {
-        return Some(path.to_owned());
-    }
-    if testing::in_ci() {
-        panic!("CI=true but {CHROMIUM} is missing: run scripts/chromium.sh (as root) first");
-    }
-    eprintln!(
-        "\n!!!!! SKIPPED: the dashboard browser test needs Debian's chromium at {CHROMIUM}; \
-         install it with `scripts/chromium.sh` (as root) !!!!!\n"
-    );
-    None
+    tab.wait_for(READ_PAGE, what, limit, seen, done).await
 }
 
 fn artifacts() -> anyhow::Result<PathBuf> {

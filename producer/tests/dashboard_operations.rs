@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use browser::{Browser, Tab, CHROMIUM};
+use anyhow::bail;
+use browser::{chromium, Browser, Tab};
 use clap::Parser;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -74,8 +74,7 @@ const READ_PAGE: &str = r##"(() => {
 })()"##;
 
 async fn read(tab: &Tab<'_>) -> anyhow::Result<Shown> {
-    let value = tab.eval(READ_PAGE).await?;
-    serde_json::from_value(value.clone()).with_context(|| format!("reading the page: {value}"))
+    tab.read(READ_PAGE).await
 }
 
 /// Polls the page until `done` holds; fails after `limit`.
@@ -85,32 +84,7 @@ async fn wait_for(
     limit: Duration,
     done: impl Fn(&Shown) -> bool,
 ) -> anyhow::Result<Shown> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let shown = read(tab).await?;
-        if done(&shown) {
-            return Ok(shown);
-        }
-        if Instant::now() > deadline {
-            bail!("the page did not show {what} within {limit:?}; it shows {shown:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn chromium() -> Option<PathBuf> {
-    let path = Path::new(CHROMIUM);
-    if path.exists() {
-        return Some(path.to_owned());
-    }
-    if testing::in_ci() {
-        panic!("CI=true but {CHROMIUM} is missing: run scripts/chromium.sh (as root) first");
-    }
-    eprintln!(
-        "\n!!!!! SKIPPED: the dashboard browser test needs Debian's chromium at {CHROMIUM}; \
-         install it with `scripts/chromium.sh` (as root) !!!!!\n"
-    );
-    None
+    tab.wait_for(READ_PAGE, what, limit, |_| {}, done).await
 }
 
 /// Stores `n` dead jobs of `kind` (bodies kept, acceptance recorded) and returns their ids.

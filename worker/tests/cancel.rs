@@ -3,13 +3,15 @@
 //! worker, and a job between two retries, end `cancelled` with no result; their deliveries
 //! are acked (not dead-lettered, not redelivered forever) without running the handler.
 
+mod support;
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::json;
+use support::eventually;
 use surge_common::broker::memory::MemoryBroker;
 use surge_common::broker::Broker;
 use surge_common::job::Job;
@@ -21,28 +23,6 @@ use surge_common::storage::{JobStatus, Storage};
 use surge_common::testing::{self, AMQP_URL_VAR, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
 use surge_worker::{WorkerOptions, WorkerService};
 use uuid::Uuid;
-
-/// Longest wait for any one condition.
-const PATIENCE: Duration = Duration::from_secs(120);
-
-/// Polls `check` until it yields a value, or fails the test after [`PATIENCE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Waits until `id`'s stage is `stage` (or it finished, when `stage` is `None`).
 async fn wait_stage(storage: &Storage, id: Uuid, stage: Stage) {

@@ -3,11 +3,13 @@
 //! worker that knows the kind runs it; a handler that panics ends its job dead with the
 //! panic message, never in a redelivery loop.
 
-use std::future::Future;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use support::eventually;
 use surge_common::broker::Broker;
 use surge_common::job::Job;
 use surge_common::kinds::{handler_fn, JobError, KindRegistry};
@@ -15,28 +17,6 @@ use surge_common::storage::{JobResult, JobStatus, Storage};
 use surge_common::testing::{self, AMQP_URL_VAR, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
 use surge_worker::{WorkerOptions, WorkerService, WorkerStats};
 use uuid::Uuid;
-
-/// Longest wait for any one condition.
-const PATIENCE: Duration = Duration::from_secs(120);
-
-/// Polls `check` until it yields a value, or fails the test after [`PATIENCE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A running in-process worker with `kinds`; stop it with the returned sender.
 fn start_worker(

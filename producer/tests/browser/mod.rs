@@ -27,6 +27,23 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
+/// Debian's Chromium, or `None` when it is missing outside CI (the test is reported
+/// skipped, loudly); with `CI=true` a missing browser fails the test.
+pub fn chromium() -> Option<PathBuf> {
+    let path = Path::new(CHROMIUM);
+    if path.exists() {
+        return Some(path.to_owned());
+    }
+    if surge_common::testing::in_ci() {
+        panic!("CI=true but {CHROMIUM} is missing: run scripts/chromium.sh (as root) first");
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED: the dashboard browser test needs Debian's chromium at {CHROMIUM}; \
+         install it with `scripts/chromium.sh` (as root) !!!!!\n"
+    );
+    None
+}
+
 /// A running headless Chromium.
 pub struct Browser {
     child: Child,
@@ -223,6 +240,36 @@ impl Browser {
 }
 
 impl Tab<'_> {
+    /// Evaluates `script` and reads its value as a `T`.
+    pub async fn read<T: serde::de::DeserializeOwned>(&self, script: &str) -> anyhow::Result<T> {
+        let value = self.eval(script).await?;
+        serde_json::from_value(value.clone()).with_context(|| format!("reading the page: {value}"))
+    }
+
+    /// Reads the page with `script` every 100 ms until `done` holds, calling `seen` on every
+    /// reading; fails after `limit`, naming `what` and showing the last reading.
+    pub async fn wait_for<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+        &self,
+        script: &str,
+        what: &str,
+        limit: Duration,
+        mut seen: impl FnMut(&T),
+        done: impl Fn(&T) -> bool,
+    ) -> anyhow::Result<T> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let shown: T = self.read(script).await?;
+            seen(&shown);
+            if done(&shown) {
+                return Ok(shown);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the page did not show {what} within {limit:?}; it shows {shown:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Sends one command to this tab.
     pub async fn call(&self, method: &str, params: Value) -> anyhow::Result<Value> {
         self.browser.call(method, params, Some(&self.session)).await

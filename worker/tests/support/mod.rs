@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -69,4 +70,27 @@ pub fn rows_by_worker(rows: &[JobResult]) -> std::collections::BTreeMap<String, 
         *counts.entry(row.worker.clone()).or_default() += 1;
     }
     counts
+}
+
+/// Longest wait for any one condition in [`eventually`].
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Polls `check` every 50 ms until it yields a value, or fails the test after
+/// [`PATIENCE`] naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
