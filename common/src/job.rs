@@ -155,11 +155,17 @@ fn check_callback_url(url: &str) -> Result<(), InvalidJob> {
     if url.len() > MAX_CALLBACK_URL_LEN {
         return Err(bad(format!("at most {MAX_CALLBACK_URL_LEN} bytes")));
     }
-    let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(bad("must be an http:// or https:// URL with a host".into()));
+    parse_http_url(url).map(drop).map_err(bad)
+}
+
+/// Parses an `http://` or `https://` URL with a host (a target, a callback); the error
+/// says what is wrong without repeating the URL, which may carry credentials.
+pub fn parse_http_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
     }
-    Ok(())
+    Ok(url)
 }
 
 /// A validated job as it travels through a broker (JSON-encoded).

@@ -95,7 +95,7 @@ async fn send_due(
 ) -> usize {
     let Some(secret) = secret else {
         // Nothing is signed without the key: leave the callbacks to a worker that has it.
-        if !*warned && has_due(storage).await {
+        if !*warned && matches!(storage.callbacks_due().await, Ok(true)) {
             tracing::error!("jobs with a callback_url finished but this worker has no --callback-secret (SURGE_CALLBACK_SECRET): their callbacks wait undelivered");
             *warned = true;
         }
@@ -134,11 +134,6 @@ async fn send_due(
         })
         .await;
     claimed
-}
-
-async fn has_due(storage: &Storage) -> bool {
-    // A zero-length lease claims nothing for long: it only asks whether any is due.
-    matches!(storage.claim_callbacks(0, 1).await, Ok(due) if !due.is_empty())
 }
 
 /// One POST. `Err` carries a short reason (no response body is logged: it may be large).

@@ -81,6 +81,18 @@ impl Storage {
             .collect())
     }
 
+    /// Whether any undelivered callback is due (without claiming it).
+    pub async fn callbacks_due(&self) -> Result<bool, StorageError> {
+        let due: Option<(String,)> = sqlx::query_as(
+            "SELECT job_id FROM callbacks WHERE delivered_at_us IS NULL AND next_at_us <= $1 \
+             LIMIT 1",
+        )
+        .bind(now_micros())
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(due.is_some())
+    }
+
     /// The receiver took the callback.
     pub async fn callback_delivered(&self, job_id: Uuid) -> Result<(), StorageError> {
         sqlx::query(

@@ -164,17 +164,7 @@ impl HttpKindConfig {
     ) -> Result<HttpKindConfig, ConfigError> {
         let key = |field: &str| format!("kinds.{name}.{field}");
         let bad = |field: &str, message: String| ConfigError::new(key(field), message);
-        let url = reqwest::Url::parse(&file.url)
-            .map_err(|e| bad("url", format!("not a URL ({e}): {:?}", file.url)))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(bad(
-                "url",
-                format!(
-                    "must be an http:// or https:// URL with a host, not {:?}",
-                    file.url
-                ),
-            ));
-        }
+        let url = crate::job::parse_http_url(&file.url).map_err(|e| bad("url", e))?;
         if !(1..=MAX_CONCURRENCY).contains(&file.concurrency) {
             return Err(bad(
                 "concurrency",
@@ -230,14 +220,7 @@ impl HttpKindConfig {
             headers.push((header_name, HeaderSecret(value)));
         }
         if let Some(callback) = &file.callback_url {
-            let parsed = reqwest::Url::parse(callback)
-                .map_err(|e| bad("callback_url", format!("not a URL ({e})")))?;
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                return Err(bad(
-                    "callback_url",
-                    "must be an http:// or https:// URL with a host".into(),
-                ));
-            }
+            crate::job::parse_http_url(callback).map_err(|e| bad("callback_url", e))?;
         }
         let schema = match file.schema {
             Some(document) => Some(
