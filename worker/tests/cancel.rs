@@ -20,7 +20,7 @@ use surge_common::retry::RetryPolicy;
 use surge_common::storage::cancel::CancelOutcome;
 use surge_common::storage::lifecycle::{Lifecycle, Stage};
 use surge_common::storage::{JobStatus, Storage};
-use surge_common::testing::{self, AMQP_URL_VAR, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
+use surge_common::testing;
 use surge_worker::{WorkerOptions, WorkerService};
 use uuid::Uuid;
 
@@ -180,19 +180,10 @@ async fn on_the_memory_broker_a_cancelled_job_never_runs_and_is_acked() {
     ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn on_rabbitmq_a_cancelled_job_never_runs_and_is_acked() {
-    let Some(amqp) = testing::service(AMQP_URL_VAR, "RabbitMQ") else {
+    let Some((broker, storage)) = support::rabbitmq_and_postgres("cancel").await else {
         return;
     };
-    let Some(postgres) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
-        return;
-    };
-    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
-    let storage = Storage::connect(&database).await.unwrap();
-    let queue = testing::unique_name("cancel");
-    let broker = surge_common::broker::rabbitmq::RabbitMqBroker::connect(&amqp, &queue)
-        .await
-        .unwrap();
-    cancelled_jobs_never_run_and_are_acked(Arc::new(broker), storage).await;
+    cancelled_jobs_never_run_and_are_acked(broker, storage).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,17 +192,8 @@ async fn on_rabbitmq_a_cancelled_job_never_runs_and_is_acked() {
     ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn on_kafka_a_cancelled_job_never_runs_and_is_acked() {
-    let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka") else {
+    let Some((broker, storage)) = support::kafka_and_postgres("cancel").await else {
         return;
     };
-    let Some(postgres) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
-        return;
-    };
-    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
-    let storage = Storage::connect(&database).await.unwrap();
-    let topic = testing::unique_name("cancel");
-    let broker = surge_common::broker::kafka::KafkaBroker::connect(&brokers, &topic, 2)
-        .await
-        .unwrap();
-    cancelled_jobs_never_run_and_are_acked(Arc::new(broker), storage).await;
+    cancelled_jobs_never_run_and_are_acked(broker, storage).await;
 }

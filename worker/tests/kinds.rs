@@ -14,7 +14,6 @@ use surge_common::broker::Broker;
 use surge_common::job::Job;
 use surge_common::kinds::{handler_fn, JobError, KindRegistry};
 use surge_common::storage::{JobResult, JobStatus, Storage};
-use surge_common::testing::{self, AMQP_URL_VAR, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
 use surge_worker::{WorkerOptions, WorkerService, WorkerStats};
 use uuid::Uuid;
 
@@ -133,19 +132,10 @@ async fn unknown_kind_waits_then_runs(broker: Arc<dyn Broker>, storage: Storage)
     ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn on_rabbitmq_an_unknown_kind_waits_for_a_worker_that_knows_it() {
-    let Some(amqp) = testing::service(AMQP_URL_VAR, "RabbitMQ") else {
+    let Some((broker, storage)) = support::rabbitmq_and_postgres("kinds").await else {
         return;
     };
-    let Some(postgres) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
-        return;
-    };
-    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
-    let storage = Storage::connect(&database).await.unwrap();
-    let queue = testing::unique_name("kinds");
-    let broker = surge_common::broker::rabbitmq::RabbitMqBroker::connect(&amqp, &queue)
-        .await
-        .unwrap();
-    unknown_kind_waits_then_runs(Arc::new(broker), storage).await;
+    unknown_kind_waits_then_runs(broker, storage).await;
 }
 
 #[tokio::test]
@@ -154,17 +144,8 @@ async fn on_rabbitmq_an_unknown_kind_waits_for_a_worker_that_knows_it() {
     ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn on_kafka_an_unknown_kind_waits_for_a_worker_that_knows_it() {
-    let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka") else {
+    let Some((broker, storage)) = support::kafka_and_postgres("kinds").await else {
         return;
     };
-    let Some(postgres) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
-        return;
-    };
-    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
-    let storage = Storage::connect(&database).await.unwrap();
-    let topic = testing::unique_name("kinds");
-    let broker = surge_common::broker::kafka::KafkaBroker::connect(&brokers, &topic, 2)
-        .await
-        .unwrap();
-    unknown_kind_waits_then_runs(Arc::new(broker), storage).await;
+    unknown_kind_waits_then_runs(broker, storage).await;
 }

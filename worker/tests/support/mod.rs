@@ -94,3 +94,39 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A fresh PostgreSQL database and a RabbitMQ queue of its own (named after `prefix`), or
+/// `None` when a service is not configured (outside CI; in CI a missing one fails).
+#[cfg(feature = "rabbitmq")]
+pub async fn rabbitmq_and_postgres(
+    prefix: &str,
+) -> Option<(std::sync::Arc<dyn surge_common::broker::Broker>, Storage)> {
+    use surge_common::testing::{self, AMQP_URL_VAR, POSTGRES_URL_VAR};
+    let amqp = testing::service(AMQP_URL_VAR, "RabbitMQ")?;
+    let postgres = testing::service(POSTGRES_URL_VAR, "PostgreSQL")?;
+    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
+    let storage = Storage::connect(&database).await.unwrap();
+    let queue = testing::unique_name(prefix);
+    let broker = surge_common::broker::rabbitmq::RabbitMqBroker::connect(&amqp, &queue)
+        .await
+        .unwrap();
+    Some((std::sync::Arc::new(broker), storage))
+}
+
+/// A fresh PostgreSQL database and a two-partition Kafka topic of its own (named after
+/// `prefix`), or `None` as for [`rabbitmq_and_postgres`].
+#[cfg(feature = "kafka")]
+pub async fn kafka_and_postgres(
+    prefix: &str,
+) -> Option<(std::sync::Arc<dyn surge_common::broker::Broker>, Storage)> {
+    use surge_common::testing::{self, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
+    let brokers = testing::service(KAFKA_BROKERS_VAR, "Kafka")?;
+    let postgres = testing::service(POSTGRES_URL_VAR, "PostgreSQL")?;
+    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
+    let storage = Storage::connect(&database).await.unwrap();
+    let topic = testing::unique_name(prefix);
+    let broker = surge_common::broker::kafka::KafkaBroker::connect(&brokers, &topic, 2)
+        .await
+        .unwrap();
+    Some((std::sync::Arc::new(broker), storage))
+}
