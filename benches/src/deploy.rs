@@ -23,27 +23,49 @@ const WARM_CONCURRENCY: usize = 32;
 /// Partitions of the Kafka topics (Surge's default).
 pub const KAFKA_PARTITIONS: i32 = 6;
 
-/// A broker backend.
+/// A broker backend (and, for RabbitMQ, the queue type).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
 )]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Backend {
     /// In-process queue (workers embedded in the ingress).
     Memory,
-    /// RabbitMQ (durable queue, persistent messages, publisher confirms).
+    /// RabbitMQ, classic queues (durable, persistent messages, publisher confirms).
     Rabbitmq,
-    /// Kafka protocol (acks=all, idempotent producer).
+    /// RabbitMQ, quorum queues (replicated by Raft; on one node here, so the cost of the
+    /// Raft log without its network hops).
+    RabbitmqQuorum,
+    /// Apache Kafka (acks=all, idempotent producer).
     Kafka,
 }
 
 impl Backend {
-    /// `memory`, `rabbitmq`, `kafka`.
+    /// `memory`, `rabbitmq`, `rabbitmq-quorum`, `kafka`: the label in reports.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Memory => "memory",
             Backend::Rabbitmq => "rabbitmq",
+            Backend::RabbitmqQuorum => "rabbitmq-quorum",
             Backend::Kafka => "kafka",
+        }
+    }
+
+    /// The `--broker` value of the processes (`rabbitmq` for both queue types).
+    pub fn broker_flag(self) -> &'static str {
+        match self {
+            Backend::RabbitmqQuorum => "rabbitmq",
+            other => other.name(),
+        }
+    }
+
+    /// The RabbitMQ queue type, for the RabbitMQ backends.
+    pub fn queue_type(self) -> Option<surge_common::broker::QueueType> {
+        use surge_common::broker::QueueType;
+        match self {
+            Backend::Rabbitmq => Some(QueueType::Classic),
+            Backend::RabbitmqQuorum => Some(QueueType::Quorum),
+            Backend::Memory | Backend::Kafka => None,
         }
     }
 }
@@ -122,7 +144,8 @@ impl Env {
 
     fn flags(&self, backend: Backend, queue: &str) -> BrokerFlags {
         BrokerFlags {
-            broker: backend.name(),
+            broker: backend.broker_flag(),
+            rabbitmq_queue_type: backend.queue_type(),
             amqp_url: self.amqp_url.clone(),
             kafka_brokers: self.kafka_brokers.clone(),
             queue: queue.to_owned(),

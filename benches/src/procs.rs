@@ -82,6 +82,86 @@ fn is_service(pid: u32, comm: &str, (name, word, _): &(&str, Option<&str>, &str)
         })
 }
 
+/// The broker servers on this machine, with their versions, for the report: RabbitMQ's
+/// from `rabbitmqctl version` (with the queue types measured), Apache Kafka's from the
+/// `kafka_2.13-<version>.jar` on its JVM's class path (with its `-Xmx`). A server not
+/// found here is named as such (the run may use one elsewhere).
+pub fn service_versions(queue_types: &[&str], kafka: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if !queue_types.is_empty() {
+        let version = std::process::Command::new("rabbitmqctl")
+            .arg("version")
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "(version unknown: no local rabbitmqctl)".into());
+        out.push(format!(
+            "RabbitMQ {version}, {} queues",
+            queue_types.join(" and ")
+        ));
+    }
+    if kafka {
+        out.push(
+            kafka_version().unwrap_or_else(|| "Kafka (no local kafka.Kafka JVM found)".into()),
+        );
+    }
+    out
+}
+
+/// `Apache Kafka <version> (JVM -Xmx…)` of the local `kafka.Kafka` process.
+fn kafka_version() -> Option<String> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        if !is_service(pid, comm.trim(), &SERVICES[1]) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let heap = args
+            .iter()
+            .find_map(|a| a.strip_prefix("-Xmx"))
+            .map(|h| format!(", JVM -Xmx{h}"))
+            .unwrap_or_default();
+        let class_path = args
+            .iter()
+            .position(|a| a == "-cp" || a == "-classpath")
+            .and_then(|i| args.get(i + 1))?;
+        for entry in class_path.split(':') {
+            let folder = std::path::Path::new(entry.trim_end_matches('*'));
+            let Ok(files) = std::fs::read_dir(folder) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                if let Some(version) = name
+                    .strip_prefix("kafka_2.13-")
+                    .and_then(|rest| rest.strip_suffix(".jar"))
+                    .filter(|v| v.chars().next().is_some_and(|c| c.is_ascii_digit()))
+                {
+                    return Some(format!("Apache Kafka {version} (KRaft, one node{heap})"));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// CPU seconds used so far by each service's processes on this machine (summed over all
 /// processes of that name — other users of the same services count too).
 pub fn service_cpu() -> std::collections::BTreeMap<String, f64> {
@@ -345,6 +425,8 @@ pub async fn wait_healthy(
 pub struct BrokerFlags {
     /// `memory`, `rabbitmq` or `kafka`.
     pub broker: &'static str,
+    /// `--rabbitmq-queue-type`, for RabbitMQ.
+    pub rabbitmq_queue_type: Option<surge_common::broker::QueueType>,
     /// RabbitMQ URL.
     pub amqp_url: String,
     /// Kafka bootstrap servers.
@@ -364,6 +446,11 @@ impl BrokerFlags {
             .arg(&self.kafka_brokers)
             .arg("--queue")
             .arg(&self.queue);
+        if let Some(queue_type) = self.rabbitmq_queue_type {
+            command
+                .arg("--rabbitmq-queue-type")
+                .arg(queue_type.as_str());
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Meta {
     pub executables: Vec<String>,
     /// The results database engine of the deployments.
     pub database: String,
+    /// The broker servers measured, with their versions (see `procs::service_versions`).
+    pub brokers: Vec<String>,
     /// Notes on method.
     pub notes: Vec<String>,
 }
@@ -360,6 +362,9 @@ impl Results {
             "Started {} UTC, {:.0} s; {} CPUs; load average before `{}`, after `{}`; results database: {}; processes: {}.\n",
             m.started, m.duration_s, m.cpus, m.load_before, m.load_after, m.database, m.executables.join(", ")
         );
+        if !m.brokers.is_empty() {
+            let _ = writeln!(md, "Brokers: {}.\n", m.brokers.join("; "));
+        }
         for note in &m.notes {
             let _ = writeln!(md, "- {note}");
         }

@@ -107,12 +107,11 @@ pub async fn connect_broker(
     let args = surge_common::config::BrokerArgs {
         broker: match backend {
             Backend::Memory => BrokerKind::Memory,
-            Backend::Rabbitmq => BrokerKind::Rabbitmq,
+            Backend::Rabbitmq | Backend::RabbitmqQuorum => BrokerKind::Rabbitmq,
             Backend::Kafka => BrokerKind::Kafka,
         },
         amqp_url: amqp_url.to_owned(),
-        // The scenarios declare queues of their own, of the default (classic) type.
-        rabbitmq_queue_type: Default::default(),
+        rabbitmq_queue_type: backend.queue_type().unwrap_or_default(),
         kafka_brokers: kafka_brokers.to_owned(),
         queue: queue.to_owned(),
         kafka_partitions: crate::deploy::KAFKA_PARTITIONS,

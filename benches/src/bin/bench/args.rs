@@ -43,7 +43,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "memory,rabbitmq,kafka"
+        default_value = "memory,rabbitmq,rabbitmq-quorum,kafka"
     )]
     pub backends: Vec<Backend>,
     /// Results folder (results.md, results.json, *.svg, logs/).

@@ -127,6 +127,15 @@ async fn run(args: Args, argv: Vec<String>) -> anyhow::Result<()> {
                 format!("worker = {}", exes.worker.describe()),
             ],
             database: env.engine.name().to_owned(),
+            brokers: surge_benches::procs::service_versions(
+                &args
+                    .backends
+                    .iter()
+                    .filter_map(|b| b.queue_type().map(|t| t.as_str()))
+                    .collect::<Vec<_>>(),
+                args.backends
+                    .contains(&surge_benches::deploy::Backend::Kafka),
+            ),
             notes: notes(&sizes),
             ..Meta::default()
         },
