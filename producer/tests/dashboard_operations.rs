@@ -6,6 +6,10 @@
 //! per-kind counts follow. A screenshot is saved to
 //! `target/artifacts/dashboard-operations.png`.
 //!
+//! With API keys on the job endpoints, the page asks the operator for one when the list
+//! answers 401, refuses a wrong one with a clear note, and with the right one lists and
+//! replays as without keys.
+//!
 //! Needs Debian's `chromium` (`scripts/chromium.sh` installs it). Without it the test fails
 //! when `CI=true` and is skipped loudly otherwise.
 
@@ -45,6 +49,8 @@ struct Shown {
     dead: Vec<DeadRow>,
     empty: Option<String>,
     note: String,
+    /// Whether the API key field is shown.
+    key_asked: bool,
     replay_all: String,
     kinds: BTreeMap<String, BTreeMap<String, String>>,
     flows: BTreeMap<String, BTreeMap<String, String>>,
@@ -63,6 +69,7 @@ const READ_PAGE: &str = r##"(() => {
     })),
     empty: empty ? empty.textContent.trim() : null,
     note: $("dead-note").textContent.trim(),
+    key_asked: !$("dead-key-label").hidden,
     replay_all: $("replay-all").textContent.trim(),
     kinds: Object.fromEntries([...document.querySelectorAll("#kinds-body tr[data-kind]")].map((row) =>
       [row.dataset.kind, Object.fromEntries([...row.querySelectorAll("td[data-status]")]
@@ -336,5 +343,114 @@ async fn drive(
     let path = dir.join("dashboard-operations.png");
     std::fs::write(&path, &png)?;
     eprintln!("screenshot: {} ({} bytes)", path.display(), png.len());
+    Ok(())
+}
+
+/// Starts an ingress (memory broker, embedded worker) on `storage` with `extra` flags.
+async fn start_ingress(
+    storage: Storage,
+    extra: &[&str],
+) -> anyhow::Result<(
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), surge_producer::ingress::IngressError>>,
+)> {
+    let mut argv = vec![
+        "surge-producer",
+        "--listen",
+        "127.0.0.1:0",
+        "--broker",
+        "memory",
+        "--embedded-capacity",
+        "4",
+    ];
+    argv.extend_from_slice(extra);
+    let args = ProducerArgs::try_parse_from(argv)?;
+    let ingress = Ingress::build_with(&args, Arc::new(MemoryBroker::new()), storage).await?;
+    let base = format!("http://{}", ingress.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ingress.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    Ok((base, stop, server))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_keys_the_dashboard_asks_for_one_and_sends_it() -> anyhow::Result<()> {
+    let Some(chromium) = chromium() else {
+        return Ok(());
+    };
+    const KEY: &str = "ops-key-6f1d2c";
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await?;
+    let echo = dead_jobs(&storage, "echo", 2).await?;
+    let (base, stop_server, server) = start_ingress(storage, &["--api-keys", KEY]).await?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {KEY}").parse()?,
+    );
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
+    let browser = Browser::launch(&chromium).await?;
+    let outcome = async {
+        let tab = browser.tab(1280, 900).await?;
+        tab.navigate(&format!("{base}/")).await?;
+        let patience = Duration::from_secs(30);
+        // Without a key: a note saying what is needed, the field shown, no rows.
+        let asked = wait_for(&tab, "the page asking for an API key", patience, |s| {
+            s.key_asked && s.note.contains("needs an API key")
+        })
+        .await?;
+        assert!(asked.dead.is_empty(), "{asked:#?}");
+        // A wrong key: refused, said so.
+        tab.eval(
+            r#"document.getElementById("dead-key").value = "not-the-key";
+               document.getElementById("dead-apply").click()"#,
+        )
+        .await?;
+        wait_for(&tab, "the wrong key refused", patience, |s| {
+            s.note.contains("API key was refused") && s.dead.is_empty()
+        })
+        .await?;
+        // The right key: the dead jobs are listed, and a replay (sent with the key) runs.
+        tab.eval(&format!(
+            r#"document.getElementById("dead-key").value = "{KEY}";
+               document.getElementById("dead-apply").click()"#
+        ))
+        .await?;
+        let listed = wait_for(&tab, "the dead jobs with the key", patience, |s| {
+            s.dead.len() == 2
+        })
+        .await?;
+        assert!(listed.note.is_empty(), "{listed:#?}");
+        let one = echo[0].to_string();
+        tab.eval(&format!(
+            r#"document.querySelector('#dead-body tr[data-job="{one}"] button.replay').click()"#
+        ))
+        .await?;
+        wait_for(&tab, "the replayed job gone", patience, |s| {
+            s.dead.len() == 1 && s.note == "replayed 1 job"
+        })
+        .await?;
+        succeeded(&client, &base, &one).await?;
+        // The key is not put into the page's address or the list's text.
+        let shown = read(&tab).await?;
+        assert!(
+            !format!("{shown:?}").contains(KEY),
+            "the key leaked into the page: {shown:#?}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let problems = browser.problems();
+    browser.close().await;
+    let _ = stop_server.send(());
+    server.await??;
+    outcome?;
+    assert!(
+        problems.is_empty(),
+        "the page reported errors: {problems:#?}"
+    );
     Ok(())
 }
