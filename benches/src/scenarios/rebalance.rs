@@ -202,7 +202,12 @@ async fn measure_on(
         .max()
         .unwrap_or((0, first_start));
     let last_finish = finishes.last().copied().unwrap_or(first_start);
-    let mut rows_by_worker: BTreeMap<String, u64> = BTreeMap::new();
+    // Every worker started, also one that stored nothing.
+    let mut rows_by_worker: BTreeMap<String, u64> = dep
+        .pids()
+        .into_iter()
+        .filter_map(|(role, _)| role.strip_prefix("worker ").map(|id| (id.to_owned(), 0)))
+        .collect();
     for row in &mine {
         *rows_by_worker.entry(row.worker.clone()).or_default() += 1;
     }
@@ -262,7 +267,7 @@ pub fn markdown(md: &mut String, rows: &[RebalanceRow]) {
          Assignment values interleaved per round. Pause = largest gap between consecutive \
          finishes; rerun = jobs whose result was written more than once (extra runs in \
          brackets); joiners' wait = a joiner's start → its first finished job.\n\n\
-         | assignment | joining: drain s (each run) | baseline: drain s (each run) | joining ÷ baseline | longest pause ms (each run) | pause at s | joiners' wait s (w2 / w3) | rerun (extra runs) | lost | rows per worker (w0 / w1 / w2) |\n\
+         | assignment | joining: drain s (each run) | baseline: drain s (each run) | joining ÷ baseline | longest pause ms (each run) | pause at s | joiners' wait s (2nd / 3rd worker) | rerun (extra runs; b: baseline) | lost | rows per worker, joining runs (1st / 2nd / 3rd) |\n\
          |---|---|---|---|---|---|---|---|---|---|",
         first.jobs,
         first.job_ms,
