@@ -443,7 +443,7 @@ mod kafka_flag_tests {
             "--kafka-assignment",
             "cooperative-sticky",
             "--kafka-linger-ms",
-            "0",
+            "20",
             "--kafka-fetch-wait-ms",
             "500",
         ])
@@ -452,7 +452,7 @@ mod kafka_flag_tests {
             args.kafka_tuning(),
             KafkaTuning {
                 assignment: KafkaAssignment::CooperativeSticky,
-                linger_ms: 0,
+                linger_ms: 20,
                 fetch_wait_ms: 500,
             }
         );
