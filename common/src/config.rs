@@ -56,7 +56,8 @@ pub struct BrokerArgs {
     )]
     pub kafka_assignment: crate::broker::KafkaAssignment,
     /// The Kafka producer's `linger.ms`: how long a published job may wait for others to
-    /// share its batch (higher: fewer, larger requests; lower: quicker 202s).
+    /// share its batch. It is added to every 202 (the ingress awaits Kafka's
+    /// acknowledgement); higher means fewer, larger requests and a little less CPU.
     #[arg(
         long,
         env = "SURGE_KAFKA_LINGER_MS",
@@ -65,7 +66,8 @@ pub struct BrokerArgs {
     )]
     pub kafka_linger_ms: u32,
     /// The Kafka consumer's `fetch.wait.max.ms`: how long the broker may hold a fetch that
-    /// found nothing new (higher: fewer idle fetches; lower: a job is picked up sooner).
+    /// found nothing new. The broker answers as soon as a job arrives, so this only spaces
+    /// an idle worker's fetches (lower: more idle requests).
     #[arg(
         long,
         env = "SURGE_KAFKA_FETCH_WAIT_MS",
