@@ -89,6 +89,8 @@ pub struct Env {
     pub run_id: String,
     /// A configuration file (`--config`) given to the ingress and every worker.
     pub config: Option<PathBuf>,
+    /// More flags for the ingress and every worker (e.g. `--kafka-assignment consumer`).
+    pub extra_args: Vec<String>,
     serial: Arc<AtomicU64>,
 }
 
@@ -112,6 +114,7 @@ impl Env {
             log_level,
             run_id,
             config: None,
+            extra_args: Vec::new(),
             serial: Arc::default(),
         }
     }
@@ -125,10 +128,19 @@ impl Env {
         }
     }
 
+    /// The same environment whose deployments pass `args` to the ingress and every worker.
+    pub fn with_extra_args(&self, args: Vec<String>) -> Env {
+        Env {
+            extra_args: args,
+            ..self.clone()
+        }
+    }
+
     fn add_config(&self, command: &mut tokio::process::Command) {
         if let Some(config) = &self.config {
             command.arg("--config").arg(config);
         }
+        command.args(&self.extra_args);
     }
 
     /// A queue / topic name used by nothing else: `surge.bench.<label>-<run id>-<n>`.

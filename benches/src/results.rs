@@ -315,6 +315,8 @@ pub struct Results {
     pub soak: Vec<SoakRow>,
     /// Scenario 6.
     pub dispatch: Vec<DispatchRow>,
+    /// Scenario 7 (Kafka only).
+    pub rebalance: Vec<crate::scenarios::RebalanceRow>,
     /// The targets.
     pub targets: Vec<TargetRow>,
     /// Scenarios that could not run, with why.
@@ -505,6 +507,7 @@ impl Results {
                 }
             }
         }
+        crate::scenarios::rebalance::markdown(&mut md, &self.rebalance);
         if !self.errors.is_empty() {
             let _ = writeln!(md, "\n## Could not run\n");
             for e in &self.errors {

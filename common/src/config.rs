@@ -43,6 +43,38 @@ pub struct BrokerArgs {
     /// Partitions of the Kafka topic when Surge creates it.
     #[arg(long, env = "SURGE_KAFKA_PARTITIONS", default_value_t = 6)]
     pub kafka_partitions: i32,
+    /// How the Kafka consumer group assigns partitions when a worker joins or leaves:
+    /// `eager` (classic protocol, range/roundrobin: every member gives up every partition),
+    /// `cooperative-sticky` (classic protocol, only the moving partitions are revoked) or
+    /// `consumer` (Kafka 4's KIP-848 protocol: the broker assigns, incrementally, with its
+    /// own session timeout). Every member of a group must use the same value.
+    #[arg(
+        long,
+        env = "SURGE_KAFKA_ASSIGNMENT",
+        value_enum,
+        default_value_t = crate::broker::KafkaAssignment::default()
+    )]
+    pub kafka_assignment: crate::broker::KafkaAssignment,
+    /// The Kafka producer's `linger.ms`: how long a published job may wait for others to
+    /// share its batch. It is added to every 202 (the ingress awaits Kafka's
+    /// acknowledgement); higher means fewer, larger requests and a little less CPU.
+    #[arg(
+        long,
+        env = "SURGE_KAFKA_LINGER_MS",
+        default_value_t = crate::broker::kafka_tuning::DEFAULT_LINGER_MS,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::broker::kafka_tuning::MAX_LINGER_MS))
+    )]
+    pub kafka_linger_ms: u32,
+    /// The Kafka consumer's `fetch.wait.max.ms`: how long the broker may hold a fetch that
+    /// found nothing new. The broker answers as soon as a job arrives, so this only spaces
+    /// an idle worker's fetches (lower: more idle requests).
+    #[arg(
+        long,
+        env = "SURGE_KAFKA_FETCH_WAIT_MS",
+        default_value_t = crate::broker::kafka_tuning::DEFAULT_FETCH_WAIT_MS,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::broker::kafka_tuning::MAX_FETCH_WAIT_MS))
+    )]
+    pub kafka_fetch_wait_ms: u32,
 }
 
 /// Where results are stored.
@@ -72,6 +104,15 @@ impl DatabaseArgs {
 }
 
 impl BrokerArgs {
+    /// The Kafka clients' tuning these flags describe.
+    pub fn kafka_tuning(&self) -> crate::broker::KafkaTuning {
+        crate::broker::KafkaTuning {
+            assignment: self.kafka_assignment,
+            linger_ms: self.kafka_linger_ms,
+            fetch_wait_ms: self.kafka_fetch_wait_ms,
+        }
+    }
+
     /// Connects the configured broker; the error says which one and where.
     pub async fn open(&self) -> Result<std::sync::Arc<dyn crate::broker::Broker>, OpenError> {
         crate::broker::connect(self)
@@ -376,6 +417,76 @@ mod tests {
             let redacted = redact_url(url);
             assert_eq!(redacted, expected, "{url}");
             assert!(!redacted.contains(secret), "{url} leaked {secret}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod kafka_flag_tests {
+    use clap::Parser;
+
+    use super::BrokerArgs;
+    use crate::broker::{KafkaAssignment, KafkaTuning};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        broker: BrokerArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BrokerArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("surge").chain(args.iter().copied())).map(|c| c.broker)
+    }
+
+    #[test]
+    fn kafka_tuning_flags_parse_and_default() {
+        // The environment could set the variables: only flags given here are asserted.
+        let args = parse(&[
+            "--kafka-assignment",
+            "cooperative-sticky",
+            "--kafka-linger-ms",
+            "20",
+            "--kafka-fetch-wait-ms",
+            "500",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.kafka_tuning(),
+            KafkaTuning {
+                assignment: KafkaAssignment::CooperativeSticky,
+                linger_ms: 20,
+                fetch_wait_ms: 500,
+            }
+        );
+        let consumer = parse(&["--kafka-assignment", "consumer"]).unwrap();
+        assert_eq!(consumer.kafka_assignment, KafkaAssignment::Consumer);
+    }
+
+    #[test]
+    fn bad_kafka_tuning_values_are_clap_errors_naming_the_flag() {
+        for (args, flag) in [
+            (&["--kafka-assignment", "sticky"][..], "--kafka-assignment"),
+            (&["--kafka-linger-ms=-1"][..], "--kafka-linger-ms"),
+            (&["--kafka-linger-ms", "5001"][..], "--kafka-linger-ms"),
+            (
+                &["--kafka-fetch-wait-ms", "9001"][..],
+                "--kafka-fetch-wait-ms",
+            ),
+            (
+                &["--kafka-fetch-wait-ms", "soon"][..],
+                "--kafka-fetch-wait-ms",
+            ),
+        ] {
+            let error = parse(args).expect_err(&format!("{args:?} accepted"));
+            assert!(
+                matches!(
+                    error.kind(),
+                    clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+                ),
+                "{args:?}: {:?}",
+                error.kind()
+            );
+            assert!(error.to_string().contains(flag), "{args:?}: {error}");
         }
     }
 }

@@ -75,3 +75,29 @@ pub fn temp_sqlite_url() -> String {
     let path = std::env::temp_dir().join(format!("{}.db", unique_name("sqlite")));
     format!("sqlite://{}", path.display())
 }
+
+/// Tuning for the Kafka brokers tests open in-process: the defaults, with
+/// `SURGE_KAFKA_ASSIGNMENT`, `SURGE_KAFKA_LINGER_MS` and `SURGE_KAFKA_FETCH_WAIT_MS`
+/// applied as the binaries read them. So one run of a Kafka test exercises another
+/// assignment (`SURGE_KAFKA_ASSIGNMENT=consumer cargo test …`), and the worker processes a
+/// test spawns inherit the same variables. Panics on a malformed value (a test set-up
+/// error).
+pub fn kafka_tuning() -> crate::broker::KafkaTuning {
+    let mut tuning = crate::broker::KafkaTuning::default();
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if let Some(value) = var("SURGE_KAFKA_ASSIGNMENT") {
+        tuning.assignment = value
+            .parse()
+            .unwrap_or_else(|e| panic!("SURGE_KAFKA_ASSIGNMENT: {e}"));
+    }
+    let number = |name: &str, default: u32| {
+        var(name).map_or(default, |v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{name}={v:?}: {e}"))
+        })
+    };
+    tuning.linger_ms = number("SURGE_KAFKA_LINGER_MS", tuning.linger_ms);
+    tuning.fetch_wait_ms = number("SURGE_KAFKA_FETCH_WAIT_MS", tuning.fetch_wait_ms);
+    tuning
+}

@@ -23,7 +23,7 @@ use surge_common::broker::rabbitmq::{QueueType, RabbitMqBroker};
 use surge_common::broker::{Broker, BrokerStats, ConsumeOptions, Deliveries, Delivery};
 use surge_common::job::Job;
 use surge_common::kinds::builtin::BuiltinKind;
-use surge_common::testing::{service, unique_name, AMQP_URL_VAR, KAFKA_BROKERS_VAR};
+use surge_common::testing::{kafka_tuning, service, unique_name, AMQP_URL_VAR, KAFKA_BROKERS_VAR};
 use uuid::Uuid;
 
 /// Longest wait for any one expected event. Generous: a Kafka group join takes seconds.
@@ -66,9 +66,10 @@ impl Fixture {
             }
             Backend::Kafka => {
                 let brokers = service(KAFKA_BROKERS_VAR, "a Kafka broker (scripts/kafka.sh)")?;
-                let broker = KafkaBroker::connect(&brokers, &queue, KAFKA_PARTITIONS)
-                    .await
-                    .expect("connect to Kafka");
+                let broker =
+                    KafkaBroker::connect_with(&brokers, &queue, KAFKA_PARTITIONS, kafka_tuning())
+                        .await
+                        .expect("connect to Kafka");
                 (brokers, Arc::new(broker), None)
             }
         };
@@ -92,9 +93,14 @@ impl Fixture {
                     .expect("second RabbitMQ connection"),
             ),
             Backend::Kafka => Arc::new(
-                KafkaBroker::connect(&self.address, &self.queue, KAFKA_PARTITIONS)
-                    .await
-                    .expect("second Kafka client"),
+                KafkaBroker::connect_with(
+                    &self.address,
+                    &self.queue,
+                    KAFKA_PARTITIONS,
+                    kafka_tuning(),
+                )
+                .await
+                .expect("second Kafka client"),
             ),
         }
     }

@@ -140,7 +140,8 @@ async fn measure_on(
 ) -> anyhow::Result<DispatchRun> {
     let shown = if kind == KIND { "http" } else { kind };
     let started_us = now_micros();
-    let ids = post_backlog(dep.address, kind, sizes.dispatch_jobs).await?;
+    // The same small payload for both kinds: echo returns it, the target ignores it.
+    let ids = post_backlog(dep.address, kind, &json!({ "n": 1 }), sizes.dispatch_jobs).await?;
     if dep.backend != Backend::Memory {
         dep.add_workers(1, sizes.rate_capacity)?;
     }
@@ -177,15 +178,15 @@ async fn measure_on(
     })
 }
 
-/// Posts `n` jobs of `kind` in batches, [`POSTERS`] batches in flight; the accepted ids.
-async fn post_backlog(
+/// Posts `n` jobs of `kind` with `payload` in batches, [`POSTERS`] batches in flight; the
+/// accepted ids.
+pub(super) async fn post_backlog(
     address: std::net::SocketAddr,
     kind: &str,
+    payload: &serde_json::Value,
     n: u64,
 ) -> anyhow::Result<std::collections::HashSet<Uuid>> {
     let pool = Pool::new(address);
-    // The same small payload for both kinds: echo returns it, the target ignores it.
-    let payload = json!({ "n": 1 });
     let batches: Vec<u64> = (0..n.div_ceil(BATCH))
         .map(|i| BATCH.min(n - i * BATCH))
         .collect();

@@ -115,6 +115,10 @@ pub async fn connect_broker(
         kafka_brokers: kafka_brokers.to_owned(),
         queue: queue.to_owned(),
         kafka_partitions: crate::deploy::KAFKA_PARTITIONS,
+        // Surge's defaults; the processes under test read theirs from their flags / env.
+        kafka_assignment: Default::default(),
+        kafka_linger_ms: surge_common::broker::kafka_tuning::DEFAULT_LINGER_MS,
+        kafka_fetch_wait_ms: surge_common::broker::kafka_tuning::DEFAULT_FETCH_WAIT_MS,
     };
     surge_common::broker::connect(&args)
         .await

@@ -18,12 +18,15 @@
 //!    sampled, so a leak shows as a slope.
 //! 6. [`dispatch`]: jobs/s through an HTTP kind whose target answers at once, against
 //!    `echo`, alternately on the same setup: the cost of the hop as a ratio.
+//! 7. [`rebalance`] (Kafka only): workers joining a consumer group mid-burst under each
+//!    `--kafka-assignment` value: pauses, reruns, drain against three from the start.
 
 mod burst;
 mod ceilings;
 mod dispatch;
 pub mod inproc;
 mod rate;
+pub mod rebalance;
 mod scaling;
 pub mod soak;
 
@@ -40,6 +43,7 @@ pub use ceilings::{broker_ceiling, db_ceiling, http_ceiling, ingress_ceiling};
 pub use dispatch::{dispatch, Target};
 pub use inproc::{ceiling_here, connect_broker, CeilingArgs, CeilingKind};
 pub use rate::rate;
+pub use rebalance::{rebalance, RebalanceRow};
 pub use scaling::scaling;
 pub use soak::soak;
 
@@ -94,6 +98,16 @@ pub struct Sizes {
     pub dispatch_rounds: u32,
     /// HTTP dispatch: longest wait for a measurement's results.
     pub dispatch_timeout: Duration,
+    /// Rebalance: jobs in the backlog.
+    pub rebalance_jobs: u64,
+    /// Rebalance: job duration.
+    pub rebalance_job_ms: u64,
+    /// Rebalance: capacity of each worker.
+    pub rebalance_capacity: u16,
+    /// Rebalance: rounds over the assignment values.
+    pub rebalance_rounds: u32,
+    /// Rebalance: longest wait for a run's results.
+    pub rebalance_timeout: Duration,
 }
 
 impl Sizes {
@@ -124,6 +138,11 @@ impl Sizes {
             dispatch_jobs: 20_000,
             dispatch_rounds: 2,
             dispatch_timeout: Duration::from_secs(60),
+            rebalance_jobs: 8_000,
+            rebalance_job_ms: 20,
+            rebalance_capacity: 10,
+            rebalance_rounds: 2,
+            rebalance_timeout: Duration::from_secs(120),
         }
     }
 
@@ -154,6 +173,11 @@ impl Sizes {
             dispatch_jobs: 200,
             dispatch_rounds: 1,
             dispatch_timeout: Duration::from_secs(20),
+            rebalance_jobs: 300,
+            rebalance_job_ms: 20,
+            rebalance_capacity: 5,
+            rebalance_rounds: 1,
+            rebalance_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -70,10 +70,11 @@ pub async fn connect(args: &BrokerArgs) -> Result<Arc<dyn Broker>, BrokerError> 
         ),
         #[cfg(feature = "kafka")]
         BrokerKind::Kafka => Arc::new(
-            super::kafka::KafkaBroker::connect(
+            super::kafka::KafkaBroker::connect_with(
                 &args.kafka_brokers,
                 &args.queue,
                 args.kafka_partitions,
+                args.kafka_tuning(),
             )
             .await?,
         ),
@@ -104,6 +105,9 @@ mod tests {
             kafka_brokers: String::new(),
             queue: String::new(),
             kafka_partitions: 1,
+            kafka_assignment: Default::default(),
+            kafka_linger_ms: 5,
+            kafka_fetch_wait_ms: 100,
         }
     }
 

@@ -14,12 +14,14 @@
 mod factory;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod kafka_tuning;
 pub mod memory;
 mod queue_type;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 
 pub use factory::{connect, BrokerKind};
+pub use kafka_tuning::{KafkaAssignment, KafkaTuning};
 pub use queue_type::QueueType;
 
 use std::pin::Pin;

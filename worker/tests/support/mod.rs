@@ -125,8 +125,13 @@ pub async fn kafka_and_postgres(
     let database = testing::fresh_postgres_database(&postgres).await.unwrap();
     let storage = Storage::connect(&database).await.unwrap();
     let topic = testing::unique_name(prefix);
-    let broker = surge_common::broker::kafka::KafkaBroker::connect(&brokers, &topic, 2)
-        .await
-        .unwrap();
+    let broker = surge_common::broker::kafka::KafkaBroker::connect_with(
+        &brokers,
+        &topic,
+        2,
+        testing::kafka_tuning(),
+    )
+    .await
+    .unwrap();
     Some((std::sync::Arc::new(broker), storage))
 }

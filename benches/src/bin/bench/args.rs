@@ -20,6 +20,9 @@ pub enum Scenario {
     Soak,
     /// 6: jobs/s through an HTTP kind (target answering at once) against echo.
     Dispatch,
+    /// 7 (Kafka only, not in the default list): workers joining a consumer group
+    /// mid-burst under each `--kafka-assignment` value.
+    Rebalance,
 }
 
 /// Surge's benchmark: burst, max sustainable rate, scaling, ceilings and soak for the
@@ -123,6 +126,12 @@ pub struct Args {
     /// Rate: seconds per ramp step (default 3).
     #[arg(long)]
     pub step_secs: Option<f64>,
+    /// Rebalance: jobs per run (default 8000; smoke 300).
+    #[arg(long)]
+    pub rebalance_jobs: Option<u64>,
+    /// Rebalance: rounds over the assignment values (default 2; smoke 1).
+    #[arg(long)]
+    pub rebalance_rounds: Option<u32>,
     /// Load only, against an ingress already running at this address (no scenarios):
     /// with `--rate`, open loop; with `--burst N`, one burst; else `--clients` closed loop.
     #[arg(long)]

@@ -87,6 +87,12 @@ async fn run(args: Args, argv: Vec<String>) -> anyhow::Result<()> {
     if let Some(s) = args.step_secs {
         sizes.step = Duration::from_secs_f64(s);
     }
+    if let Some(n) = args.rebalance_jobs {
+        sizes.rebalance_jobs = n.max(10);
+    }
+    if let Some(n) = args.rebalance_rounds {
+        sizes.rebalance_rounds = n.max(1);
+    }
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results")
     });
@@ -302,6 +308,25 @@ async fn run(args: Args, argv: Vec<String>) -> anyhow::Result<()> {
                 target.stop().await;
             }
             Err(e) => record(&mut results, "dispatch target".into(), e),
+        }
+    }
+    if wants(Scenario::Rebalance) {
+        eprintln!(
+            "\n== 7. Kafka rebalancing: {} sleep {} ms jobs, workers joining mid-burst, per --kafka-assignment",
+            sizes.rebalance_jobs, sizes.rebalance_job_ms
+        );
+        for &backend in &args.backends {
+            if backend != surge_benches::deploy::Backend::Kafka {
+                eprintln!(
+                    "    ({} has no consumer-group rebalancing: skipped)",
+                    backend.name()
+                );
+                continue;
+            }
+            match scenarios::rebalance(&env, &sizes, backend).await {
+                Ok(rows) => results.rebalance.extend(rows),
+                Err(e) => record(&mut results, format!("rebalance on {}", backend.name()), e),
+            }
         }
     }
     results.meta.load_after = loadavg();

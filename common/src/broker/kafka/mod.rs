@@ -50,7 +50,7 @@ use backon::Retryable;
 
 pub use admin::{PartitionPlacement, TopicPlacement};
 
-use super::{Broker, BrokerError, BrokerStats, ConsumeOptions, Deliveries};
+use super::{Broker, BrokerError, BrokerStats, ConsumeOptions, Deliveries, KafkaTuning};
 use crate::job::Job;
 
 /// Consumer group whose lag [`Broker::stats`] reports until this broker consumes itself.
@@ -87,6 +87,8 @@ struct Inner {
     topics: Topics,
     producer: producer::Producer,
     stats: admin::StatsSource,
+    /// Assignment protocol and fetch wait of the consumers (the producer got its linger).
+    tuning: KafkaTuning,
     /// The consumer tasks started by `consume`: each ends after its stream was dropped and
     /// it drained, committed its last offsets and left the group. `close` awaits them.
     consumers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -126,11 +128,22 @@ fn validate_topic(topic: &str) -> Result<(), BrokerError> {
 impl KafkaBroker {
     /// Connects to `bootstrap` and makes sure `topic` (and its retry / dead-letter topics)
     /// exist with `partitions` partitions. Retries a few times while the broker is
-    /// unreachable, then fails with [`BrokerError::Unavailable`].
+    /// unreachable, then fails with [`BrokerError::Unavailable`]. Default tuning
+    /// ([`KafkaTuning::default`]); see [`KafkaBroker::connect_with`].
     pub async fn connect(
         bootstrap: &str,
         topic: &str,
         partitions: i32,
+    ) -> Result<Self, BrokerError> {
+        Self::connect_with(bootstrap, topic, partitions, KafkaTuning::default()).await
+    }
+
+    /// [`KafkaBroker::connect`] with `tuning` for the producer and every consumer.
+    pub async fn connect_with(
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        tuning: KafkaTuning,
     ) -> Result<Self, BrokerError> {
         validate_topic(topic)?;
         if !(1..=10_000).contains(&partitions) {
@@ -144,7 +157,7 @@ impl KafkaBroker {
             ));
         }
         let topics = Topics::for_topic(topic);
-        let producer = producer::Producer::new(bootstrap)?;
+        let producer = producer::Producer::new(bootstrap, tuning.linger_ms)?;
         (|| admin::ensure_topics(bootstrap, &producer, &topics, partitions))
             .retry(crate::retry::reconnect(3))
             .when(|e| matches!(e, BrokerError::Unavailable(_)))
@@ -155,6 +168,9 @@ impl KafkaBroker {
             bootstrap,
             topic,
             partitions = counts.main,
+            assignment = %tuning.assignment,
+            linger_ms = tuning.linger_ms,
+            fetch_wait_ms = tuning.fetch_wait_ms,
             "kafka connected"
         );
         Ok(KafkaBroker {
@@ -163,6 +179,7 @@ impl KafkaBroker {
                 stats: admin::StatsSource::new(bootstrap, topics.clone(), counts),
                 topics,
                 producer,
+                tuning,
                 consumers: std::sync::Mutex::default(),
             }),
         })

@@ -135,8 +135,8 @@ pub(super) struct Producer {
 }
 
 impl Producer {
-    /// Creates the producer. Does not contact the broker yet.
-    pub(super) fn new(bootstrap: &str) -> Result<Self, BrokerError> {
+    /// Creates the producer with `linger_ms`. Does not contact the broker yet.
+    pub(super) fn new(bootstrap: &str, linger_ms: u32) -> Result<Self, BrokerError> {
         let reachability = Arc::new(Reachability::default());
         let context = ProducerContext {
             reachability: reachability.clone(),
@@ -146,7 +146,7 @@ impl Producer {
             .set("statistics.interval.ms", "1000")
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            .set("linger.ms", linger_ms.to_string())
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
             .set(

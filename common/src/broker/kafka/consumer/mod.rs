@@ -29,12 +29,13 @@ mod task;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::client::{base_config, broker_error, SETUP_TIMEOUT};
 use super::Inner;
-use crate::broker::{BrokerError, ConsumeOptions, Deliveries, Delivery};
+use crate::broker::{BrokerError, ConsumeOptions, Deliveries, Delivery, KafkaAssignment};
 use rebalance::SurgeContext;
 use state::Shared;
 use task::Task;
@@ -60,17 +61,16 @@ pub(super) async fn consume(
         return Err(BrokerError::Config("a Kafka consumer needs a group".into()));
     }
     let shared = Arc::new(Shared::default());
-    let consumer: KafkaConsumer = base_config(&inner.bootstrap, "surge-worker")
+    let mut config = base_config(&inner.bootstrap, "surge-worker");
+    assignment_config(&mut config, inner.tuning.assignment);
+    let consumer: KafkaConsumer = config
         .set("group.id", &options.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("allow.auto.create.topics", "false")
-        // Notice a dead worker within seconds, not the 45 s default.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        .set("fetch.wait.max.ms", "100")
+        .set("fetch.wait.max.ms", inner.tuning.fetch_wait_ms.to_string())
         // librdkafka reads ahead up to 100,000 messages per partition and 64 MiB by
         // default; the task never holds more than its prefetch window, so a few MiB of
         // read-ahead keep it fed (thousands of jobs per fetch) at a fraction of the memory.
@@ -101,6 +101,7 @@ pub(super) async fn consume(
     inner.stats.use_group(&options.group);
     tracing::info!(
         group = %options.group, topic = %inner.topics.main, prefetch = options.prefetch,
+        assignment = %inner.tuning.assignment, fetch_wait_ms = inner.tuning.fetch_wait_ms,
         "kafka consumer started"
     );
 
@@ -122,4 +123,80 @@ pub(super) async fn consume(
     Ok(Box::pin(futures::stream::poll_fn(move |cx| {
         rx.poll_recv(cx)
     })))
+}
+
+/// The group protocol settings of `assignment`.
+///
+/// The classic protocol gets a 10 s session (a dead worker is noticed within seconds, not
+/// the 45 s default) and 1 s heartbeats. With `group.protocol=consumer` (KIP-848) the
+/// broker owns the session timeout, heartbeat interval and assignor: librdkafka refuses to
+/// create a consumer that sets `session.timeout.ms`, `heartbeat.interval.ms` or
+/// `partition.assignment.strategy` (its `rd_kafka_conf_finalize`), so none is set; the
+/// broker's `group.consumer.session.timeout.ms` (45 s by default) then bounds how long a
+/// SIGKILLed worker's partitions wait.
+fn assignment_config(config: &mut ClientConfig, assignment: KafkaAssignment) {
+    match assignment {
+        KafkaAssignment::Eager | KafkaAssignment::CooperativeSticky => {
+            let strategy = if assignment == KafkaAssignment::Eager {
+                "range,roundrobin"
+            } else {
+                "cooperative-sticky"
+            };
+            config
+                .set("group.protocol", "classic")
+                .set("partition.assignment.strategy", strategy)
+                .set("session.timeout.ms", "10000")
+                .set("heartbeat.interval.ms", "1000");
+        }
+        KafkaAssignment::Consumer => {
+            // The broker's default `uniform` assignor balances each member's partition
+            // count over T and T.retry together, so a joining member could take every
+            // partition of T and leave the first one only (empty) retry partitions:
+            // measured, the first worker then sat idle. `range` splits each topic's
+            // partitions over the members on its own.
+            config
+                .set("group.protocol", "consumer")
+                .set("group.remote.assignor", "range");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::consumer::BaseConsumer;
+
+    use super::*;
+
+    fn create(assignment: KafkaAssignment, extra: Option<(&str, &str)>) -> Result<(), String> {
+        let mut config = base_config("127.0.0.1:1", "surge-test");
+        assignment_config(&mut config, assignment);
+        config.set("group.id", "surge-test");
+        if let Some((key, value)) = extra {
+            config.set(key, value);
+        }
+        config
+            .create::<BaseConsumer>()
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// librdkafka checks the group settings when the consumer is created (no broker
+    /// needed): every assignment value must give a configuration it accepts.
+    #[test]
+    fn every_assignment_gives_a_configuration_librdkafka_accepts() {
+        for assignment in KafkaAssignment::ALL {
+            create(assignment, None).unwrap_or_else(|e| panic!("{assignment}: {e}"));
+        }
+    }
+
+    /// The reason `consumer` sets no session timeout: librdkafka refuses one with KIP-848.
+    #[test]
+    fn the_consumer_protocol_refuses_a_client_side_session_timeout() {
+        let refused = create(
+            KafkaAssignment::Consumer,
+            Some(("session.timeout.ms", "10000")),
+        )
+        .expect_err("librdkafka accepted session.timeout.ms with group.protocol=consumer");
+        assert!(refused.contains("session.timeout.ms"), "{refused}");
+    }
 }

@@ -110,7 +110,7 @@ impl ConsumerContext for SurgeContext {
                 // Commit what is settled before the partitions go; the rest is redelivered
                 // to their next owner.
                 commit_offsets(consumer, &self.shared, commits, CommitMode::Sync);
-                tracing::info!(partitions = tpl.count(), "kafka partitions revoked");
+                tracing::info!(partitions = %describe(tpl), "kafka partitions revoked");
             }
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance error"),
@@ -123,7 +123,7 @@ impl ConsumerContext for SurgeContext {
             for tp in partitions_of(tpl) {
                 state.tracker.assign(tp);
             }
-            tracing::info!(partitions = tpl.count(), "kafka partitions assigned");
+            tracing::info!(partitions = %describe(tpl), "kafka partitions assigned");
         }
     }
 
@@ -139,4 +139,25 @@ impl ConsumerContext for SurgeContext {
             }
         }
     }
+}
+
+/// `tpl` for a log line, grouped by topic: `surge.jobs[0,1,2] surge.jobs.retry[3]`. With an
+/// incremental assignment it names only the partitions that move.
+fn describe(tpl: &TopicPartitionList) -> String {
+    let mut topics: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for (topic, partition) in partitions_of(tpl) {
+        topics.entry(topic).or_default().push(partition);
+    }
+    if topics.is_empty() {
+        return "none".to_owned();
+    }
+    topics
+        .into_iter()
+        .map(|(topic, mut partitions)| {
+            partitions.sort_unstable();
+            let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
+            format!("{topic}[{}]", list.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
