@@ -133,22 +133,8 @@ async fn dead_jobs_are_listed_and_replayed_from_the_dashboard() -> anyhow::Resul
     // run to a result once replayed).
     let echo = dead_jobs(&storage, "echo", 3).await?;
     let hash = dead_jobs(&storage, "hash", 2).await?;
-    let args = ProducerArgs::try_parse_from([
-        "surge-producer",
-        "--listen",
-        "127.0.0.1:0",
-        "--broker",
-        "memory",
-        "--embedded-capacity",
-        "4",
-    ])?;
     let heartbeats = storage.clone();
-    let ingress = Ingress::build_with(&args, Arc::new(MemoryBroker::new()), storage).await?;
-    let base = format!("http://{}", ingress.local_addr());
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(ingress.run_until_stopped(async {
-        let _ = server_stopped.await;
-    }));
+    let (base, stop_server, server) = start_ingress(storage, &[]).await?;
     let client = reqwest::Client::new();
 
     // A worker in another process runs an HTTP kind whose target pushes back: its
@@ -175,24 +161,7 @@ async fn dead_jobs_are_listed_and_replayed_from_the_dashboard() -> anyhow::Resul
     let browser = Browser::launch(&chromium).await?;
     let outcome = drive(&browser, &client, &base, &echo, &hash).await;
     beating.abort();
-    let problems = browser.problems();
-    if outcome.is_err() {
-        let tail = std::fs::read_to_string(browser.log()).unwrap_or_default();
-        let tail: Vec<&str> = tail.lines().rev().take(20).collect();
-        eprintln!(
-            "chromium log (last lines, newest first):\n{}",
-            tail.join("\n")
-        );
-    }
-    browser.close().await;
-    let _ = stop_server.send(());
-    server.await??;
-    outcome?;
-    assert!(
-        problems.is_empty(),
-        "the page reported errors: {problems:#?}"
-    );
-    Ok(())
+    finish(browser, stop_server, server, outcome).await
 }
 
 /// Waits until `GET /jobs/{id}` says `succeeded`.
@@ -443,7 +412,26 @@ async fn with_api_keys_the_dashboard_asks_for_one_and_sends_it() -> anyhow::Resu
         anyhow::Ok(())
     }
     .await;
+    finish(browser, stop_server, server, outcome).await
+}
+
+/// Closes the browser and stops the ingress, then fails on the scenario's error (with
+/// Chromium's last log lines) or on any error the page reported.
+async fn finish(
+    browser: Browser,
+    stop_server: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), surge_producer::ingress::IngressError>>,
+    outcome: anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let problems = browser.problems();
+    if outcome.is_err() {
+        let tail = std::fs::read_to_string(browser.log()).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+        eprintln!(
+            "chromium log (last lines, newest first):\n{}",
+            tail.join("\n")
+        );
+    }
     browser.close().await;
     let _ = stop_server.send(());
     server.await??;
