@@ -158,17 +158,7 @@ async fn the_dashboard_shows_a_burst_in_headless_chromium() -> anyhow::Result<()
 
     let browser = Browser::launch(&chromium).await?;
     let outcome = drive(&browser, &client, &base).await;
-    let problems = browser.problems();
-    let log = browser.log();
-    if outcome.is_err() {
-        let tail = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = tail.lines().rev().take(20).collect();
-        eprintln!(
-            "chromium log (last lines, newest first):\n{}",
-            tail.join("\n")
-        );
-    }
-    browser.close().await;
+    let problems = browser.finish(outcome.is_err()).await;
     let _ = stop_server.send(());
     server.await??;
     outcome?;

@@ -423,16 +423,7 @@ async fn finish(
     server: tokio::task::JoinHandle<Result<(), surge_producer::ingress::IngressError>>,
     outcome: anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let problems = browser.problems();
-    if outcome.is_err() {
-        let tail = std::fs::read_to_string(browser.log()).unwrap_or_default();
-        let tail: Vec<&str> = tail.lines().rev().take(20).collect();
-        eprintln!(
-            "chromium log (last lines, newest first):\n{}",
-            tail.join("\n")
-        );
-    }
-    browser.close().await;
+    let problems = browser.finish(outcome.is_err()).await;
     let _ = stop_server.send(());
     server.await??;
     outcome?;

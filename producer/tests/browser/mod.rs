@@ -222,6 +222,22 @@ impl Browser {
         self.profile.join("chromium.log")
     }
 
+    /// Closes the browser after a scenario and returns the problems its pages reported;
+    /// when the scenario failed, first prints the last lines of Chromium's log.
+    pub async fn finish(self, scenario_failed: bool) -> Vec<String> {
+        let problems = self.problems();
+        if scenario_failed {
+            let tail = std::fs::read_to_string(self.log()).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+            eprintln!(
+                "chromium log (last lines, newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+        self.close().await;
+        problems
+    }
+
     /// Closes the browser (killing it if it does not exit) and removes its profile.
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(
