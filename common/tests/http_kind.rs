@@ -19,6 +19,7 @@ use surge_common::job::Job;
 use surge_common::kinds::http::config::{HttpKindConfig, HttpKindFile};
 use surge_common::kinds::http::HttpKind;
 use surge_common::kinds::{JobError, Kind};
+use surge_common::storage::flow::SlotsSetup;
 use surge_common::storage::Storage;
 use surge_common::testing::{self, POSTGRES_URL_VAR};
 
@@ -418,14 +419,11 @@ async fn a_full_cap_or_a_failed_database_defers_without_sending() {
     let kind = HttpKind::new(config("full", &url, "concurrency = 2"), storage.clone()).unwrap();
     kind.prepare().await.unwrap();
     // Another replica holds both slots.
-    let now = surge_common::clock::now_micros();
-    for holder in ["other-1", "other-2"] {
-        storage
-            .try_acquire_dispatch_slot("full", holder, now, now + 600_000_000)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    let held = storage
+        .acquire_dispatch_slots("full", "other", 2, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 2);
     let (reason, _) = deferred(kind.run(&job(), 1).await);
     assert!(reason.contains("slots"), "{reason}");
     assert_eq!(kind.flow().in_flight, 0);
@@ -478,12 +476,17 @@ async fn the_cap_holds_across_replicas(database_url: &str) {
     let peak = server.seen.peak.load(Ordering::SeqCst);
     assert!(peak <= CAP, "the target saw {peak} concurrent requests");
     assert_eq!(server.seen.requests.load(Ordering::SeqCst), JOBS as u32);
+    // Slots a replica keeps for its next attempt go back to the database shortly after.
     let storage = Storage::connect(database_url).await.unwrap();
-    let (held, total) = storage
-        .dispatch_slots_in_use("capped", surge_common::clock::now_micros())
-        .await
-        .unwrap();
-    assert_eq!((held, total), (0, CAP), "every slot released");
+    let mut in_use = storage.dispatch_slots_in_use("capped").await.unwrap();
+    for _ in 0..500 {
+        if in_use.0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        in_use = storage.dispatch_slots_in_use("capped").await.unwrap();
+    }
+    assert_eq!(in_use, (0, CAP), "every slot released");
 }
 
 #[tokio::test]
@@ -504,60 +507,70 @@ async fn the_cap_holds_across_replicas_on_postgres() {
     the_cap_holds_across_replicas(&url).await;
 }
 
-/// The slot table itself: leases, expiry, stale releases, resizing.
+/// The slot table itself: leases on the database clock, expiry, stale releases.
 async fn slot_leases(storage: Storage) {
-    storage.ensure_dispatch_slots("k", 2).await.unwrap();
+    const LONG: Duration = Duration::from_secs(600);
+    assert_eq!(
+        storage.ensure_dispatch_slots("k", 2).await.unwrap(),
+        SlotsSetup::Ready
+    );
     let a = storage
-        .try_acquire_dispatch_slot("k", "a", 1_000, 5_000)
+        .acquire_dispatch_slots("k", "a", 1, LONG)
         .await
         .unwrap();
     let b = storage
-        .try_acquire_dispatch_slot("k", "b", 1_000, 5_000)
+        .acquire_dispatch_slots("k", "b", 1, LONG)
         .await
         .unwrap();
-    assert!(a.is_some() && b.is_some() && a != b);
-    assert_eq!(
-        storage
-            .try_acquire_dispatch_slot("k", "c", 1_000, 5_000)
-            .await
-            .unwrap(),
-        None
-    );
+    assert!(a.len() == 1 && b.len() == 1 && a != b);
+    assert!(storage
+        .acquire_dispatch_slots("k", "c", 1, LONG)
+        .await
+        .unwrap()
+        .is_empty());
     // Other kinds have their own slots.
     storage.ensure_dispatch_slots("other", 1).await.unwrap();
-    assert!(storage
-        .try_acquire_dispatch_slot("other", "x", 1_000, 5_000)
-        .await
-        .unwrap()
-        .is_some());
-    // After the lease, a slot is taken over; the old holder's release frees nothing.
-    let c = storage
-        .try_acquire_dispatch_slot("k", "c", 6_000, 9_000)
-        .await
-        .unwrap()
-        .unwrap();
-    let old = if Some(c) == a { "a" } else { "b" };
-    assert!(!storage.release_dispatch_slot("k", c, old).await.unwrap());
     assert_eq!(
-        storage.dispatch_slots_in_use("k", 6_000).await.unwrap(),
-        (1, 2)
-    );
-    // Resizing: up adds free slots, down drops the extra ones.
-    storage.ensure_dispatch_slots("k", 5).await.unwrap();
-    assert_eq!(
-        storage.dispatch_slots_in_use("k", 6_000).await.unwrap(),
-        (1, 5)
-    );
-    assert!(storage.release_dispatch_slot("k", c, "c").await.unwrap());
-    assert_eq!(
-        storage.dispatch_slots_in_use("k", 6_000).await.unwrap(),
-        (0, 5)
-    );
-    storage.ensure_dispatch_slots("k", 1).await.unwrap();
-    assert_eq!(
-        storage.dispatch_slots_in_use("k", 6_000).await.unwrap().1,
+        storage
+            .acquire_dispatch_slots("other", "x", 5, LONG)
+            .await
+            .unwrap()
+            .len(),
         1
     );
+    assert!(storage.release_dispatch_slot("k", a[0], "a").await.unwrap());
+    // Several at once, never more than are free.
+    assert_eq!(
+        storage
+            .acquire_dispatch_slots("k", "d", 5, LONG)
+            .await
+            .unwrap(),
+        a
+    );
+    assert!(storage.release_dispatch_slot("k", a[0], "d").await.unwrap());
+    // A short lease runs out on the database clock; the slot is then taken over and the
+    // old holder's release frees nothing.
+    let short = storage
+        .acquire_dispatch_slots("k", "short", 1, Duration::from_millis(1))
+        .await
+        .unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..500 {
+        taken = storage
+            .acquire_dispatch_slots("k", "e", 1, LONG)
+            .await
+            .unwrap();
+        if !taken.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(taken, short);
+    assert!(!storage
+        .release_dispatch_slot("k", short[0], "short")
+        .await
+        .unwrap());
+    assert_eq!(storage.dispatch_slots_in_use("k").await.unwrap(), (2, 2));
 }
 
 #[tokio::test]
@@ -571,9 +584,206 @@ async fn slot_leases_on_sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn slot_leases_on_postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     slot_leases(Storage::connect(&url).await.unwrap()).await;
+}
+
+async fn postgres() -> Option<String> {
+    let base = testing::service(POSTGRES_URL_VAR, "PostgreSQL")?;
+    Some(testing::fresh_postgres_database(&base).await.unwrap())
+}
+
+/// A lease is measured on the database's clock, from when the claiming statement runs:
+/// its end is the database's now plus the lease, whatever the claimer's own clock says, so
+/// a replica whose clock runs ahead cannot take a slot another one holds.
+async fn leases_are_on_the_database_clock(storage: Storage) {
+    const LEASE: Duration = Duration::from_secs(60);
+    storage.ensure_dispatch_slots("clock", 1).await.unwrap();
+    let before = storage.dispatch_clock_us().await.unwrap();
+    let slot = storage
+        .acquire_dispatch_slots("clock", "holder", 1, LEASE)
+        .await
+        .unwrap();
+    let after = storage.dispatch_clock_us().await.unwrap();
+    assert_eq!(slot, [0]);
+    let until: i64 =
+        sqlx::query_scalar("SELECT lease_until_us FROM dispatch_slots WHERE kind = 'clock'")
+            .fetch_one(storage.pool())
+            .await
+            .unwrap();
+    let lease_us = i64::try_from(LEASE.as_micros()).unwrap();
+    assert!(
+        before + lease_us <= until + 1_000 && until <= after + lease_us + 1_000,
+        "lease ends at {until}, the database's clock said {before}..{after}"
+    );
+    // Nobody else gets it while the lease lasts, whatever their clock.
+    assert!(storage
+        .acquire_dispatch_slots("clock", "thief", 1, LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        storage.dispatch_slots_in_use("clock").await.unwrap(),
+        (1, 1)
+    );
+}
+
+/// A claim that waits for a pooled connection starts its lease once it has one: on SQLite
+/// (one connection per pool) a claim is queued behind a held connection, and its lease
+/// ends a full lease after the connection was given back.
+#[tokio::test]
+async fn a_lease_starts_once_the_connection_is_held() {
+    const LEASE: Duration = Duration::from_secs(60);
+    let storage = sqlite().await;
+    storage.ensure_dispatch_slots("late", 1).await.unwrap();
+    let busy = storage.pool().acquire().await.unwrap();
+    let claim = tokio::spawn({
+        let storage = storage.clone();
+        async move {
+            storage
+                .acquire_dispatch_slots("late", "late", 1, LEASE)
+                .await
+                .unwrap()
+        }
+    });
+    // The claim queues for the connection meanwhile (nothing to await: the pool does not
+    // say who waits); if it had not, the check below would hold trivially.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let handed_back = surge_common::clock::now_micros();
+    drop(busy);
+    assert_eq!(claim.await.unwrap(), [0]);
+    let until: i64 =
+        sqlx::query_scalar("SELECT lease_until_us FROM dispatch_slots WHERE kind = 'late'")
+            .fetch_one(storage.pool())
+            .await
+            .unwrap();
+    let lease_us = i64::try_from(LEASE.as_micros()).unwrap();
+    assert!(
+        until >= handed_back + lease_us - 5_000,
+        "the lease ends {} ms early",
+        (handed_back + lease_us - until) / 1000
+    );
+}
+
+#[tokio::test]
+async fn leases_are_on_the_database_clock_on_sqlite() {
+    leases_are_on_the_database_clock(sqlite().await).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn leases_are_on_the_database_clock_on_postgres() {
+    let Some(url) = postgres().await else {
+        return;
+    };
+    leases_are_on_the_database_clock(Storage::connect(&url).await.unwrap()).await;
+}
+
+/// A replica started with another `concurrency` than the one the running replicas use is
+/// refused with both values named, and changes nothing: no slot row in use is deleted or
+/// freed, none is added. Once no slot is held, a new value is adopted (explicitly logged).
+async fn another_concurrency_is_refused_while_slots_are_in_use(url: &str) {
+    let server = start().await;
+    let target = format!("{}/json", server.base);
+    let replica = |concurrency: u32| {
+        let target = target.clone();
+        async move {
+            let storage = Storage::connect(url).await.unwrap();
+            HttpKind::new(
+                config("sized", &target, &format!("concurrency = {concurrency}")),
+                storage,
+            )
+            .unwrap()
+        }
+    };
+    let first = replica(4).await;
+    first.prepare().await.unwrap();
+    // Right after set-up, before any job: the slots are there, all free.
+    let storage = Storage::connect(url).await.unwrap();
+    assert_eq!(
+        storage.dispatch_slots_in_use("sized").await.unwrap(),
+        (0, 4)
+    );
+    // Slots 0..3 in use by the first replica's requests.
+    let held = storage
+        .acquire_dispatch_slots("sized", "running", 4, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(held, [0, 1, 2, 3]);
+
+    for other in [2, 6] {
+        let refused = Kind::prepare(&replica(other).await).await.unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            message.starts_with("kinds.sized: ")
+                && message.contains(&format!("concurrency = {other} here"))
+                && message.contains("records concurrency = 4")
+                && message.contains("4 of its slots are in use"),
+            "{message}"
+        );
+        assert_eq!(
+            storage.dispatch_slots_in_use("sized").await.unwrap(),
+            (4, 4),
+            "nothing deleted, added or freed"
+        );
+        assert_eq!(
+            storage.dispatch_concurrency("sized").await.unwrap(),
+            Some(4)
+        );
+    }
+    // Its attempts are deferred, never sent.
+    let refused = replica(2).await;
+    let (reason, _) = deferred(refused.run(&job(), 1).await);
+    assert!(reason.contains("concurrency = 2 here"), "{reason}");
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 0);
+
+    // Every slot free again: a new value is adopted for all.
+    for slot in held {
+        assert!(storage
+            .release_dispatch_slot("sized", slot, "running")
+            .await
+            .unwrap());
+    }
+    replica(6).await.prepare().await.unwrap();
+    assert_eq!(
+        storage.dispatch_slots_in_use("sized").await.unwrap(),
+        (0, 6)
+    );
+    assert_eq!(
+        storage.dispatch_concurrency("sized").await.unwrap(),
+        Some(6)
+    );
+    // And the replica that still has 4 is refused now that 6 is in use.
+    let running = storage
+        .acquire_dispatch_slots("sized", "new", 1, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 1);
+    assert!(replica(4).await.prepare().await.is_err());
+    assert_eq!(
+        storage.dispatch_slots_in_use("sized").await.unwrap(),
+        (1, 6)
+    );
+}
+
+#[tokio::test]
+async fn another_concurrency_is_refused_while_slots_are_in_use_on_sqlite() {
+    another_concurrency_is_refused_while_slots_are_in_use(&testing::temp_sqlite_url()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn another_concurrency_is_refused_while_slots_are_in_use_on_postgres() {
+    let Some(url) = postgres().await else {
+        return;
+    };
+    another_concurrency_is_refused_while_slots_are_in_use(&url).await;
 }

@@ -126,6 +126,9 @@ impl Ingress {
                 args.embedded_worker_options(),
             )
         });
+        if let Some(workers) = &embedded {
+            workers.prepare().await?;
+        }
         let state = AppState::new(broker.clone(), storage, args.limits())
             .with_admission(args.admission())
             .with_api_keys(api_keys)

@@ -57,6 +57,7 @@ pub enum ServiceError {
 /// A worker ready to run: storage and broker open, metrics address bound.
 pub struct WorkerService {
     worker: Worker,
+    kinds: KindRegistry,
     broker: Arc<dyn Broker>,
     owns_broker: bool,
     metrics: Option<TcpListener>,
@@ -84,6 +85,7 @@ impl WorkerService {
         let kinds = args.kinds.registry(own, &storage)?;
         let mut service = WorkerService::assemble(args, broker, storage, kinds).await?;
         service.owns_broker = true;
+        service.prepare().await?;
         Ok(service)
     }
 
@@ -96,7 +98,9 @@ impl WorkerService {
         storage: Storage,
     ) -> Result<WorkerService, ServiceError> {
         let kinds = args.kinds.registry(KindRegistry::builder(), &storage)?;
-        WorkerService::assemble(args, broker, storage, kinds).await
+        let service = WorkerService::assemble(args, broker, storage, kinds).await?;
+        service.prepare().await?;
+        Ok(service)
     }
 
     async fn assemble(
@@ -127,11 +131,24 @@ impl WorkerService {
         options: WorkerOptions,
     ) -> WorkerService {
         WorkerService {
-            worker: Worker::new(broker.clone(), storage, kinds, options),
+            worker: Worker::new(broker.clone(), storage, kinds.clone(), options),
+            kinds,
             broker,
             owns_broker: false,
             metrics: None,
         }
+    }
+
+    /// Sets up what the kinds share with other replicas (the HTTP kinds' concurrency slots,
+    /// in the results database) before the first job; refused when another replica uses
+    /// another `concurrency` for a kind. The `build*` constructors do it; an
+    /// [`WorkerService::embedded`] worker does it here or at the start of
+    /// [`WorkerService::run_until_stopped`]. Done once; later calls return at once.
+    pub async fn prepare(&self) -> Result<(), ServiceError> {
+        self.kinds
+            .prepare()
+            .await
+            .map_err(|e| ServiceError::Kinds(KindsError::Http(e)))
     }
 
     /// Live counters of this worker.
@@ -151,6 +168,10 @@ impl WorkerService {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServiceError> {
         surge_common::metrics::install();
+        if let Err(error) = self.prepare().await {
+            tracing::error!(%error, "the worker cannot start");
+            return Err(error);
+        }
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics = self.metrics.map(|listener| {
             if let Ok(address) = listener.local_addr() {

@@ -167,3 +167,65 @@ async fn three_kafka_workers_never_exceed_the_cap() {
     ];
     cap_holds(&broker, &database, &args).await;
 }
+
+/// A worker writes its HTTP kinds' slots when it is built, before its first job; a worker
+/// configured with another `concurrency` than the one in use is refused at start-up, with
+/// the kind and both values named, and frees nothing. SQLite, memory broker: the set-up
+/// does not depend on either.
+#[tokio::test]
+async fn slots_exist_at_start_up_and_another_concurrency_is_refused() {
+    use clap::Parser;
+    use surge_common::broker::memory::MemoryBroker;
+    use surge_worker::config::WorkerArgs;
+    use surge_worker::WorkerService;
+
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let worker = |concurrency: u32| {
+        let path = std::env::temp_dir().join(format!("{}.toml", testing::unique_name("config")));
+        std::fs::write(
+            &path,
+            format!(
+                "[kinds.target]\nurl = \"http://127.0.0.1:1/work\"\nconcurrency = {concurrency}\n"
+            ),
+        )
+        .unwrap();
+        let args = WorkerArgs::try_parse_from([
+            "surge-worker".to_owned(),
+            "--config".to_owned(),
+            path.display().to_string(),
+        ])
+        .unwrap();
+        let (broker, storage) = (broker.clone(), storage.clone());
+        async move {
+            let built = WorkerService::build_with(&args, broker, storage).await;
+            let _ = std::fs::remove_file(path);
+            built
+        }
+    };
+    let _first = worker(CAP).await.unwrap();
+    assert_eq!(
+        storage.dispatch_slots_in_use("target").await.unwrap(),
+        (0, CAP),
+        "the slots exist before any job"
+    );
+    let held = storage
+        .acquire_dispatch_slots("target", "in-use", 3, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 3);
+    let Err(refused) = worker(CAP / 2).await else {
+        panic!("a worker with another concurrency started");
+    };
+    let message = refused.to_string();
+    assert!(
+        message.contains("kinds.target")
+            && message.contains(&format!("concurrency = {} here", CAP / 2))
+            && message.contains(&format!("records concurrency = {CAP}")),
+        "{message}"
+    );
+    assert_eq!(
+        storage.dispatch_slots_in_use("target").await.unwrap(),
+        (3, CAP)
+    );
+}

@@ -120,6 +120,13 @@ pub trait Kind: Send + Sync + 'static {
     fn retry_policy(&self, worker: RetryPolicy) -> RetryPolicy {
         worker
     }
+
+    /// Sets up what the kind shares with other replicas before a worker takes its first
+    /// job (HTTP kinds: record `concurrency` and write the slot rows, refused when other
+    /// replicas use another value). Nothing by default.
+    async fn prepare(&self) -> Result<(), http::HttpKindError> {
+        Ok(())
+    }
 }
 
 /// A registry could not be built.
@@ -174,6 +181,14 @@ impl KindRegistry {
     /// The kind called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Kind>> {
         self.kinds.get(name)
+    }
+
+    /// Runs every kind's [`Kind::prepare`], stopping at the first refusal.
+    pub async fn prepare(&self) -> Result<(), http::HttpKindError> {
+        for kind in self.kinds.values() {
+            kind.prepare().await?;
+        }
+        Ok(())
     }
 
     /// Every kind's name, sorted.

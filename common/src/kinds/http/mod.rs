@@ -54,7 +54,7 @@ use self::shared::{Refusal, SharedLimits};
 use crate::job::{InvalidJob, Job};
 use crate::kinds::{JobError, Kind};
 use crate::retry::RetryPolicy;
-use crate::storage::{Storage, StorageError};
+use crate::storage::Storage;
 
 /// How long a job deferred because the flow-control database failed waits in the broker.
 pub const DEFER_DATABASE: Duration = Duration::from_secs(1);
@@ -95,7 +95,7 @@ pub struct FlowSnapshot {
 impl HttpKind {
     /// A dispatcher for `config`. `storage` is the results database, shared by every
     /// replica: it holds the cross-replica concurrency and rate state (its rows are written
-    /// by [`HttpKind::prepare`], or at the first attempt).
+    /// by [`HttpKind::prepare`], at worker start-up).
     pub fn new(config: HttpKindConfig, storage: Storage) -> Result<HttpKind, HttpKindError> {
         let client = request::client(&config).map_err(|e| HttpKindError {
             kind: config.name.clone(),
@@ -118,9 +118,10 @@ impl HttpKind {
         })
     }
 
-    /// Writes (or resizes) the kind's slot rows in the shared database. Optional: the
-    /// first attempt does it otherwise. Call it at worker start-up to fail early.
-    pub async fn prepare(&self) -> Result<(), StorageError> {
+    /// Records the kind's concurrency and writes its slot rows in the shared database;
+    /// refused when other replicas use another concurrency ([`shared::PrepareError`]). The
+    /// worker does it at start-up ([`Kind::prepare`]); the first attempt does it otherwise.
+    pub async fn prepare(&self) -> Result<(), shared::PrepareError> {
         self.shared.prepare().await
     }
 
@@ -226,6 +227,10 @@ impl Kind for HttpKind {
                         tracing::warn!(kind = %self.config.name, %error, "flow-control database failed; deferring");
                         ("database", DEFER_DATABASE)
                     }
+                    Refusal::Setup(error) => {
+                        tracing::error!(kind = %self.config.name, %error, "deferring");
+                        ("database", DEFER_DATABASE)
+                    }
                 };
                 return Err(self.defer(reason, refusal.to_string(), after));
             }
@@ -254,6 +259,13 @@ impl Kind for HttpKind {
         metrics::response(&self.config.name, verdict.class, took);
         self.publish_gauges();
         verdict.result
+    }
+
+    async fn prepare(&self) -> Result<(), HttpKindError> {
+        HttpKind::prepare(self).await.map_err(|e| HttpKindError {
+            kind: self.config.name.clone(),
+            message: e.to_string(),
+        })
     }
 
     fn flow(&self) -> Option<Value> {

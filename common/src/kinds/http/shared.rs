@@ -1,46 +1,60 @@
 //! The limits every replica shares: `concurrency` (slots leased in the results database)
 //! and `rate` (a GCRA row there). See [`crate::storage::flow`] for the SQL.
 //!
-//! A request needs a slot. When none is free the attempt polls, 5 ms doubling to 50 ms,
-//! for at most [`WAIT_BOUND`] (measured from the start of the attempt, the local limit's
-//! wait included); then the job is deferred: back to the broker for [`DEFER_BUSY`],
-//! without consuming an attempt. Bounded so that a saturated kind does not hold the
-//! worker's capacity (other kinds keep flowing); polling rather than notifications because
-//! the only thing the replicas share is the database.
+//! **One acquirer per kind per process.** Attempts never query the database for a slot
+//! themselves: they queue in this process, and a single task per kind (the poller) claims
+//! as many slots as there are queued attempts in one statement, then hands them out. While
+//! attempts wait and no slot is free, the poller asks again every [`POLL_MIN`] doubling to
+//! [`POLL_MAX`]; with nobody waiting it sleeps until an attempt arrives. So a saturated
+//! kind costs each replica at most one poll statement per [`POLL_MAX`] (not one per waiting
+//! attempt), and the pool the result commits use stays theirs. An attempt waits for at most
+//! [`WAIT_BOUND`] (from the start of the attempt, the local limit's wait included); then the
+//! job is deferred: back to the broker for [`DEFER_BUSY`], without consuming an attempt.
+//! Polling rather than notifications because the only thing the replicas share is the
+//! database (and sqlx's `Any` driver has no `LISTEN`).
 //!
-//! A slot freed while another attempt of the same process waits is handed to it directly,
-//! without a database round trip (which measured as the bottleneck: two statements per
-//! request, each a commit), as long as the slot was taken from the database less than
+//! **Slots stay in the process while they are young.** A freed slot goes straight to a
+//! waiting attempt of this process, or, when none waits, stays idle in the process for
+//! [`IDLE_HOLD`] for the next attempt: no database round trip either way, which is what
+//! keeps an HTTP kind close to a kind without I/O and refills the cap at once when a wave
+//! of requests ends. Both only while the slot was claimed from the database less than
 //! [`HANDOFF_WINDOW`] ago; after that it goes back to the database, where every replica's
-//! pollers compete for it (so one busy replica cannot keep the slots to itself).
+//! poller competes for it on the same cadence (so one busy replica cannot keep the slots
+//! to itself).
 //!
-//! A slot is leased for the kind's timeout + [`HANDOFF_WINDOW`] + [`WAIT_BOUND`] +
-//! [`LEASE_MARGIN`]: the last holder gets it within the hand-off window and sends within
-//! its wait bound, and a request cannot outlive its timeout, so a slot still held after
-//! that belongs to a crashed (or partitioned) worker and is taken over.
+//! **Leases are on the database clock**, starting when the claiming statement runs (the
+//! connection held): a slot is leased for the kind's timeout + [`HANDOFF_WINDOW`] +
+//! [`WAIT_BOUND`] + [`LEASE_MARGIN`]. Its age here is measured from before the statement
+//! was sent (so it is never younger than the lease), the last holder gets it within the
+//! hand-off window and sends within its wait bound, and a request cannot outlive its
+//! timeout: a slot still held after its lease belongs to a crashed (or partitioned) worker
+//! and is taken over. Clocks of replicas play no part.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, OnceCell};
+use tokio::sync::{oneshot, Notify, OnceCell};
 use tokio::time::Instant;
 
-use crate::clock::now_micros;
-use crate::storage::flow::RateReservation;
+use crate::storage::flow::{RateReservation, SlotsSetup};
 use crate::storage::{Storage, StorageError};
 
 /// Longest wait for a slot (or a rate turn) before the job is deferred.
 pub const WAIT_BOUND: Duration = Duration::from_secs(2);
-/// First pause between slot polls; doubles up to [`POLL_MAX`].
+/// First pause between slot polls while attempts wait; doubles up to [`POLL_MAX`].
 pub const POLL_MIN: Duration = Duration::from_millis(5);
-/// Longest pause between slot polls.
-pub const POLL_MAX: Duration = Duration::from_millis(50);
+/// Longest pause between slot polls while attempts wait.
+pub const POLL_MAX: Duration = Duration::from_millis(20);
 /// How long a job deferred for lack of a slot waits in the broker.
 pub const DEFER_BUSY: Duration = Duration::from_secs(1);
-/// How long after its database acquisition a slot may still be handed to a waiter of the
-/// same process instead of going back to the database.
+/// How long after its database acquisition a slot may still be handed to another attempt
+/// of the same process instead of going back to the database.
 pub const HANDOFF_WINDOW: Duration = Duration::from_secs(1);
+/// How long a freed slot that no attempt of this process wants stays with the process
+/// before going back to the database.
+pub const IDLE_HOLD: Duration = Duration::from_millis(20);
 /// Added to a lease beyond the longest a holder can need it.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
@@ -50,43 +64,104 @@ pub enum Refusal {
     /// Every slot stayed taken until the deadline.
     #[error("all {0} slots are taken (the concurrency cap across replicas)")]
     Concurrency(u32),
-    /// The rate allows the next request only after this long.
+    /// The rate limit allows the next request only after this long.
     #[error("the rate limit allows the next request in {0:?}")]
     Rate(Duration),
     /// The database did not answer.
     #[error("the flow-control database failed: {0}")]
+    Database(Arc<StorageError>),
+    /// The kind's slots could not be set up (see [`PrepareError`]).
+    #[error("the flow-control database refused this kind's set-up: {0}")]
+    Setup(String),
+}
+
+impl From<StorageError> for Refusal {
+    fn from(error: StorageError) -> Refusal {
+        Refusal::Database(Arc::new(error))
+    }
+}
+
+/// Why a kind's slots could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The database did not answer.
+    #[error("setting up the dispatch slots in the results database failed: {0}")]
     Database(#[from] StorageError),
+    /// Another replica set the kind up with another `concurrency` and is using it.
+    #[error(
+        "concurrency = {configured} here, but the results database records concurrency = \
+         {recorded} for this kind, set by another replica, and {held} of its slots are in \
+         use: give every replica the same concurrency (a new value is adopted when a \
+         replica starts while no slot of the kind is held)"
+    )]
+    Mismatch {
+        /// This process's value.
+        configured: u32,
+        /// The value in the database.
+        recorded: u32,
+        /// Slots held when it looked.
+        held: u32,
+    },
 }
 
 /// One kind's shared limits.
 #[derive(Debug)]
 pub struct SharedLimits {
+    inner: Arc<Inner>,
+    /// Microseconds between request starts, when `rate` is set.
+    interval_us: Option<i64>,
+    ready: OnceCell<()>,
+    poller: OnceLock<()>,
+}
+
+/// What the attempts, the leases and the poller of one kind share.
+#[derive(Debug)]
+struct Inner {
     storage: Storage,
     kind: String,
     concurrency: u32,
-    /// Microseconds between request starts, when `rate` is set.
-    interval_us: Option<i64>,
     lease: Duration,
-    ready: OnceCell<()>,
-    /// This process's attempts waiting for a slot, oldest first.
-    waiters: Waiters,
+    /// Unique to this process and kind; holder tokens are it plus a sequence number.
+    token: String,
+    sequence: AtomicU64,
+    state: Mutex<State>,
+    /// Wakes the poller: an attempt queued when none was, a slot went idle, or closing.
+    wake: Arc<Notify>,
+    closed: AtomicBool,
 }
 
-/// Where a freed slot is handed to a waiting attempt of the same process.
-type Waiters = Arc<Mutex<VecDeque<oneshot::Sender<SlotLease>>>>;
+/// What a waiting attempt receives.
+type Handed = Result<SlotLease, Arc<StorageError>>;
+
+#[derive(Debug, Default)]
+struct State {
+    /// Attempts waiting for a slot, oldest first.
+    waiters: VecDeque<oneshot::Sender<Handed>>,
+    /// Slots this process holds that no attempt uses, with when they were freed.
+    idle: Vec<(Slot, Instant)>,
+}
+
+/// A slot held in the database by this process.
+#[derive(Debug)]
+struct Slot {
+    slot: u32,
+    holder: Arc<str>,
+    /// Just before the statement that claimed it was sent (kept across hand-offs).
+    acquired: Instant,
+}
+
+impl Slot {
+    fn young(&self) -> bool {
+        self.acquired.elapsed() < HANDOFF_WINDOW
+    }
+}
 
 /// A held slot. [`SlotLease::release`] frees it; dropped unreleased (a cancelled attempt),
-/// it is freed by a background task.
+/// it is freed the same way (the database part by a background task).
 #[derive(Debug)]
 pub struct SlotLease {
-    storage: Storage,
-    kind: String,
-    slot: u32,
-    holder: String,
-    released: bool,
-    /// When the slot was taken from the database (kept across hand-offs).
-    acquired: Instant,
-    waiters: Waiters,
+    inner: Arc<Inner>,
+    slot: Option<Slot>,
 }
 
 impl SharedLimits {
@@ -103,23 +178,52 @@ impl SharedLimits {
             .filter(|r| r.is_finite() && *r > 0.0)
             .map(|r| (1_000_000.0 / r).round().clamp(1.0, i64::MAX as f64) as i64);
         SharedLimits {
-            storage,
-            kind: kind.to_owned(),
-            concurrency,
+            inner: Arc::new(Inner {
+                storage,
+                kind: kind.to_owned(),
+                concurrency,
+                lease: timeout + HANDOFF_WINDOW + WAIT_BOUND + LEASE_MARGIN,
+                token: uuid::Uuid::new_v4().simple().to_string(),
+                sequence: AtomicU64::new(0),
+                state: Mutex::default(),
+                wake: Arc::new(Notify::new()),
+                closed: AtomicBool::new(false),
+            }),
             interval_us,
-            lease: timeout + HANDOFF_WINDOW + WAIT_BOUND + LEASE_MARGIN,
             ready: OnceCell::new(),
-            waiters: Arc::default(),
+            poller: OnceLock::new(),
         }
     }
 
-    /// Writes the kind's slot rows (once per process; later calls return at once).
-    pub async fn prepare(&self) -> Result<(), StorageError> {
+    /// Records the kind's concurrency and writes its slot rows (once per process; later
+    /// calls return at once). Refused when another replica uses another concurrency (see
+    /// [`crate::storage::flow::SlotsSetup`]).
+    pub async fn prepare(&self) -> Result<(), PrepareError> {
+        let inner = &self.inner;
         self.ready
             .get_or_try_init(|| async {
-                self.storage
-                    .ensure_dispatch_slots(&self.kind, self.concurrency)
-                    .await
+                match inner
+                    .storage
+                    .ensure_dispatch_slots(&inner.kind, inner.concurrency)
+                    .await?
+                {
+                    SlotsSetup::Ready => Ok(()),
+                    SlotsSetup::Adopted { previous } => {
+                        tracing::warn!(
+                            kind = %inner.kind,
+                            previous,
+                            concurrency = inner.concurrency,
+                            "no slot of this kind was in use: its concurrency across all \
+                             replicas is now this process's"
+                        );
+                        Ok(())
+                    }
+                    SlotsSetup::Mismatch { recorded, held } => Err(PrepareError::Mismatch {
+                        configured: inner.concurrency,
+                        recorded,
+                        held,
+                    }),
+                }
             })
             .await
             .map(|_| ())
@@ -127,25 +231,23 @@ impl SharedLimits {
 
     /// A slot and a rate turn, waiting until `deadline` at most.
     pub async fn acquire(&self, deadline: Instant) -> Result<SlotLease, Refusal> {
-        self.prepare().await?;
+        self.prepare().await.map_err(|e| match e {
+            PrepareError::Database(e) => Refusal::from(e),
+            mismatch => Refusal::Setup(mismatch.to_string()),
+        })?;
         let lease = self.slot(deadline).await?;
         if let Some(interval_us) = self.interval_us {
-            let now = now_micros();
             let max_wait = deadline.saturating_duration_since(Instant::now());
-            let max_wait_us = i64::try_from(max_wait.as_micros()).unwrap_or(i64::MAX);
             let reserved = self
+                .inner
                 .storage
-                .reserve_dispatch_start(&self.kind, interval_us, now, max_wait_us)
+                .reserve_dispatch_start(&self.inner.kind, interval_us, max_wait)
                 .await;
             match reserved {
-                Ok(RateReservation::StartAt(at)) => {
-                    let wait = u64::try_from(at.saturating_sub(now_micros())).unwrap_or(0);
-                    tokio::time::sleep(Duration::from_micros(wait)).await;
-                }
-                Ok(RateReservation::Busy(next)) => {
+                Ok(RateReservation::StartAfter(wait)) => tokio::time::sleep(wait).await,
+                Ok(RateReservation::Busy(wait)) => {
                     lease.release().await;
-                    let wait = u64::try_from(next.saturating_sub(now)).unwrap_or(0);
-                    return Err(Refusal::Rate(Duration::from_micros(wait)));
+                    return Err(Refusal::Rate(wait));
                 }
                 Err(e) => {
                     lease.release().await;
@@ -156,60 +258,212 @@ impl SharedLimits {
         Ok(lease)
     }
 
-    /// A slot: from the database, or handed over by an attempt of this process.
+    /// A slot: idle in this process, or handed over by the poller or a finishing attempt.
     async fn slot(&self, deadline: Instant) -> Result<SlotLease, Refusal> {
-        let (handed, mut handoff) = oneshot::channel();
-        lock(&self.waiters).push_back(handed);
-        let outcome = self.poll(deadline, &mut handoff).await;
-        // No more hand-offs to this attempt; one that raced in is passed on.
-        handoff.close();
-        let extra = handoff.try_recv().ok();
-        lock(&self.waiters).retain(|waiter| !waiter.is_closed());
-        match (outcome, extra) {
-            (Ok(lease), Some(extra)) => {
-                extra.release().await;
-                Ok(lease)
+        self.poller.get_or_init(|| {
+            tokio::spawn(poll(Arc::downgrade(&self.inner), self.inner.wake.clone()));
+        });
+        let mut stale = Vec::new();
+        let mut handoff = {
+            let mut state = lock(&self.inner.state);
+            let mut young = None;
+            while let Some((slot, _)) = state.idle.pop() {
+                if slot.young() {
+                    young = Some(slot);
+                    break;
+                }
+                stale.push(slot);
             }
-            (Err(_), Some(handed)) => Ok(handed),
-            (outcome, None) => outcome,
+            match young {
+                Some(slot) => {
+                    drop(state);
+                    self.inner.release_all(stale);
+                    return Ok(self.inner.lease(slot));
+                }
+                None => {
+                    let (handed, handoff) = oneshot::channel();
+                    if state.waiters.is_empty() {
+                        self.inner.wake.notify_one();
+                    }
+                    state.waiters.push_back(handed);
+                    handoff
+                }
+            }
+        };
+        self.inner.release_all(stale);
+        let handed = match tokio::time::timeout_at(deadline, &mut handoff).await {
+            Ok(Ok(handed)) => Some(handed),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                // No more hand-offs to this attempt; one that raced in is used.
+                handoff.close();
+                handoff.try_recv().ok()
+            }
+        };
+        match handed {
+            Some(Ok(lease)) => Ok(lease),
+            Some(Err(error)) => Err(Refusal::Database(error)),
+            None => Err(Refusal::Concurrency(self.inner.concurrency)),
+        }
+    }
+}
+
+impl Drop for SharedLimits {
+    fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_one();
+    }
+}
+
+/// The poller of one kind (see the module docs): runs until the kind is dropped.
+async fn poll(inner: Weak<Inner>, wake: Arc<Notify>) {
+    let mut pause = POLL_MIN;
+    loop {
+        let Some(limits) = inner.upgrade() else {
+            return;
+        };
+        if limits.closed.load(Ordering::SeqCst) {
+            let idle: Vec<Slot> = lock(&limits.state).idle.drain(..).map(|(s, _)| s).collect();
+            for slot in idle {
+                limits.release_to_database(&slot).await;
+            }
+            return;
+        }
+        // Slots idle too long (or too old) go back to the database.
+        let (stale, want, next_idle) = {
+            let mut state = lock(&limits.state);
+            let (keep, stale): (Vec<_>, Vec<_>) = state
+                .idle
+                .drain(..)
+                .partition(|(slot, since)| slot.young() && since.elapsed() < IDLE_HOLD);
+            state.idle = keep;
+            state.waiters.retain(|waiter| !waiter.is_closed());
+            let next_idle = state.idle.iter().map(|(_, since)| *since + IDLE_HOLD).min();
+            let want = u32::try_from(state.waiters.len()).unwrap_or(u32::MAX);
+            (stale, want.min(limits.concurrency), next_idle)
+        };
+        for (slot, _) in stale {
+            limits.release_to_database(&slot).await;
+        }
+        if want == 0 {
+            drop(limits);
+            match next_idle {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at, wake.notified()).await;
+                }
+                None => wake.notified().await,
+            }
+            pause = POLL_MIN;
+            continue;
+        }
+        let holder: Arc<str> = format!(
+            "{}-{}",
+            limits.token,
+            limits.sequence.fetch_add(1, Ordering::Relaxed)
+        )
+        .into();
+        let sent = Instant::now();
+        match limits
+            .storage
+            .acquire_dispatch_slots(&limits.kind, &holder, want, limits.lease)
+            .await
+        {
+            Ok(slots) => {
+                let got = slots.len();
+                for slot in slots {
+                    let slot = Slot {
+                        slot,
+                        holder: holder.clone(),
+                        acquired: sent,
+                    };
+                    if let Some(back) = limits.give(slot) {
+                        limits.release_to_database(&back).await;
+                    }
+                }
+                if got > 0 {
+                    pause = POLL_MIN;
+                }
+                if u32::try_from(got).unwrap_or(u32::MAX) >= want {
+                    // Everyone served; more may have queued meanwhile.
+                    continue;
+                }
+            }
+            Err(error) => limits.fail_waiters(Arc::new(error)),
+        }
+        drop(limits);
+        let _ = tokio::time::timeout(pause, wake.notified()).await;
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+impl Inner {
+    fn lease(self: &Arc<Self>, slot: Slot) -> SlotLease {
+        SlotLease {
+            inner: self.clone(),
+            slot: Some(slot),
         }
     }
 
-    async fn poll(
-        &self,
-        deadline: Instant,
-        handoff: &mut oneshot::Receiver<SlotLease>,
-    ) -> Result<SlotLease, Refusal> {
-        let holder = uuid::Uuid::new_v4().simple().to_string();
-        let lease_us = i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX);
-        let mut pause = POLL_MIN;
+    /// Gives a slot to the oldest waiting attempt, or keeps it idle; returns it when it must
+    /// go back to the database instead (too old, or the kind is closing).
+    fn give(self: &Arc<Self>, mut slot: Slot) -> Option<Slot> {
+        if !slot.young() || self.closed.load(Ordering::SeqCst) {
+            return Some(slot);
+        }
         loop {
-            if let Ok(lease) = handoff.try_recv() {
-                return Ok(lease);
+            let waiter = {
+                let mut state = lock(&self.state);
+                match state.waiters.pop_front() {
+                    Some(waiter) => waiter,
+                    None => {
+                        if state.idle.is_empty() {
+                            self.wake.notify_one();
+                        }
+                        state.idle.push((slot, Instant::now()));
+                        return None;
+                    }
+                }
+            };
+            match waiter.send(Ok(self.lease(slot))) {
+                Ok(()) => return None,
+                // That attempt stopped waiting: try the next.
+                Err(back) => {
+                    let mut lease = back.ok()?;
+                    slot = lease.slot.take()?;
+                }
             }
-            let now = now_micros();
-            if let Some(slot) = self
-                .storage
-                .try_acquire_dispatch_slot(&self.kind, &holder, now, now.saturating_add(lease_us))
-                .await?
-            {
-                return Ok(SlotLease {
-                    storage: self.storage.clone(),
-                    kind: self.kind.clone(),
-                    slot,
-                    holder,
-                    released: false,
-                    acquired: Instant::now(),
-                    waiters: self.waiters.clone(),
-                });
+        }
+    }
+
+    fn fail_waiters(&self, error: Arc<StorageError>) {
+        let waiters: Vec<_> = lock(&self.state).waiters.drain(..).collect();
+        for waiter in waiters {
+            // A lease is never sent back here: only an error was.
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+
+    /// Frees slots in the database in the background.
+    fn release_all(self: &Arc<Self>, slots: Vec<Slot>) {
+        if slots.is_empty() {
+            return;
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            for slot in slots {
+                inner.release_to_database(&slot).await;
             }
-            if Instant::now() + pause > deadline {
-                return Err(Refusal::Concurrency(self.concurrency));
-            }
-            if let Ok(Ok(lease)) = tokio::time::timeout(pause, &mut *handoff).await {
-                return Ok(lease);
-            }
-            pause = (pause * 2).min(POLL_MAX);
+        });
+    }
+
+    /// Frees a slot in the database (a failure is logged: the lease runs out on its own).
+    async fn release_to_database(&self, slot: &Slot) {
+        if let Err(error) = self
+            .storage
+            .release_dispatch_slot(&self.kind, slot.slot, &slot.holder)
+            .await
+        {
+            tracing::warn!(kind = %self.kind, slot = slot.slot, %error, "could not free a dispatch slot; its lease will run out");
         }
     }
 }
@@ -219,49 +473,26 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SlotLease {
-    /// Frees the slot: to a waiting attempt of this process while the hand-off window
-    /// lasts, else to the database (a failure is logged: the lease runs out on its own).
+    /// Frees the slot: to a waiting attempt of this process, or idle in it, while the slot
+    /// is young; else to the database.
     pub async fn release(mut self) {
-        if self.acquired.elapsed() < HANDOFF_WINDOW {
-            let waiters = self.waiters.clone();
-            let mut lease = self;
-            loop {
-                let Some(waiter) = lock(&waiters).pop_front() else {
-                    break;
-                };
-                match waiter.send(lease) {
-                    Ok(()) => return,
-                    // That attempt stopped waiting: try the next.
-                    Err(back) => lease = back,
-                }
+        if let Some(slot) = self.slot.take() {
+            if let Some(back) = self.inner.give(slot) {
+                self.inner.release_to_database(&back).await;
             }
-            self = lease;
         }
-        self.released = true;
-        release(&self.storage, &self.kind, self.slot, &self.holder).await;
-    }
-}
-
-async fn release(storage: &Storage, kind: &str, slot: u32, holder: &str) {
-    if let Err(error) = storage.release_dispatch_slot(kind, slot, holder).await {
-        tracing::warn!(kind, slot, %error, "could not free a dispatch slot; its lease will run out");
     }
 }
 
 impl Drop for SlotLease {
     fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let Some(slot) = self.slot.take() else {
             return;
         };
-        let (storage, kind, holder) = (
-            self.storage.clone(),
-            std::mem::take(&mut self.kind),
-            std::mem::take(&mut self.holder),
-        );
-        let slot = self.slot;
-        runtime.spawn(async move { release(&storage, &kind, slot, &holder).await });
+        if let Some(back) = self.inner.give(slot) {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.inner.release_all(vec![back]);
+            }
+        }
     }
 }
