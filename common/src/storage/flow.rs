@@ -238,6 +238,34 @@ impl Storage {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Frees those of `slots` of `kind` that `holder` still holds, in one statement; how
+    /// many it freed.
+    pub async fn release_dispatch_slots(
+        &self,
+        kind: &str,
+        holder: &str,
+        slots: &[u32],
+    ) -> Result<u64, StorageError> {
+        let mut freed = 0;
+        for chunk in slots.chunks(MAX_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE dispatch_slots SET holder = NULL, lease_until_us = 0 \
+                 WHERE kind = {} AND holder = {} AND slot IN ({})",
+                self.list(1, 1),
+                self.list(2, 1),
+                self.list(3, chunk.len())
+            );
+            let mut query = sqlx::query(&sql)
+                .bind(kind.to_owned())
+                .bind(holder.to_owned());
+            for slot in chunk {
+                query = query.bind(i64::from(*slot));
+            }
+            freed += query.execute(&self.pool).await?.rows_affected();
+        }
+        Ok(freed)
+    }
+
     /// How many slots of `kind` are held (lease not run out, on the database clock), and how
     /// many exist.
     pub async fn dispatch_slots_in_use(&self, kind: &str) -> Result<(u32, u32), StorageError> {

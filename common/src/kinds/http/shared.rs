@@ -139,6 +139,8 @@ struct State {
     waiters: VecDeque<oneshot::Sender<Handed>>,
     /// Slots this process holds that no attempt uses, with when they were freed.
     idle: Vec<(Slot, Instant)>,
+    /// Slots to free in the database, by the poller in one statement per holder token.
+    returning: Vec<Slot>,
 }
 
 /// A slot held in the database by this process.
@@ -157,7 +159,7 @@ impl Slot {
 }
 
 /// A held slot. [`SlotLease::release`] frees it; dropped unreleased (a cancelled attempt),
-/// it is freed the same way (the database part by a background task).
+/// it is freed the same way.
 #[derive(Debug)]
 pub struct SlotLease {
     inner: Arc<Inner>,
@@ -274,12 +276,13 @@ impl SharedLimits {
                 }
                 stale.push(slot);
             }
+            let returned = !stale.is_empty();
+            state.returning.append(&mut stale);
+            if returned {
+                self.inner.wake.notify_one();
+            }
             match young {
-                Some(slot) => {
-                    drop(state);
-                    self.inner.release_all(stale);
-                    return Ok(self.inner.lease(slot));
-                }
+                Some(slot) => return Ok(self.inner.lease(slot)),
                 None => {
                     let (handed, handoff) = oneshot::channel();
                     if state.waiters.is_empty() {
@@ -290,7 +293,6 @@ impl SharedLimits {
                 }
             }
         };
-        self.inner.release_all(stale);
         let handed = match tokio::time::timeout_at(deadline, &mut handoff).await {
             Ok(Ok(handed)) => Some(handed),
             Ok(Err(_)) => None,
@@ -323,13 +325,16 @@ async fn poll(inner: Weak<Inner>, wake: Arc<Notify>) {
             return;
         };
         if limits.closed.load(Ordering::SeqCst) {
-            let idle: Vec<Slot> = lock(&limits.state).idle.drain(..).map(|(s, _)| s).collect();
-            for slot in idle {
-                limits.release_to_database(&slot).await;
-            }
+            let all: Vec<Slot> = {
+                let mut state = lock(&limits.state);
+                let mut all: Vec<Slot> = state.idle.drain(..).map(|(s, _)| s).collect();
+                all.append(&mut state.returning);
+                all
+            };
+            limits.release_to_database(all).await;
             return;
         }
-        // Slots idle too long (or too old) go back to the database.
+        // Slots idle too long (or too old) go back to the database, with those returned.
         let (stale, want, next_idle) = {
             let mut state = lock(&limits.state);
             let (keep, stale): (Vec<_>, Vec<_>) = state
@@ -337,13 +342,20 @@ async fn poll(inner: Weak<Inner>, wake: Arc<Notify>) {
                 .drain(..)
                 .partition(|(slot, since)| slot.young() && since.elapsed() < IDLE_HOLD);
             state.idle = keep;
+            let mut returning = std::mem::take(&mut state.returning);
+            returning.extend(stale.into_iter().map(|(slot, _)| slot));
             state.waiters.retain(|waiter| !waiter.is_closed());
             let next_idle = state.idle.iter().map(|(_, since)| *since + IDLE_HOLD).min();
             let want = u32::try_from(state.waiters.len()).unwrap_or(u32::MAX);
-            (stale, want.min(limits.concurrency), next_idle)
+            (returning, want.min(limits.concurrency), next_idle)
         };
-        for (slot, _) in stale {
-            limits.release_to_database(&slot).await;
+        let returned = !stale.is_empty();
+        limits.release_to_database(stale).await;
+        if returned && want > 0 {
+            // Other replicas' pollers get a chance at what was just freed.
+            drop(limits);
+            tokio::time::sleep(POLL_MIN).await;
+            continue;
         }
         if want == 0 {
             drop(limits);
@@ -370,16 +382,16 @@ async fn poll(inner: Weak<Inner>, wake: Arc<Notify>) {
         {
             Ok(slots) => {
                 let got = slots.len();
+                let mut back = Vec::new();
                 for slot in slots {
                     let slot = Slot {
                         slot,
                         holder: holder.clone(),
                         acquired: sent,
                     };
-                    if let Some(back) = limits.give(slot) {
-                        limits.release_to_database(&back).await;
-                    }
+                    back.extend(limits.give(slot));
                 }
+                limits.release_to_database(back).await;
                 if got > 0 {
                     pause = POLL_MIN;
                 }
@@ -404,11 +416,20 @@ impl Inner {
         }
     }
 
-    /// Gives a slot to the oldest waiting attempt, or keeps it idle; returns it when it must
-    /// go back to the database instead (too old, or the kind is closing).
+    /// Gives a slot to the oldest waiting attempt, or keeps it idle, or (too old) queues it
+    /// for the poller to free in the database; returns it when the caller must free it
+    /// itself (the kind is closing).
     fn give(self: &Arc<Self>, mut slot: Slot) -> Option<Slot> {
-        if !slot.young() || self.closed.load(Ordering::SeqCst) {
+        if self.closed.load(Ordering::SeqCst) {
             return Some(slot);
+        }
+        if !slot.young() {
+            let mut state = lock(&self.state);
+            if state.returning.is_empty() {
+                self.wake.notify_one();
+            }
+            state.returning.push(slot);
+            return None;
         }
         loop {
             let waiter = {
@@ -443,27 +464,19 @@ impl Inner {
         }
     }
 
-    /// Frees slots in the database in the background.
-    fn release_all(self: &Arc<Self>, slots: Vec<Slot>) {
-        if slots.is_empty() {
-            return;
-        }
-        let inner = self.clone();
-        tokio::spawn(async move {
-            for slot in slots {
-                inner.release_to_database(&slot).await;
+    /// Frees slots in the database, one statement per holder token (a failure is logged:
+    /// the leases run out on their own).
+    async fn release_to_database(&self, mut slots: Vec<Slot>) {
+        slots.sort_by(|a, b| a.holder.cmp(&b.holder));
+        for group in slots.chunk_by(|a, b| a.holder == b.holder) {
+            let numbers: Vec<u32> = group.iter().map(|s| s.slot).collect();
+            if let Err(error) = self
+                .storage
+                .release_dispatch_slots(&self.kind, &group[0].holder, &numbers)
+                .await
+            {
+                tracing::warn!(kind = %self.kind, slots = numbers.len(), %error, "could not free dispatch slots; their leases will run out");
             }
-        });
-    }
-
-    /// Frees a slot in the database (a failure is logged: the lease runs out on its own).
-    async fn release_to_database(&self, slot: &Slot) {
-        if let Err(error) = self
-            .storage
-            .release_dispatch_slot(&self.kind, slot.slot, &slot.holder)
-            .await
-        {
-            tracing::warn!(kind = %self.kind, slot = slot.slot, %error, "could not free a dispatch slot; its lease will run out");
         }
     }
 }
@@ -474,11 +487,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl SlotLease {
     /// Frees the slot: to a waiting attempt of this process, or idle in it, while the slot
-    /// is young; else to the database.
+    /// is young; else back to the database (by the poller, batched with other returns).
     pub async fn release(mut self) {
         if let Some(slot) = self.slot.take() {
             if let Some(back) = self.inner.give(slot) {
-                self.inner.release_to_database(&back).await;
+                self.inner.release_to_database(vec![back]).await;
             }
         }
     }
@@ -490,8 +503,9 @@ impl Drop for SlotLease {
             return;
         };
         if let Some(back) = self.inner.give(slot) {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                self.inner.release_all(vec![back]);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let inner = self.inner.clone();
+                runtime.spawn(async move { inner.release_to_database(vec![back]).await });
             }
         }
     }
