@@ -187,6 +187,12 @@ pub struct KindsArgs {
     /// the ingress and every worker the same file.
     #[arg(long = "config", env = "SURGE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    /// Register the built-in example kinds (`sleep`, `hash`, `echo`, `flaky`, `poison`):
+    /// `true` or `false`. Absent: the config file's `builtin_kinds` decides, and without
+    /// it they are on only with `--broker memory` (the embedded demo), so a durable setup
+    /// does not take 10-minute sleeps or poison jobs from any client unless asked to.
+    #[arg(long, env = "SURGE_BUILTIN_KINDS")]
+    pub builtin_kinds: Option<bool>,
 }
 
 /// The kinds of a process could not be set up.
@@ -212,15 +218,26 @@ impl KindsArgs {
         }
     }
 
+    /// Whether the built-in example kinds are on: `--builtin-kinds`, else the file's
+    /// `builtin_kinds`, else only with the memory broker.
+    pub fn builtins_on(&self, file: &crate::kinds::file::SurgeConfig, broker: BrokerKind) -> bool {
+        self.builtin_kinds
+            .or(file.builtin_kinds)
+            .unwrap_or(broker == BrokerKind::Memory)
+    }
+
     /// The registry of this process: `own` (kinds registered in Rust by a team's binary;
-    /// `KindRegistry::builder()` for none) plus what the file declares. `storage` holds
-    /// the HTTP kinds' cross-replica flow-control state.
+    /// `KindRegistry::builder()` for none) plus what the file declares, and the built-in
+    /// example kinds as [`KindsArgs::builtins_on`] says for `broker`. `storage` holds the
+    /// HTTP kinds' cross-replica flow-control state.
     pub fn registry(
         &self,
         own: crate::kinds::KindRegistryBuilder,
         storage: &crate::storage::Storage,
+        broker: BrokerKind,
     ) -> Result<crate::kinds::KindRegistry, KindsError> {
-        let config = self.load()?;
+        let mut config = self.load()?;
+        config.builtin_kinds = Some(self.builtins_on(&config, broker));
         let registry = own.with_config(&config, storage)?.try_build()?;
         tracing::info!(kinds = ?registry, "job kinds");
         Ok(registry)

@@ -187,6 +187,8 @@ fn flags(broker: &str, flag: &str, url: &str) -> Vec<String> {
         url.into(),
         "--queue".into(),
         testing::unique_name("callbacks"),
+        "--builtin-kinds".into(),
+        "true".into(),
     ]
 }
 

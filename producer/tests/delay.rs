@@ -181,6 +181,8 @@ fn queue_flags(broker: &str, flag: &str, url: &str) -> Vec<String> {
         url.into(),
         "--queue".into(),
         testing::unique_name("delay"),
+        "--builtin-kinds".into(),
+        "true".into(),
     ]
 }
 

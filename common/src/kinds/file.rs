@@ -2,7 +2,8 @@
 //! and the workers alike at start-up.
 //!
 //! ```toml
-//! builtin_kinds = true   # the five example kinds (sleep, hash, echo, flaky, poison)
+//! builtin_kinds = true   # the five example kinds (sleep, hash, echo, flaky, poison);
+//!                        # absent: on with the memory broker only
 //!
 //! [kinds.thumbnail]
 //! url = "http://127.0.0.1:9000/thumbnail"
@@ -73,34 +74,24 @@ pub enum ConfigFileError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileShape {
-    #[serde(default = "yes")]
-    builtin_kinds: bool,
+    #[serde(default)]
+    builtin_kinds: Option<bool>,
     #[serde(default)]
     kinds: BTreeMap<String, HttpKindFile>,
 }
 
-fn yes() -> bool {
-    true
-}
-
 /// What the configuration file says.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SurgeConfig {
-    /// Whether the five built-in example kinds are registered (default true; turn them off
-    /// in production so `sleep` and `poison` cannot be posted).
-    pub builtin_kinds: bool,
+    /// Whether the five built-in example kinds (`sleep`, `hash`, `echo`, `flaky`,
+    /// `poison`) are registered. `None` (the key absent) leaves it to the process: on with
+    /// the memory broker (the embedded demo), off with a durable broker, so a production
+    /// setup does not accept 10-minute sleeps or poison jobs from any client by default.
+    pub builtin_kinds: Option<bool>,
     /// The HTTP kinds, by name.
     pub http_kinds: Vec<HttpKindConfig>,
 }
 
-impl Default for SurgeConfig {
-    fn default() -> Self {
-        SurgeConfig {
-            builtin_kinds: true,
-            http_kinds: Vec::new(),
-        }
-    }
-}
 
 impl SurgeConfig {
     /// Reads and checks the file at `path`, `${VAR}`s from the process environment.
@@ -138,7 +129,9 @@ impl SurgeConfig {
                     ),
                 ));
             }
-            if shape.builtin_kinds && BuiltinKind::ALL.iter().any(|k| k.as_str() == name) {
+            if shape.builtin_kinds != Some(false)
+                && BuiltinKind::ALL.iter().any(|k| k.as_str() == name)
+            {
                 return Err(ConfigError::new(
                     format!("kinds.{name}"),
                     "is a built-in kind's name: pick another, or set builtin_kinds = false",
@@ -178,7 +171,7 @@ mod tests {
             &no_env,
         )
         .unwrap();
-        assert!(config.builtin_kinds);
+        assert_eq!(config.builtin_kinds, None);
         let kind = &config.http_kinds[0];
         assert_eq!(
             (kind.name.as_str(), kind.concurrency, kind.rate),
@@ -215,6 +208,6 @@ mod tests {
             &no_env,
         )
         .unwrap();
-        assert!(!own.builtin_kinds);
+        assert_eq!(own.builtin_kinds, Some(false));
     }
 }

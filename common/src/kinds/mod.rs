@@ -204,6 +204,16 @@ impl KindRegistry {
     /// the payload field at fault.
     pub fn validate(&self, name: &str, payload: &Value) -> Result<(), InvalidJob> {
         let kind = self.get(name).ok_or_else(|| {
+            if builtin::BuiltinKind::ALL.iter().any(|k| k.as_str() == name) {
+                return InvalidJob::new(
+                    "kind",
+                    format!(
+                        "{name:?} is a built-in example kind, off on this server: the operator \
+                         turns the examples on with --builtin-kinds true (SURGE_BUILTIN_KINDS) \
+                         or builtin_kinds = true in the config file"
+                    ),
+                );
+            }
             let known: Vec<&str> = self.names().collect();
             InvalidJob::new(
                 "kind",
@@ -239,15 +249,17 @@ impl KindRegistryBuilder {
         self
     }
 
-    /// Adds what the configuration file declares: the built-in kinds unless it turned
-    /// them off, and its HTTP kinds. `storage` (the results database every replica
-    /// shares) holds the HTTP kinds' cross-replica concurrency and rate state.
+    /// Adds what the configuration file declares: the built-in kinds when it turned them
+    /// on (`builtin_kinds = true`; absent counts as off here: a process decides the
+    /// default, see [`crate::config::KindsArgs::registry`]), and its HTTP kinds. `storage`
+    /// (the results database every replica shares) holds the HTTP kinds' cross-replica
+    /// concurrency and rate state.
     pub fn with_config(
         mut self,
         config: &file::SurgeConfig,
         storage: &crate::storage::Storage,
     ) -> Result<Self, http::HttpKindError> {
-        if config.builtin_kinds {
+        if config.builtin_kinds == Some(true) {
             self = self.with_builtins();
         }
         for kind in &config.http_kinds {
