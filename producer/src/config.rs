@@ -40,6 +40,16 @@ pub struct ProducerArgs {
     /// File with one API key per line (added to --api-keys).
     #[arg(long, env = "SURGE_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
+    /// What the API keys protect: `jobs` (the job endpoints; health, metrics, the
+    /// dashboard's data and the OpenAPI document stay open) or `all` (everything but
+    /// /healthz, /readyz and the dashboard page, which asks for a key).
+    #[arg(long, env = "SURGE_AUTH_SCOPE", value_enum, default_value = "jobs")]
+    pub auth_scope: crate::auth::AuthScope,
+    /// Proxies (addresses or CIDRs, comma separated) whose `X-Forwarded-For` / `Forwarded`
+    /// header names the client for the per-client rate limit. A request from any other
+    /// peer is counted by its own address, whatever it claims. None by default.
+    #[arg(long, env = "SURGE_TRUSTED_PROXIES", value_parser = crate::client_addr::TrustedProxies::parse_flag)]
+    pub trusted_proxies: Option<crate::client_addr::TrustedProxies>,
     /// After SIGTERM, answer 503 on /readyz and new jobs for this long before closing, so
     /// load balancers stop sending traffic; in-flight requests always finish.
     #[arg(long, env = "SURGE_DRAIN_DELAY_MS", default_value_t = 0)]
@@ -104,7 +114,7 @@ impl ProducerArgs {
             list.push('\n');
             list.push_str(&std::fs::read_to_string(path)?);
         }
-        Ok(crate::auth::ApiKeys::parse(&list))
+        Ok(crate::auth::ApiKeys::parse(&list).with_scope(self.auth_scope))
     }
 
     /// The connection bounds these flags describe.

@@ -59,8 +59,10 @@ pub struct AppState {
     pub live: Arc<Live>,
     /// Backlog bound and per-client rate limits.
     pub admission: Arc<Admission>,
-    /// API keys for the job endpoints (none: open).
+    /// API keys for the job endpoints, or every endpoint (none: open).
     pub api_keys: ApiKeys,
+    /// Proxies whose forwarding headers name the client for the rate limit.
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// Set on SIGTERM: `/readyz` answers 503 and new jobs are refused while in-flight
     /// requests finish.
     pub draining: Arc<AtomicBool>,
@@ -88,6 +90,7 @@ impl AppState {
             live: Arc::default(),
             admission: Arc::default(),
             api_keys: ApiKeys::default(),
+            trusted_proxies: Default::default(),
             draining: Arc::default(),
             kinds: KindRegistry::builtin(),
             waiters,
@@ -109,9 +112,16 @@ impl AppState {
         self
     }
 
-    /// The same state requiring one of `keys` on the job endpoints.
+    /// The same state requiring one of `keys` on the job endpoints (or on every
+    /// endpoint, as their scope says).
     pub fn with_api_keys(mut self, keys: ApiKeys) -> AppState {
         self.api_keys = keys;
+        self
+    }
+
+    /// The same state believing `proxies`' forwarding headers for the client's address.
+    pub fn with_trusted_proxies(mut self, proxies: crate::client_addr::TrustedProxies) -> AppState {
+        self.trusted_proxies = proxies;
         self
     }
 }

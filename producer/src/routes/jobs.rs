@@ -299,7 +299,10 @@ impl FromRequestParts<AppState> for Caller {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
         let client = match (key, peer) {
             (Some(key), _) => format!("key:{}", hex::encode(Sha256::digest(key.as_bytes()))),
-            (None, Some(ConnectInfo(address))) => address.ip().to_string(),
+            (None, Some(ConnectInfo(address))) => state
+                .trusted_proxies
+                .client(address.ip(), &parts.headers)
+                .to_string(),
             (None, None) => "anonymous".to_owned(),
         };
         state.admission.admit_client(&client).map_err(refused)?;
