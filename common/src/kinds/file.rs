@@ -92,7 +92,6 @@ pub struct SurgeConfig {
     pub http_kinds: Vec<HttpKindConfig>,
 }
 
-
 impl SurgeConfig {
     /// Reads and checks the file at `path`, `${VAR}`s from the process environment.
     pub fn load(path: &Path) -> Result<SurgeConfig, ConfigFileError> {
