@@ -24,7 +24,12 @@ async fn registry(flags: &[&str], broker: BrokerKind) -> KindRegistry {
     let cli = Cli::try_parse_from(std::iter::once("surge").chain(flags.iter().copied())).unwrap();
     let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
     cli.kinds
-        .registry(KindRegistry::builder(), &storage, broker)
+        .registry(
+            KindRegistry::builder(),
+            &storage,
+            broker,
+            &surge_common::config::CallbackArgs::default(),
+        )
         .unwrap()
 }
 

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 
-use surge_common::config::{BrokerArgs, DatabaseArgs, KindsArgs, RetryArgs, TelemetryArgs};
+use surge_common::config::{
+    BrokerArgs, CallbackArgs, DatabaseArgs, KindsArgs, RetryArgs, TelemetryArgs,
+};
 
 use crate::state::Limits;
 
@@ -76,10 +78,9 @@ pub struct ProducerArgs {
     /// (default: hostname-pid).
     #[arg(long, env = "SURGE_WORKER_ID")]
     pub embedded_worker_id: Option<String>,
-    /// Key that signs the embedded workers' outcome callbacks (see `surge-worker
-    /// --callback-secret`).
-    #[arg(long, env = "SURGE_CALLBACK_SECRET", hide_env_values = true)]
-    pub callback_secret: Option<surge_common::config::Secret>,
+    /// Outcome callbacks: signing key, internal receivers allowed.
+    #[command(flatten)]
+    pub callbacks: CallbackArgs,
     /// Broker connection.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -136,7 +137,7 @@ impl ProducerArgs {
                 .embedded_worker_id
                 .clone()
                 .unwrap_or(defaults.worker_id.clone()),
-            callback_secret: self.callback_secret.clone(),
+            callback_secret: self.callbacks.callback_secret.clone(),
             ..defaults
         }
     }

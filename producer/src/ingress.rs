@@ -84,7 +84,9 @@ impl Ingress {
     ) -> Result<Ingress, IngressError> {
         let storage = args.database.open().await?;
         let broker = args.broker.open().await?;
-        let kinds = args.kinds.registry(own, &storage, args.broker.broker)?;
+        let kinds = args
+            .kinds
+            .registry(own, &storage, args.broker.broker, &args.callbacks)?;
         let mut ingress = Ingress::assemble(args, broker, storage, kinds).await?;
         ingress.owns_broker = true;
         Ok(ingress)
@@ -100,9 +102,12 @@ impl Ingress {
         broker: Arc<dyn Broker>,
         storage: Storage,
     ) -> Result<Ingress, IngressError> {
-        let kinds = args
-            .kinds
-            .registry(KindRegistry::builder(), &storage, args.broker.broker)?;
+        let kinds = args.kinds.registry(
+            KindRegistry::builder(),
+            &storage,
+            args.broker.broker,
+            &args.callbacks,
+        )?;
         Ingress::assemble(args, broker, storage, kinds).await
     }
 

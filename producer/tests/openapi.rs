@@ -34,9 +34,17 @@ async fn state() -> AppState {
         &|_| None,
     )
     .unwrap();
+    // Callbacks signed, and the loopback receiver of the generated requests allowed.
+    let callbacks = surge_common::job::CallbackPolicy {
+        targets: Arc::new(surge_common::netpolicy::AddressPolicy::new([
+            "127.0.0.1/32".parse().unwrap(),
+        ])),
+        signed: true,
+    };
     let kinds = KindRegistry::builder()
         .with_config(&config, &storage)
         .unwrap()
+        .with_callback_policy(callbacks)
         .try_build()
         .unwrap();
     AppState::new(Arc::new(MemoryBroker::new()), storage, Default::default()).with_kinds(kinds)

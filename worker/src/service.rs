@@ -81,7 +81,9 @@ impl WorkerService {
         }
         let storage = args.database.open().await?;
         let broker = args.broker.open().await?;
-        let kinds = args.kinds.registry(own, &storage, args.broker.broker)?;
+        let kinds = args
+            .kinds
+            .registry(own, &storage, args.broker.broker, &args.callbacks)?;
         let mut service = WorkerService::assemble(args, broker, storage, kinds).await?;
         service.owns_broker = true;
         Ok(service)
@@ -95,9 +97,12 @@ impl WorkerService {
         broker: Arc<dyn Broker>,
         storage: Storage,
     ) -> Result<WorkerService, ServiceError> {
-        let kinds = args
-            .kinds
-            .registry(KindRegistry::builder(), &storage, args.broker.broker)?;
+        let kinds = args.kinds.registry(
+            KindRegistry::builder(),
+            &storage,
+            args.broker.broker,
+            &args.callbacks,
+        )?;
         WorkerService::assemble(args, broker, storage, kinds).await
     }
 

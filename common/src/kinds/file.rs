@@ -4,6 +4,7 @@
 //! ```toml
 //! builtin_kinds = true   # the five example kinds (sleep, hash, echo, flaky, poison);
 //!                        # absent: on with the memory broker only
+//! callback_allow = ["hooks.internal", "10.20.0.0/16"]   # internal callback receivers
 //!
 //! [kinds.thumbnail]
 //! url = "http://127.0.0.1:9000/thumbnail"
@@ -29,6 +30,7 @@ use serde::Deserialize;
 
 use super::http::config::{HttpKindConfig, HttpKindFile};
 use super::{builtin::BuiltinKind, is_valid_kind_name, MAX_KIND_NAME_LEN};
+use crate::netpolicy::AllowEntry;
 
 /// A configuration file problem, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +79,8 @@ struct FileShape {
     #[serde(default)]
     builtin_kinds: Option<bool>,
     #[serde(default)]
+    callback_allow: Vec<String>,
+    #[serde(default)]
     kinds: BTreeMap<String, HttpKindFile>,
 }
 
@@ -90,6 +94,9 @@ pub struct SurgeConfig {
     pub builtin_kinds: Option<bool>,
     /// The HTTP kinds, by name.
     pub http_kinds: Vec<HttpKindConfig>,
+    /// Internal receivers outcome callbacks may reach, next to public addresses (added to
+    /// `--callback-allow`; see [`crate::netpolicy`]).
+    pub callback_allow: Vec<AllowEntry>,
 }
 
 impl SurgeConfig {
@@ -138,9 +145,20 @@ impl SurgeConfig {
             }
             http_kinds.push(HttpKindConfig::check(&name, file, env)?);
         }
+        let callback_allow = shape
+            .callback_allow
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                entry
+                    .parse()
+                    .map_err(|e| ConfigError::new(format!("callback_allow[{i}]"), e))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(SurgeConfig {
             builtin_kinds: shape.builtin_kinds,
             http_kinds,
+            callback_allow,
         })
     }
 }
@@ -151,6 +169,32 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn callback_allow_reads_and_names_a_bad_entry() {
+        let config = SurgeConfig::parse(
+            r#"callback_allow = ["hooks.internal", "10.20.0.0/16"]"#,
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            config.callback_allow,
+            vec![
+                AllowEntry::Host("hooks.internal".into()),
+                AllowEntry::Net("10.20.0.0/16".parse().unwrap()),
+            ]
+        );
+        let error = SurgeConfig::parse(
+            r#"callback_allow = ["ok.internal", "10.0.0.0/99"]"#,
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(error.key, "callback_allow[1]");
+        assert!(SurgeConfig::parse("", &no_env)
+            .unwrap()
+            .callback_allow
+            .is_empty());
     }
 
     #[test]

@@ -152,6 +152,7 @@ pub fn is_valid_kind_name(name: &str) -> bool {
 #[derive(Clone, Default)]
 pub struct KindRegistry {
     kinds: Arc<BTreeMap<String, Arc<dyn Kind>>>,
+    callbacks: crate::job::CallbackPolicy,
 }
 
 impl std::fmt::Debug for KindRegistry {
@@ -169,6 +170,12 @@ impl KindRegistry {
     /// Only the five built-in example kinds.
     pub fn builtin() -> KindRegistry {
         KindRegistry::builder().with_builtins().build()
+    }
+
+    /// Which `callback_url`s jobs may carry, and where callbacks may be delivered (by
+    /// default: none while callbacks cannot be signed, public addresses only).
+    pub fn callback_policy(&self) -> &crate::job::CallbackPolicy {
+        &self.callbacks
     }
 
     /// The kind called `name`.
@@ -232,6 +239,7 @@ impl KindRegistry {
 pub struct KindRegistryBuilder {
     kinds: BTreeMap<String, Arc<dyn Kind>>,
     errors: Vec<RegistryError>,
+    callbacks: crate::job::CallbackPolicy,
 }
 
 impl KindRegistryBuilder {
@@ -270,6 +278,13 @@ impl KindRegistryBuilder {
         Ok(self)
     }
 
+    /// Sets which `callback_url`s the registry's jobs may carry (see
+    /// [`KindRegistry::callback_policy`]).
+    pub fn with_callback_policy(mut self, policy: crate::job::CallbackPolicy) -> Self {
+        self.callbacks = policy;
+        self
+    }
+
     /// Adds the five built-in example kinds.
     pub fn with_builtins(mut self) -> Self {
         for (name, kind) in builtin::kinds() {
@@ -300,6 +315,7 @@ impl KindRegistryBuilder {
             Some(error) => Err(error),
             None => Ok(KindRegistry {
                 kinds: Arc::new(self.kinds),
+                callbacks: self.callbacks,
             }),
         }
     }
@@ -311,6 +327,7 @@ impl KindRegistryBuilder {
         }
         KindRegistry {
             kinds: Arc::new(self.kinds),
+            callbacks: self.callbacks,
         }
     }
 }
