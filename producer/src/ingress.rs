@@ -129,6 +129,7 @@ impl Ingress {
         let state = AppState::new(broker.clone(), storage, args.limits())
             .with_admission(args.admission())
             .with_api_keys(api_keys)
+            .with_idle_timeout(args.serve_options().idle_timeout)
             .with_kinds(kinds);
         let listener =
             TcpListener::bind(args.listen)

@@ -471,7 +471,8 @@ fn record_accepted(state: &AppState, jobs: &[Job], publish_time: std::time::Dura
 /// `?wait=N` on `GET /jobs/{id}`.
 #[derive(Debug, serde::Deserialize)]
 pub struct StatusQuery {
-    /// Seconds to wait for the job to finish before answering (0..=60).
+    /// Seconds to wait for the job to finish before answering (0 to the state's
+    /// `max_wait`).
     wait: Option<String>,
 }
 
@@ -480,15 +481,15 @@ pub struct StatusQuery {
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
     params(
         ("id" = uuid::Uuid, Path, description = "The job id returned by POST /jobs"),
-        ("wait" = Option<u64>, Query, minimum = 0, maximum = 60,
-            description = "Seconds to wait for the job to finish before answering (long polling); 0 or absent: answer at once"),
+        ("wait" = Option<u64>, Query, minimum = 0, maximum = 50,
+            description = "Seconds to wait for the job to finish before answering (long polling); 0 or absent: answer at once. At most 50, and below the server's connection idle timeout (`maximum` says this server's bound)"),
     ),
     responses(
         (status = 200, description = "status: scheduled | queued | running | retrying | waiting (with attempt and last error) | succeeded (with result) | dead (with error) | cancelled (by DELETE /jobs/{id}; never a result)",
             content_type = "application/json"),
         (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),
         (status = 401, description = "API key missing or wrong", body = crate::openapi::ErrorBody),
-        (status = 400, description = "`wait` is not a number of seconds from 0 to 60", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`wait` is not a whole number of seconds from 0 to the documented maximum", body = crate::openapi::ErrorBody),
         (status = 404, description = "Unknown job id (or a job refused with 503 whose message the broker kept)", body = crate::openapi::ErrorBody),
         (status = 503, description = "Database unavailable, or too many requests waiting already; see Retry-After", body = crate::openapi::ErrorBody),
     ))]
@@ -500,7 +501,7 @@ pub async fn status(
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&state, &headers)?;
     let id = parse_id(&id)?;
-    let wait = parse_wait(query)?;
+    let wait = parse_wait(query, state.max_wait)?;
     let mut lifecycle = state.storage.lifecycle(id).await?;
     if let (Some(wait), Some(Lifecycle::Pending(_))) = (wait, &lifecycle) {
         state.waiters.wait(id, wait).await?;
@@ -523,6 +524,7 @@ pub async fn status(
 /// The `wait` query parameter: `None` for no wait.
 fn parse_wait(
     query: Result<axum::extract::Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+    max_wait: Duration,
 ) -> Result<Option<Duration>, ApiError> {
     let bad = |message: String| ApiError::BadQuery {
         field: "wait".to_owned(),
@@ -532,7 +534,7 @@ fn parse_wait(
     let Some(wait) = query.0.wait else {
         return Ok(None);
     };
-    let max = crate::waiters::MAX_WAIT_SECS;
+    let max = max_wait.as_secs();
     match wait.parse::<u64>() {
         Ok(0) => Ok(None),
         Ok(seconds) if seconds <= max => Ok(Some(Duration::from_secs(seconds))),
