@@ -79,7 +79,8 @@ pub struct BatchAccepted {
         (status = 429, description = "This client is over its rate; see Retry-After", body = crate::openapi::ErrorBody),
         (status = 503, description = "Backlog full, shutting down, broker or database unavailable; nothing accepted; see Retry-After", body = crate::openapi::ErrorBody),
     ),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a client's retry of this POST safe: same key and body, same job")))]
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+        description = "Makes a client's retry of this POST safe: the same key with the same request (every field) from the same API key returns the same job; with another request, 422. 1 to 255 visible ASCII characters")))]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,

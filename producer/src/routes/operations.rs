@@ -76,6 +76,14 @@ impl StatusName {
     }
 }
 
+/// The statuses `POST /jobs/replay` takes: only `dead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayStatus {
+    /// Dead jobs (the only ones that can be replayed).
+    Dead,
+}
+
 /// One job in `GET /jobs`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobSummary {
@@ -121,10 +129,11 @@ pub struct ReplayReport {
 #[utoipa::path(get, path = "/jobs", tag = "operations",
     params(
         ("status" = Option<StatusName>, Query, description = "Only jobs with this status; default: every finished job (succeeded, dead, cancelled)"),
-        ("kind" = Option<String>, Query, description = "Only jobs of this kind (any name: a kind no longer configured still lists)"),
-        ("since" = Option<String>, Query, description = "RFC 3339 time: only jobs that finished (not finished: last changed) at or after it, e.g. 2026-12-03T10:00:00Z"),
+        ("kind" = Option<String>, Query, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$",
+            description = "Only jobs of this kind (any name: a kind no longer configured still lists); 1 to 256 bytes of UTF-8 (any 64 characters fit), no control characters"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339 time: only jobs that finished (not finished: last changed) at or after it, e.g. 2026-12-03T10:00:00Z"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Jobs per page, 1 to 500 (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, pattern = "^[0-7][0-9A-Fa-f]{47}$", description = "`next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of jobs, newest first", body = JobList),
@@ -159,9 +168,10 @@ pub async fn list(
 /// `POST /jobs/replay`: replay the dead jobs matching the filters, in one call.
 #[utoipa::path(post, path = "/jobs/replay", tag = "operations",
     params(
-        ("status" = Option<String>, Query, description = "Only `dead` (the default): only dead jobs are replayed"),
-        ("kind" = Option<String>, Query, description = "Only dead jobs of this kind"),
-        ("since" = Option<String>, Query, description = "RFC 3339 time: only jobs that died at or after it"),
+        ("status" = Option<ReplayStatus>, Query, description = "Only `dead` (the default): only dead jobs are replayed"),
+        ("kind" = Option<String>, Query, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$",
+            description = "Only dead jobs of this kind; 1 to 256 bytes of UTF-8 (any 64 characters fit), no control characters"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339 time: only jobs that died at or after it"),
         ("max" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Most jobs to replay, newest deaths first, 1 to 1000 (default 100); call again for more"),
     ),
     responses(
