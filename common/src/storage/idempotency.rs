@@ -5,6 +5,10 @@
 //! marks it `done` once the broker confirmed, and *releases* it (deletes the claim) when the
 //! publish failed, so the client's retry can go through. A second request that finds the
 //! claim `pending` is racing the first and is told to retry (409).
+//!
+//! Keys are scoped: each is looked up within its client's scope (the ingress passes a
+//! hash of the API key; with API keys off, every client shares one scope, `""`), so two
+//! clients using the same key never see each other's job.
 
 use sqlx::Row;
 use uuid::Uuid;
@@ -29,17 +33,20 @@ pub enum Claim {
 }
 
 impl Storage {
-    /// Claims `key` for `job_id` and the request hashed `request_hash`.
+    /// Claims `key` in `scope` for `job_id` and the request hashed `request_hash`.
     pub async fn claim_idempotency_key(
         &self,
+        scope: &str,
         key: &str,
         request_hash: &str,
         job_id: Uuid,
     ) -> Result<Claim, StorageError> {
         let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (idem_key, request_hash, job_id, state, created_at_us) \
-             VALUES ($1, $2, $3, 'pending', $4) ON CONFLICT (idem_key) DO NOTHING",
+            "INSERT INTO idempotency_keys \
+             (scope, idem_key, request_hash, job_id, state, created_at_us) \
+             VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (scope, idem_key) DO NOTHING",
         )
+        .bind(scope)
         .bind(key)
         .bind(request_hash)
         .bind(job_id.to_string())
@@ -50,8 +57,10 @@ impl Storage {
             return Ok(Claim::Claimed);
         }
         let row = sqlx::query(
-            "SELECT request_hash, job_id, state FROM idempotency_keys WHERE idem_key = $1",
+            "SELECT request_hash, job_id, state FROM idempotency_keys \
+             WHERE scope = $1 AND idem_key = $2",
         )
+        .bind(scope)
         .bind(key)
         .fetch_optional(self.pool())
         .await?;
@@ -76,20 +85,34 @@ impl Storage {
     }
 
     /// The claimed request's job was confirmed by the broker.
-    pub async fn complete_idempotency_key(&self, key: &str) -> Result<(), StorageError> {
-        sqlx::query("UPDATE idempotency_keys SET state = 'done' WHERE idem_key = $1")
-            .bind(key)
-            .execute(self.pool())
-            .await?;
+    pub async fn complete_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET state = 'done' WHERE scope = $1 AND idem_key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
     /// The claimed request failed before the broker took it: forget the claim.
-    pub async fn release_idempotency_key(&self, key: &str) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE idem_key = $1 AND state = 'pending'")
-            .bind(key)
-            .execute(self.pool())
-            .await?;
+    pub async fn release_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2 AND state = 'pending'",
+        )
+        .bind(scope)
+        .bind(key)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 }

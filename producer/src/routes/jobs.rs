@@ -89,15 +89,17 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
     let request_span = request_span(&headers, "POST /jobs");
-    let request_hash = idempotency_key.as_ref().map(|_| request_hash(&request));
+    let hashes = idempotency_key
+        .as_ref()
+        .map(|_| (request_hash(&request), legacy_request_hash(&request)));
     let mut job = request.into_job(&state.kinds)?;
     job.traceparent = Some(request_span.context().child().header());
     job.awaits_acceptance = true;
     admit(&state, &caller, 1).await?;
-    if let (Some(key), Some(hash)) = (&idempotency_key, &request_hash) {
+    if let (Some(key), Some((hash, legacy))) = (&idempotency_key, &hashes) {
         match state
             .storage
-            .claim_idempotency_key(key, hash, job.id)
+            .claim_idempotency_key(&caller.scope, key, hash, job.id)
             .await?
         {
             Claim::Claimed => {}
@@ -106,7 +108,14 @@ pub async fn submit(
                 request_hash,
                 done,
             } => {
-                if &request_hash != hash {
+                // A key stored before the hash covered every field is compared the way it
+                // was made.
+                let same = if request_hash.starts_with(HASH_VERSION) {
+                    &request_hash == hash
+                } else {
+                    &request_hash == legacy
+                };
+                if !same {
                     return Err(ApiError::IdempotencyKeyReused);
                 }
                 if !done {
@@ -125,8 +134,18 @@ pub async fn submit(
     end_publish_spans(publish_spans, &published);
     if let Some(key) = &idempotency_key {
         let settled = match published {
-            Ok(()) => state.storage.complete_idempotency_key(key).await,
-            Err(_) => state.storage.release_idempotency_key(key).await,
+            Ok(()) => {
+                state
+                    .storage
+                    .complete_idempotency_key(&caller.scope, key)
+                    .await
+            }
+            Err(_) => {
+                state
+                    .storage
+                    .release_idempotency_key(&caller.scope, key)
+                    .await
+            }
         };
         if let Err(e) = settled {
             tracing::warn!(error = %e, "idempotency key not updated");
@@ -268,9 +287,42 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// SHA-256 of the request in a canonical form (object keys sorted), so the same job
-/// written with other spacing or key order counts as the same request.
+/// Marks a request hash that covers every field of the request ([`request_hash`]); one
+/// without it was stored before, by [`legacy_request_hash`].
+const HASH_VERSION: &str = "v2:";
+
+/// SHA-256 of the whole request in a canonical form (object keys sorted, `null` the same
+/// as absent), so the same job written with other spacing or key order counts as the same
+/// request, and a change to any field (payload, key, `delay_ms`, `run_at`,
+/// `callback_url`) as another one. The fields are listed by destructuring: a field added
+/// to [`JobRequest`] does not compile until it is hashed.
 fn request_hash(request: &JobRequest) -> String {
+    let JobRequest {
+        kind,
+        payload,
+        key,
+        delay_ms,
+        callback_url,
+        run_at,
+    } = request;
+    let canonical = json!({
+        "kind": kind,
+        "payload": payload,
+        "key": key,
+        "delay_ms": delay_ms,
+        "callback_url": callback_url,
+        "run_at": run_at,
+    });
+    format!(
+        "{HASH_VERSION}{}",
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    )
+}
+
+/// The hash keys were stored with before [`request_hash`] covered every field (kind,
+/// payload and key only): compared only with such keys, so a retry across the upgrade still
+/// finds its job.
+fn legacy_request_hash(request: &JobRequest) -> String {
     let canonical = json!({ "kind": request.kind, "payload": request.payload, "key": request.key });
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
@@ -284,6 +336,9 @@ fn request_hash(request: &JobRequest) -> String {
 pub struct Caller {
     /// Whom rate limits count against: the API key (hashed), else the client address.
     client: String,
+    /// Whose `Idempotency-Key`s these are: the API key (hashed), or `""` (one scope shared
+    /// by every client) when API keys are off.
+    scope: String,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -298,13 +353,17 @@ impl FromRequestParts<AppState> for Caller {
             .authenticate(&parts.headers)
             .map_err(ApiError::Unauthorized)?;
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        let scope = key
+            .as_ref()
+            .map(|key| hex::encode(Sha256::digest(key.as_bytes())))
+            .unwrap_or_default();
         let client = match (key, peer) {
-            (Some(key), _) => format!("key:{}", hex::encode(Sha256::digest(key.as_bytes()))),
+            (Some(_), _) => format!("key:{scope}"),
             (None, Some(ConnectInfo(address))) => address.ip().to_string(),
             (None, None) => "anonymous".to_owned(),
         };
         state.admission.admit_client(&client).map_err(refused)?;
-        Ok(Caller { client })
+        Ok(Caller { client, scope })
     }
 }
 
