@@ -825,3 +825,70 @@ async fn a_replay_that_never_published_loses_nothing_postgres() {
     let url = testing::fresh_postgres_database(&base).await.unwrap();
     a_replay_that_never_published_loses_nothing(Storage::connect(&url).await.unwrap()).await;
 }
+
+/// Replays whose publish succeeded but whose mark (removing the dead rows) fails: the
+/// client is told the truth (202: the job is published, not 503 "the job stays dead"),
+/// a retry cannot publish it again (409 while its claim holds), and the replayed run
+/// replaces the dead row whatever became of the mark: one run, one row. Single and bulk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_whose_mark_fails_after_the_publish_is_published_once() {
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
+    let broker = Arc::new(MemoryBroker::new());
+    let state = AppState::new(broker.clone(), storage.clone(), Limits::default());
+    let single = dead_job(&storage).await;
+    let bulk = dead_job(&storage).await;
+    sqlx::query(
+        "CREATE TRIGGER injected_fault BEFORE DELETE ON job_results \
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+    )
+    .execute(storage.pool())
+    .await
+    .unwrap();
+
+    let replayed = send(
+        &state,
+        post(&format!("/jobs/{single}/replay"), json!({}), &[]),
+    )
+    .await;
+    assert_eq!(replayed.status, StatusCode::ACCEPTED, "{}", replayed.body);
+    let again = send(
+        &state,
+        post(&format!("/jobs/{single}/replay"), json!({}), &[]),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    assert_eq!(again.body["error"]["code"], "replay_in_progress");
+
+    let replayed = send(&state, post("/jobs/replay", json!({}), &[])).await;
+    assert_eq!(replayed.status, StatusCode::ACCEPTED, "{}", replayed.body);
+    assert_eq!(replayed.body["ids"], json!([bulk]));
+    let again = send(&state, post("/jobs/replay", json!({}), &[])).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["replayed"], 0);
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(2));
+
+    let (stop, worker) = start_worker(&state, RetryPolicy::default());
+    for id in [&single, &bulk] {
+        let done = wait_for_status(&state, id, "succeeded").await;
+        assert_eq!(done["result"], json!({"n": 1}), "{done}");
+        let row = storage
+            .get(uuid::Uuid::parse_str(id).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.deliveries, 1, "{row:?}");
+        // Once its claim has expired, nothing is left to replay.
+        let later = surge_common::clock::now_micros() + 10 * 60 * 1_000_000;
+        let claimed = storage
+            .claim_replay_at(uuid::Uuid::parse_str(id).unwrap(), later)
+            .await
+            .unwrap();
+        assert!(claimed.is_none(), "{claimed:?}");
+    }
+    sqlx::query("DROP TRIGGER injected_fault")
+        .execute(storage.pool())
+        .await
+        .unwrap();
+    let _ = stop.send(());
+    worker.await.unwrap();
+}

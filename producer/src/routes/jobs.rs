@@ -393,34 +393,92 @@ pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), 
         .map_err(ApiError::Unauthorized)
 }
 
-/// Accepts new jobs: those scheduled for later are stored until due (the scheduler
-/// publishes them), the others published now ([`publish_new`]).
+/// How long the later part of a batch is kept from the schedulers while the batch's jobs
+/// for now are published (it is released as soon as they are): as long as a refused job's
+/// cancel may take to be recorded
+/// ([`ACCEPTANCE_OVERDUE`](surge_common::storage::acceptance::ACCEPTANCE_OVERDUE)). If
+/// this ingress dies in between, both parts of the batch end up alike: each runs once
+/// its hold, or its acceptance, is overdue.
+const BATCH_HOLD: Duration = surge_common::storage::acceptance::ACCEPTANCE_OVERDUE;
+
+/// Accepts new jobs, all or none: those scheduled for later are stored until due (the
+/// scheduler publishes them), the others published now ([`publish_new`]). In a batch of
+/// both, the later ones are stored *held* first, so no scheduler publishes them before the
+/// jobs for now are published (however soon they are due); released after, dropped if
+/// those were refused. So no job of a refused batch ever runs.
 async fn enqueue(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     let (mut later, now): (Vec<Job>, Vec<Job>) = jobs
         .iter()
         .cloned()
         .partition(|job| job.run_at_us.is_some());
-    if !later.is_empty() {
-        // Stored, they are accepted: nothing awaits a publish outcome.
-        for job in &mut later {
-            job.awaits_acceptance = false;
-        }
+    // Stored, they are accepted: nothing awaits a publish outcome.
+    for job in &mut later {
+        job.awaits_acceptance = false;
+    }
+    if later.is_empty() {
+        return publish_new(state, &now).await;
+    }
+    if now.is_empty() {
         state.storage.schedule(&later).await?;
+        record_accepted(state, &later, Duration::ZERO);
+        return Ok(());
     }
-    if !now.is_empty() {
-        if let Err(refused) = publish_new(state, &now).await {
-            // All or nothing: the scheduled part of a refused batch must not run either.
-            let ids: Vec<Uuid> = later.iter().map(|job| job.id).collect();
-            if let Err(e) = state.storage.drop_scheduled(&ids).await {
-                tracing::error!(error = %e, jobs = ids.len(), "a refused batch's scheduled jobs could not be removed; they will run");
-            }
-            return Err(refused);
+    let hold_us = i64::try_from(BATCH_HOLD.as_micros()).unwrap_or(i64::MAX);
+    let held_until = surge_common::clock::now_micros().saturating_add(hold_us);
+    state.storage.schedule_held(&later, held_until).await?;
+    let ids: Vec<Uuid> = later.iter().map(|job| job.id).collect();
+    match publish_new(state, &now).await {
+        Ok(()) => {
+            settle_held(state, ids, held_until, Settle::Release).await;
+            record_accepted(state, &later, Duration::ZERO);
+            Ok(())
+        }
+        Err(refused) => {
+            settle_held(state, ids, held_until, Settle::Drop).await;
+            Err(refused)
         }
     }
-    if !later.is_empty() {
-        record_accepted(state, &later, Duration::ZERO);
-    }
-    Ok(())
+}
+
+/// What becomes of a batch's held jobs for later.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    /// The batch was accepted: the schedulers may take them when due.
+    Release,
+    /// The batch was refused: they never run.
+    Drop,
+}
+
+/// Releases or drops held jobs; waits at most [`QUEUED_WRITE_TIMEOUT`], then keeps trying
+/// in the background for about three minutes, within their hold ([`BATCH_HOLD`]). Should
+/// that fail, released jobs run late (when the hold ends) and dropped ones run although
+/// refused: logged as an error naming them.
+async fn settle_held(state: &AppState, ids: Vec<Uuid>, held_until: i64, settle: Settle) {
+    use backon::Retryable;
+    let once = {
+        let storage = state.storage.clone();
+        let ids = ids.clone();
+        move || {
+            let (storage, ids) = (storage.clone(), ids.clone());
+            async move {
+                match settle {
+                    Settle::Release => storage.release_scheduled(&ids, held_until).await,
+                    Settle::Drop => storage.drop_scheduled(&ids).await,
+                }
+            }
+        }
+    };
+    let failure = match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, once()).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    tracing::warn!(error = %failure, jobs = ids.len(), ?settle, "settling a batch's held jobs failed; retrying in the background");
+    tokio::spawn(async move {
+        if let Err(e) = once.retry(reconnect(24)).await {
+            tracing::error!(error = %e, jobs = ?ids, ?settle, "a batch's held jobs could not be settled; they are taken when their hold ends");
+        }
+    });
 }
 
 /// Publishes new jobs (which await acceptance) and records them accepted. If the publish
@@ -499,8 +557,28 @@ fn cancel_later(state: &AppState, ids: Vec<Uuid>, first_error: String) {
 /// hidden by its cancellation (see [`publish_new`]). On success records metrics and counts
 /// the jobs for admission control.
 pub(crate) async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
+    publish_within(state, jobs, state.limits.publish_timeout).await
+}
+
+/// The longest a replay waits for the broker's confirm: the publish timeout, but at most a
+/// quarter of a replay's claim
+/// ([`REPLAY_CLAIM_EXPIRY`](surge_common::storage::lifecycle::REPLAY_CLAIM_EXPIRY)), so
+/// the claim outlives the publish and the mark after it, and no other replay can take the
+/// job meanwhile.
+pub(crate) fn replay_publish_timeout(state: &AppState) -> Duration {
+    state
+        .limits
+        .publish_timeout
+        .min(surge_common::storage::lifecycle::REPLAY_CLAIM_EXPIRY / 4)
+}
+
+/// [`publish`] with its own bound on the broker's confirm.
+pub(crate) async fn publish_within(
+    state: &AppState,
+    jobs: &[Job],
+    timeout: Duration,
+) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
-    let timeout = state.limits.publish_timeout;
     let (published, marked) = tokio::join!(
         tokio::time::timeout(timeout, state.broker.publish(jobs)),
         tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.queued.mark(jobs)),
@@ -649,7 +727,13 @@ pub async fn replay(
     // The dead row stays until the publish succeeded: if this request ends before (a
     // crash, a client hanging up), the job is still dead and replayable (the guard
     // releases the claim; after a crash it expires).
-    if let Err(e) = publish(&state, std::slice::from_ref(&job)).await {
+    if let Err(e) = publish_within(
+        &state,
+        std::slice::from_ref(&job),
+        replay_publish_timeout(&state),
+    )
+    .await
+    {
         guard.release().await;
         return Err(e);
     }
@@ -658,7 +742,8 @@ pub async fn replay(
         // Accepted when it first ran; a no-op unless that record was lost.
         accept(&state, std::slice::from_ref(&job)).await;
     }
-    state.storage.finish_replay(id).await?;
+    // Published: the answer is 202 whatever happens to the mark (see `finish_replays`).
+    super::operations::finish_replays(&state, vec![id]).await;
     accepted_response(id)
 }
 

@@ -23,7 +23,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::jobs::{accept, authenticate, describe, parse_id, publish};
+use super::jobs::{
+    accept, authenticate, describe, parse_id, publish_within, replay_publish_timeout,
+};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -221,7 +223,7 @@ pub async fn replay_many(
             job
         })
         .collect();
-    if let Err(e) = publish(&state, &jobs).await {
+    if let Err(e) = publish_within(&state, &jobs, replay_publish_timeout(&state)).await {
         guard.release().await;
         return Err(e);
     }
@@ -237,7 +239,8 @@ pub async fn replay_many(
         // Accepted when they first ran; a no-op unless that record was lost.
         accept(&state, &accepting).await;
     }
-    state.storage.finish_replays(&ids).await?;
+    // Published: the answer is 202 whatever happens to the mark (see `finish_replays`).
+    finish_replays(&state, ids.clone()).await;
     let report = ReplayReport {
         replayed: ids.len(),
         ids,
@@ -279,6 +282,40 @@ pub async fn cancel(
         ))),
         CancelOutcome::Unknown => Err(ApiError::NotFound(format!("no job {id}"))),
     }
+}
+
+/// How long a published replay's mark ([`Storage::finish_replays`]) is tried: half of a
+/// replay's claim, which outlives the publish before it ([`replay_publish_timeout`]); so
+/// no other replay can take the job while the mark may still be written.
+const FINISH_WINDOW: std::time::Duration = surge_common::storage::lifecycle::REPLAY_CLAIM_EXPIRY
+    .saturating_sub(std::time::Duration::from_secs(60));
+
+/// Marks published replays done: removes their dead rows (unless the replayed run has
+/// replaced them already; the mark is safe to repeat). Waits for the first try; if it
+/// fails (the database is struggling), keeps trying in the background within
+/// [`FINISH_WINDOW`], and the caller answers 202 anyway: the jobs *are* published, and a
+/// replayed run replaces its dead row when it commits whether or not the mark was
+/// written. Only if the mark is never written and another replay is asked for after the
+/// claim expired, before the replayed run finished, is a job published twice — same job
+/// id, so still one result row (logged as an error naming the jobs).
+pub(crate) async fn finish_replays(state: &AppState, ids: Vec<Uuid>) {
+    use backon::Retryable;
+    let first = match state.storage.finish_replays(&ids).await {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    tracing::warn!(error = %first, jobs = ids.len(), "marking published replays done failed; retrying in the background");
+    let storage = state.storage.clone();
+    tokio::spawn(async move {
+        let retried = tokio::time::timeout(
+            FINISH_WINDOW,
+            (|| storage.finish_replays(&ids)).retry(surge_common::retry::reconnect(usize::MAX)),
+        )
+        .await;
+        if !matches!(retried, Ok(Ok(()))) {
+            tracing::error!(jobs = ?ids, "published replays could not be marked done; another replay after their claim expires publishes them again (one result row still)");
+        }
+    });
 }
 
 /// Claims on dead jobs held by a replay that has not published them yet. Dropped armed
