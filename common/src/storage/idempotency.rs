@@ -116,3 +116,79 @@ impl Storage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 20261207020000 moves the keys stored before it to the shared scope
+    /// `""`: they keep answering with their job, and the same key can now be claimed in
+    /// another scope.
+    async fn keys_stored_before_the_scope_migration_keep_working(url: &str) {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(url).await.unwrap();
+        let mut before = sqlx::migrate!("./migrations");
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 20261207020000)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&pool).await.unwrap();
+        let job = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO idempotency_keys (idem_key, request_hash, job_id, state, created_at_us) \
+             VALUES ('order-1', 'abc', $1, 'done', 1)",
+        )
+        .bind(job.to_string())
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let storage = Storage::connect(url).await.unwrap();
+        let other = Uuid::now_v7();
+        assert_eq!(
+            storage
+                .claim_idempotency_key("", "order-1", "def", other)
+                .await
+                .unwrap(),
+            Claim::Existing {
+                job_id: job,
+                request_hash: "abc".into(),
+                done: true
+            }
+        );
+        assert_eq!(
+            storage
+                .claim_idempotency_key("client-b", "order-1", "def", other)
+                .await
+                .unwrap(),
+            Claim::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_stored_before_the_scope_migration_keep_working_sqlite() {
+        let url = crate::testing::temp_sqlite_url();
+        let url = format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' });
+        keys_stored_before_the_scope_migration_keep_working(&url).await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(surge_postgres),
+        ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+    )]
+    async fn keys_stored_before_the_scope_migration_keep_working_postgres() {
+        let Some(base) = crate::testing::service(crate::testing::POSTGRES_URL_VAR, "PostgreSQL")
+        else {
+            return;
+        };
+        let url = crate::testing::fresh_postgres_database(&base)
+            .await
+            .unwrap();
+        keys_stored_before_the_scope_migration_keep_working(&url).await;
+    }
+}
