@@ -137,6 +137,7 @@ impl Ingress {
             .with_admission(args.admission())
             .with_api_keys(api_keys)
             .with_trusted_proxies(args.trusted_proxies.clone().unwrap_or_default())
+            .with_idle_timeout(args.serve_options().idle_timeout)
             .with_kinds(kinds);
         let listener =
             TcpListener::bind(args.listen)

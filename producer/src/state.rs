@@ -70,6 +70,9 @@ pub struct AppState {
     pub kinds: KindRegistry,
     /// Clients waiting in `GET /jobs/{id}?wait=N`.
     pub waiters: Arc<crate::waiters::Waiters>,
+    /// Longest `wait` a request may ask for: below the connections' idle timeout
+    /// ([`crate::waiters::max_wait_for`]).
+    pub max_wait: std::time::Duration,
     /// `GET /openapi.json`, made once from the router and `kinds`.
     pub openapi: Arc<std::sync::OnceLock<utoipa::openapi::OpenApi>>,
     /// The dashboard's jobs per kind and status, shared by viewers for a few seconds.
@@ -94,6 +97,9 @@ impl AppState {
             draining: Arc::default(),
             kinds: KindRegistry::builtin(),
             waiters,
+            max_wait: crate::waiters::max_wait_for(
+                crate::server::ServeOptions::default().idle_timeout,
+            ),
             openapi: Arc::default(),
             kind_counts: Arc::default(),
         }
@@ -109,6 +115,14 @@ impl AppState {
     /// The same state with admission control.
     pub fn with_admission(mut self, config: AdmissionConfig) -> AppState {
         self.admission = Arc::new(Admission::new(config));
+        self
+    }
+
+    /// The same state serving connections closed after `idle` without traffic: waits are
+    /// kept below it ([`crate::waiters::max_wait_for`]).
+    pub fn with_idle_timeout(mut self, idle: std::time::Duration) -> AppState {
+        self.max_wait = crate::waiters::max_wait_for(idle);
+        self.openapi = Arc::default();
         self
     }
 
