@@ -445,7 +445,10 @@ impl BrokerFlags {
             .arg("--kafka-brokers")
             .arg(&self.kafka_brokers)
             .arg("--queue")
-            .arg(&self.queue);
+            .arg(&self.queue)
+            // The benchmark's workloads are the built-in example kinds.
+            .arg("--builtin-kinds")
+            .arg("true");
         if let Some(queue_type) = self.rabbitmq_queue_type {
             command
                 .arg("--rabbitmq-queue-type")

@@ -67,6 +67,8 @@ impl Stack {
                 &capacity_flag,
                 "--embedded-worker-id",
                 "demo-worker-0",
+                "--builtin-kinds",
+                "true",
             ]
             .into_iter()
             .chain(config_flag.iter().map(String::as_str)),
@@ -89,6 +91,8 @@ impl Stack {
                         &share,
                         "--worker-id",
                         &id,
+                        "--builtin-kinds",
+                        "true",
                     ]
                     .into_iter()
                     .chain(config_flag.iter().map(String::as_str)),

@@ -179,6 +179,31 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Outcome callbacks: the key that signs them and the internal receivers they may reach.
+/// Give the ingress and every worker the same values.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CallbackArgs {
+    /// Key that signs outcome callbacks (jobs with a `callback_url`): HMAC-SHA256 in the
+    /// `Surge-Signature` header. At least 16 characters; give the ingress and every worker
+    /// the same one. Without it the ingress refuses jobs with a `callback_url` (422), a
+    /// kind with a `callback_url` is a start-up error, and callbacks already queued wait
+    /// undelivered (the worker says so in its logs).
+    #[arg(long, env = "SURGE_CALLBACK_SECRET", hide_env_values = true)]
+    pub callback_secret: Option<Secret>,
+    /// Internal receivers outcome callbacks may reach, comma separated: host names (any
+    /// address they resolve to) or addresses / CIDR blocks, e.g.
+    /// `hooks.internal,10.20.0.0/16`. Only public addresses otherwise: loopback, private,
+    /// link-local and other reserved ones are refused. Added to `callback_allow` in the
+    /// configuration file.
+    #[arg(
+        long,
+        env = "SURGE_CALLBACK_ALLOW",
+        value_delimiter = ',',
+        value_name = "HOSTS_OR_CIDRS"
+    )]
+    pub callback_allow: Vec<crate::netpolicy::AllowEntry>,
+}
+
 /// Job kinds: the configuration file that declares them.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct KindsArgs {
@@ -187,6 +212,12 @@ pub struct KindsArgs {
     /// the ingress and every worker the same file.
     #[arg(long = "config", env = "SURGE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    /// Register the built-in example kinds (`sleep`, `hash`, `echo`, `flaky`, `poison`):
+    /// `true` or `false`. Absent: the config file's `builtin_kinds` decides, and without
+    /// it they are on only with `--broker memory` (the embedded demo), so a durable setup
+    /// does not take 10-minute sleeps or poison jobs from any client unless asked to.
+    #[arg(long, env = "SURGE_BUILTIN_KINDS")]
+    pub builtin_kinds: Option<bool>,
 }
 
 /// The kinds of a process could not be set up.
@@ -201,6 +232,23 @@ pub enum KindsError {
     /// An HTTP kind could not be set up.
     #[error(transparent)]
     Http(#[from] crate::kinds::http::HttpKindError),
+    /// A kind sends its jobs' outcomes to a `callback_url`, but nothing could sign them.
+    #[error(
+        "kind {kind:?} has a callback_url, but there is no --callback-secret \
+         (SURGE_CALLBACK_SECRET) to sign callbacks"
+    )]
+    UnsignedCallbacks {
+        /// The kind.
+        kind: String,
+    },
+    /// A kind's `callback_url` points at an address callbacks may not reach.
+    #[error("kind {kind:?}: callback_url: {message}")]
+    CallbackTarget {
+        /// The kind.
+        kind: String,
+        /// Why (never the URL itself).
+        message: String,
+    },
 }
 
 impl KindsArgs {
@@ -212,16 +260,58 @@ impl KindsArgs {
         }
     }
 
+    /// Whether the built-in example kinds are on: `--builtin-kinds`, else the file's
+    /// `builtin_kinds`, else only with the memory broker.
+    pub fn builtins_on(&self, file: &crate::kinds::file::SurgeConfig, broker: BrokerKind) -> bool {
+        self.builtin_kinds
+            .or(file.builtin_kinds)
+            .unwrap_or(broker == BrokerKind::Memory)
+    }
+
     /// The registry of this process: `own` (kinds registered in Rust by a team's binary;
-    /// `KindRegistry::builder()` for none) plus what the file declares. `storage` holds
-    /// the HTTP kinds' cross-replica flow-control state.
+    /// `KindRegistry::builder()` for none) plus what the file declares, and the built-in
+    /// example kinds as [`KindsArgs::builtins_on`] says for `broker`, accepting the
+    /// `callback_url`s `callbacks` allows (with the file's `callback_allow`). `storage`
+    /// holds the HTTP kinds' cross-replica flow-control state. A kind with a
+    /// `callback_url` needs a `--callback-secret` and a target callbacks may reach.
     pub fn registry(
         &self,
         own: crate::kinds::KindRegistryBuilder,
         storage: &crate::storage::Storage,
+        broker: BrokerKind,
+        callbacks: &CallbackArgs,
     ) -> Result<crate::kinds::KindRegistry, KindsError> {
-        let config = self.load()?;
-        let registry = own.with_config(&config, storage)?.try_build()?;
+        let mut config = self.load()?;
+        config.builtin_kinds = Some(self.builtins_on(&config, broker));
+        let allowed = callbacks
+            .callback_allow
+            .iter()
+            .chain(&config.callback_allow)
+            .cloned();
+        let policy = crate::job::CallbackPolicy {
+            targets: std::sync::Arc::new(crate::netpolicy::AddressPolicy::new(allowed)),
+            signed: callbacks.callback_secret.is_some(),
+        };
+        let registry = own
+            .with_config(&config, storage)?
+            .with_callback_policy(policy.clone())
+            .try_build()?;
+        for (name, kind) in registry.iter() {
+            let Some(url) = kind.callback_url() else {
+                continue;
+            };
+            if !policy.signed {
+                return Err(KindsError::UnsignedCallbacks {
+                    kind: name.to_owned(),
+                });
+            }
+            policy
+                .check(&url)
+                .map_err(|invalid| KindsError::CallbackTarget {
+                    kind: name.to_owned(),
+                    message: invalid.message,
+                })?;
+        }
         tracing::info!(kinds = ?registry, "job kinds");
         Ok(registry)
     }

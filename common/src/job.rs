@@ -5,11 +5,14 @@
 //! so a job on the broker is one a worker can run; the worker validates it again (a message
 //! could have been written by someone else) and dead-letters what does not pass.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::kinds::KindRegistry;
+use crate::netpolicy::AddressPolicy;
 
 /// Longest accepted `key` (partition / ordering key), in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -62,7 +65,8 @@ pub struct JobRequest {
     #[serde(default)]
     pub delay_ms: Option<u64>,
     /// Where to POST the job's outcome when it succeeds or dies (signed; see the
-    /// worker's callback sender). `http` or `https`, at most [`MAX_CALLBACK_URL_LEN`].
+    /// worker's callback sender). `http` or `https`, at most [`MAX_CALLBACK_URL_LEN`], a
+    /// public address unless allowed (see [`CallbackPolicy`]).
     #[serde(default)]
     pub callback_url: Option<String>,
     /// Run no earlier than this RFC 3339 time (at most [`MAX_DELAY`] ahead; a past time
@@ -89,7 +93,7 @@ impl JobRequest {
             }
         }
         if let Some(url) = &self.callback_url {
-            check_callback_url(url)?;
+            kinds.callback_policy().check(url)?;
         }
         let run_at_us = self.run_at_us()?;
         let callback_url = self
@@ -149,13 +153,37 @@ impl JobRequest {
     }
 }
 
-/// An `http`/`https` URL with a host, not too long.
-fn check_callback_url(url: &str) -> Result<(), InvalidJob> {
-    let bad = |message: String| InvalidJob::new("callback_url", message);
-    if url.len() > MAX_CALLBACK_URL_LEN {
-        return Err(bad(format!("at most {MAX_CALLBACK_URL_LEN} bytes")));
+/// Which `callback_url`s this process accepts on a job (see [`crate::netpolicy`]).
+#[derive(Debug, Clone, Default)]
+pub struct CallbackPolicy {
+    /// Where callbacks may go: public addresses plus what `--callback-allow` allows.
+    pub targets: Arc<AddressPolicy>,
+    /// Whether callbacks can be signed (this process has `--callback-secret`): without
+    /// the key no callback could be sent, so a job asking for one is refused.
+    pub signed: bool,
+}
+
+impl CallbackPolicy {
+    /// An `http`/`https` URL with a host, not too long, that may be reached, while
+    /// callbacks can be signed: else a 422-ready error naming `callback_url` (never
+    /// repeating the URL).
+    pub fn check(&self, url: &str) -> Result<(), InvalidJob> {
+        let bad = |message: String| InvalidJob::new("callback_url", message);
+        if url.len() > MAX_CALLBACK_URL_LEN {
+            return Err(bad(format!("at most {MAX_CALLBACK_URL_LEN} bytes")));
+        }
+        let parsed = parse_http_url(url).map_err(bad)?;
+        if !self.signed {
+            return Err(bad(
+                "callbacks are off: the ingress has no --callback-secret \
+                 (SURGE_CALLBACK_SECRET) to sign them"
+                    .into(),
+            ));
+        }
+        self.targets
+            .check_url(&parsed)
+            .map_err(|refused| bad(refused.to_string()))
     }
-    parse_http_url(url).map(drop).map_err(bad)
 }
 
 /// Parses an `http://` or `https://` URL with a host (a target, a callback); the error
@@ -290,14 +318,33 @@ mod tests {
         assert_eq!(keyed.into_job(&kinds).unwrap_err().field, "key");
     }
 
+    /// The built-in kinds, with callbacks that can be signed.
+    fn signing_kinds(allow: &[&str]) -> KindRegistry {
+        KindRegistry::builder()
+            .with_builtins()
+            .with_callback_policy(CallbackPolicy {
+                targets: Arc::new(AddressPolicy::new(
+                    allow.iter().map(|entry| entry.parse().unwrap()),
+                )),
+                signed: true,
+            })
+            .build()
+    }
+
     #[test]
     fn callback_urls_are_checked() {
-        let kinds = KindRegistry::builtin();
+        let kinds = signing_kinds(&[]);
         for bad in [
             "not a url",
             "ftp://x/y",
             "file:///etc/passwd",
             &format!("http://x/{}", "a".repeat(3000)),
+            "http://127.0.0.1:8080/hook",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.5/hook",
+            "http://[::1]:9/",
+            "http://localhost:8080/hook",
+            "http://user:pw@192.168.1.1/hook?token=t",
         ] {
             let mut r = request("echo", json!({}));
             r.callback_url = Some(bad.to_owned());
@@ -310,6 +357,45 @@ mod tests {
         let mut r = request("echo", json!({}));
         r.callback_url = Some("https://hooks.example.com/surge".into());
         assert!(r.into_job(&kinds).unwrap().callback_url.is_some());
+    }
+
+    #[test]
+    fn refusals_never_repeat_the_url() {
+        let kinds = signing_kinds(&[]);
+        let mut r = request("echo", json!({}));
+        r.callback_url = Some("http://user:pw@10.1.2.3:81/hook?token=t0ps3cret".into());
+        let refused = r.into_job(&kinds).unwrap_err();
+        assert_eq!(refused.field, "callback_url");
+        for leak in ["user", "pw", "10.1.2.3", "t0ps3cret", "hook"] {
+            assert!(!refused.message.contains(leak), "{refused}");
+        }
+    }
+
+    #[test]
+    fn an_allowed_internal_receiver_is_accepted() {
+        let kinds = signing_kinds(&["127.0.0.1/32", "hooks.internal"]);
+        for good in [
+            "http://127.0.0.1:8080/hook",
+            "http://localhost:8080/hook",
+            "http://hooks.internal/x",
+        ] {
+            let mut r = request("echo", json!({}));
+            r.callback_url = Some(good.into());
+            assert!(r.into_job(&kinds).is_ok(), "{good}");
+        }
+        let mut r = request("echo", json!({}));
+        r.callback_url = Some("http://10.0.0.1/".into());
+        assert_eq!(r.into_job(&kinds).unwrap_err().field, "callback_url");
+    }
+
+    #[test]
+    fn without_a_signing_key_callbacks_are_refused() {
+        let kinds = KindRegistry::builtin();
+        let mut r = request("echo", json!({}));
+        r.callback_url = Some("https://hooks.example.com/surge".into());
+        let refused = r.into_job(&kinds).unwrap_err();
+        assert_eq!(refused.field, "callback_url");
+        assert!(refused.message.contains("--callback-secret"), "{refused}");
     }
 
     #[test]
@@ -329,6 +415,10 @@ mod tests {
         }
         let kinds = KindRegistry::builder()
             .register("hooked", Hooked)
+            .with_callback_policy(CallbackPolicy {
+                signed: true,
+                ..CallbackPolicy::default()
+            })
             .try_build()
             .unwrap();
         let job = request("hooked", json!({})).into_job(&kinds).unwrap();

@@ -12,6 +12,8 @@
 //! - [`config`]: clap argument groups with `SURGE_*` environment fallbacks.
 //! - [`telemetry`]: `tracing` set-up, text or JSON.
 //! - [`metrics`]: the Prometheus series Surge exports, and the recorder.
+//! - [`netpolicy`]: which addresses outcome callbacks may reach (no internal ones by
+//!   default), checked on submit and on the address actually connected to.
 //! - [`retry`]: the backoff policy (backon) used for job retries and reconnects.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future binaries stop on.
 //! - [`clock`]: wall-clock helpers for timestamps that cross processes.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod job;
 pub mod kinds;
 pub mod metrics;
+pub mod netpolicy;
 pub mod otlp;
 pub mod retry;
 pub mod shutdown;

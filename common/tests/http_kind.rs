@@ -787,3 +787,31 @@ async fn another_concurrency_is_refused_while_slots_are_in_use_on_postgres() {
     };
     another_concurrency_is_refused_while_slots_are_in_use(&url).await;
 }
+
+/// The description is public (`/openapi.json`, unauthenticated): without one of its own, a
+/// kind's is a sentence that shows nothing of its URL.
+#[tokio::test]
+async fn a_default_description_never_shows_the_url() {
+    let kind = kind(
+        "http://svc-user:svc-pass@10.1.2.3:9000/private/path?token=t0ps3cret",
+        "",
+    )
+    .await;
+    let description = kind.description();
+    for leak in [
+        "svc-user",
+        "svc-pass",
+        "10.1.2.3",
+        "9000",
+        "private",
+        "t0ps3cret",
+    ] {
+        assert!(!description.contains(leak), "{description}");
+    }
+    let described = HttpKind::new(
+        config("d", "http://10.1.2.3/", "description = \"Thumbnails\""),
+        sqlite().await,
+    )
+    .unwrap();
+    assert_eq!(described.description(), "Thumbnails");
+}

@@ -47,8 +47,11 @@ pub fn app(state: AppState) -> Router {
                 .level(Level::INFO)
                 .latency_unit(LatencyUnit::Micros),
         );
+    let guard =
+        axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_key_beyond_jobs);
     Router::from(routes())
         .fallback(no_such_route)
+        .layer(guard)
         .with_state(state)
         .layer(
             ServiceBuilder::new()

@@ -1,22 +1,51 @@
-//! Optional API-key authentication for the job endpoints.
+//! Optional API-key authentication.
 //!
-//! With keys configured, `POST /jobs`, `POST /jobs/batch`, `GET /jobs/{id}` and
-//! `POST /jobs/{id}/replay` need `Authorization: Bearer <key>` or `X-Api-Key: <key>`;
-//! health, readiness, metrics, the dashboard and the OpenAPI document stay open. Keys are
-//! compared in constant time and never logged.
+//! With keys configured, the job endpoints (`/jobs…`) need `Authorization: Bearer <key>` or
+//! `X-Api-Key: <key>`. What else needs one is the [`AuthScope`] (`--auth-scope`): by
+//! default health, readiness, metrics, the dashboard's data and the OpenAPI document stay
+//! open; with `all` only `/healthz`, `/readyz` and the dashboard page itself (static HTML
+//! and script, no data: it asks for a key) do. Keys are compared in constant time and
+//! never logged.
 
+use axum::extract::{Request, State};
 use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-/// The configured keys; empty means authentication is off.
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Which endpoints the API keys protect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthScope {
+    /// The job endpoints only (submit, status, list, replay, cancel).
+    #[default]
+    Jobs,
+    /// Every endpoint but [`OPEN_WITH_SCOPE_ALL`]: the dashboard's data, `/metrics` and
+    /// `/openapi.json` too.
+    All,
+}
+
+/// The paths that stay open with `--auth-scope all`: load balancers' probes and the
+/// dashboard page (which holds no data and asks for a key).
+pub const OPEN_WITH_SCOPE_ALL: [&str; 3] = ["/healthz", "/readyz", "/"];
+
+/// The configured keys (empty means authentication is off) and what they protect.
 #[derive(Clone, Default)]
 pub struct ApiKeys {
     keys: Vec<Vec<u8>>,
+    scope: AuthScope,
 }
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKeys({} configured)", self.keys.len())
+        write!(
+            f,
+            "ApiKeys({} configured, {:?})",
+            self.keys.len(),
+            self.scope
+        )
     }
 }
 
@@ -30,7 +59,19 @@ impl ApiKeys {
                 .filter(|k| !k.is_empty())
                 .map(|k| k.as_bytes().to_vec())
                 .collect(),
+            scope: AuthScope::default(),
         }
+    }
+
+    /// The same keys protecting `scope`.
+    pub fn with_scope(mut self, scope: AuthScope) -> ApiKeys {
+        self.scope = scope;
+        self
+    }
+
+    /// What the keys protect.
+    pub fn scope(&self) -> AuthScope {
+        self.scope
     }
 
     /// Whether any key is configured.
@@ -69,6 +110,26 @@ impl ApiKeys {
     }
 }
 
+/// Middleware: with keys configured and `--auth-scope all`, every request but those to
+/// [`OPEN_WITH_SCOPE_ALL`] must carry a valid key (401 otherwise). The job endpoints check
+/// their key themselves whatever the scope.
+pub async fn require_key_beyond_jobs(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let keys = &state.api_keys;
+    if keys.enabled()
+        && keys.scope == AuthScope::All
+        && !OPEN_WITH_SCOPE_ALL.contains(&request.uri().path())
+    {
+        if let Err(why) = keys.authenticate(request.headers()) {
+            return ApiError::Unauthorized(why).into_response();
+        }
+    }
+    next.run(request).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +144,6 @@ mod tests {
         headers.insert("x-api-key", "gamma".parse().unwrap());
         assert!(keys.authenticate(&headers).is_err());
         assert_eq!(ApiKeys::default().authenticate(&headers), Ok(None));
-        assert_eq!(format!("{keys:?}"), "ApiKeys(2 configured)");
+        assert_eq!(format!("{keys:?}"), "ApiKeys(2 configured, Jobs)");
     }
 }

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 
-use surge_common::config::{BrokerArgs, DatabaseArgs, KindsArgs, RetryArgs, TelemetryArgs};
+use surge_common::config::{
+    BrokerArgs, CallbackArgs, DatabaseArgs, KindsArgs, RetryArgs, TelemetryArgs,
+};
 
 use crate::state::Limits;
 
@@ -40,6 +42,16 @@ pub struct ProducerArgs {
     /// File with one API key per line (added to --api-keys).
     #[arg(long, env = "SURGE_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
+    /// What the API keys protect: `jobs` (the job endpoints; health, metrics, the
+    /// dashboard's data and the OpenAPI document stay open) or `all` (everything but
+    /// /healthz, /readyz and the dashboard page, which asks for a key).
+    #[arg(long, env = "SURGE_AUTH_SCOPE", value_enum, default_value = "jobs")]
+    pub auth_scope: crate::auth::AuthScope,
+    /// Proxies (addresses or CIDRs, comma separated) whose `X-Forwarded-For` / `Forwarded`
+    /// header names the client for the per-client rate limit. A request from any other
+    /// peer is counted by its own address, whatever it claims. None by default.
+    #[arg(long, env = "SURGE_TRUSTED_PROXIES", value_parser = crate::client_addr::TrustedProxies::parse_flag)]
+    pub trusted_proxies: Option<crate::client_addr::TrustedProxies>,
     /// After SIGTERM, answer 503 on /readyz and new jobs for this long before closing, so
     /// load balancers stop sending traffic; in-flight requests always finish.
     #[arg(long, env = "SURGE_DRAIN_DELAY_MS", default_value_t = 0)]
@@ -66,10 +78,9 @@ pub struct ProducerArgs {
     /// (default: hostname-pid).
     #[arg(long, env = "SURGE_WORKER_ID")]
     pub embedded_worker_id: Option<String>,
-    /// Key that signs the embedded workers' outcome callbacks (see `surge-worker
-    /// --callback-secret`).
-    #[arg(long, env = "SURGE_CALLBACK_SECRET", hide_env_values = true)]
-    pub callback_secret: Option<surge_common::config::Secret>,
+    /// Outcome callbacks: signing key, internal receivers allowed.
+    #[command(flatten)]
+    pub callbacks: CallbackArgs,
     /// Broker connection.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -104,7 +115,7 @@ impl ProducerArgs {
             list.push('\n');
             list.push_str(&std::fs::read_to_string(path)?);
         }
-        Ok(crate::auth::ApiKeys::parse(&list))
+        Ok(crate::auth::ApiKeys::parse(&list).with_scope(self.auth_scope))
     }
 
     /// The connection bounds these flags describe.
@@ -126,7 +137,7 @@ impl ProducerArgs {
                 .embedded_worker_id
                 .clone()
                 .unwrap_or(defaults.worker_id.clone()),
-            callback_secret: self.callback_secret.clone(),
+            callback_secret: self.callbacks.callback_secret.clone(),
             ..defaults
         }
     }

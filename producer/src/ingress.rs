@@ -84,7 +84,9 @@ impl Ingress {
     ) -> Result<Ingress, IngressError> {
         let storage = args.database.open().await?;
         let broker = args.broker.open().await?;
-        let kinds = args.kinds.registry(own, &storage)?;
+        let kinds = args
+            .kinds
+            .registry(own, &storage, args.broker.broker, &args.callbacks)?;
         let mut ingress = Ingress::assemble(args, broker, storage, kinds).await?;
         ingress.owns_broker = true;
         Ok(ingress)
@@ -100,7 +102,12 @@ impl Ingress {
         broker: Arc<dyn Broker>,
         storage: Storage,
     ) -> Result<Ingress, IngressError> {
-        let kinds = args.kinds.registry(KindRegistry::builder(), &storage)?;
+        let kinds = args.kinds.registry(
+            KindRegistry::builder(),
+            &storage,
+            args.broker.broker,
+            &args.callbacks,
+        )?;
         Ingress::assemble(args, broker, storage, kinds).await
     }
 
@@ -112,7 +119,7 @@ impl Ingress {
     ) -> Result<Ingress, IngressError> {
         let api_keys = args.api_keys().map_err(IngressError::ApiKeys)?;
         if api_keys.enabled() {
-            tracing::info!("API keys required on the job endpoints");
+            tracing::info!(scope = ?api_keys.scope(), "API keys required");
         }
         let embedded = (args.broker.broker == BrokerKind::Memory).then(|| {
             tracing::warn!(
@@ -132,6 +139,8 @@ impl Ingress {
         let state = AppState::new(broker.clone(), storage, args.limits())
             .with_admission(args.admission())
             .with_api_keys(api_keys)
+            .with_trusted_proxies(args.trusted_proxies.clone().unwrap_or_default())
+            .with_idle_timeout(args.serve_options().idle_timeout)
             .with_kinds(kinds);
         let listener =
             TcpListener::bind(args.listen)

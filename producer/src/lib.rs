@@ -10,7 +10,8 @@
 //! - [`app`]: the router with its middleware (request ids, request logging) — tests call it
 //!   directly.
 //! - [`admission`]: the backlog bound (503) and per-client token buckets (429).
-//! - [`auth`]: optional API keys for the job endpoints.
+//! - [`auth`]: optional API keys for the job endpoints (or every endpoint but health).
+//! - [`client_addr`]: the client behind trusted proxies, for per-client rate limits.
 //! - [`routes`]: the handlers (`/jobs`, `/jobs/batch`, `/jobs/{id}`, `/healthz`, `/readyz`).
 //! - [`dashboard`]: the live dashboard page (`GET /`) and its JSON (`GET /api/dashboard`).
 //! - [`body`]: the JSON body extractor (content type, size limit, syntax, field errors).
@@ -27,6 +28,7 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod client_addr;
 pub mod config;
 pub mod dashboard;
 pub mod error;

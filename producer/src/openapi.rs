@@ -9,6 +9,11 @@
 //!   (the built-ins' limits, a configured kind's `schema`), so a request valid by the
 //!   document is one the server accepts.
 //! - Path ids are declared `format: uuid`.
+//! - Every parameter and header says what the server takes (lengths, patterns, ranges),
+//!   and the optional request fields are nullable because the server reads `null` as
+//!   absent: a request valid by the document is never refused for its form.
+//! - The bounds that come from the configuration (the longest `wait`, the largest batch)
+//!   are those of this server ([`served`]).
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -60,10 +65,15 @@ fn component_name(kind: &str) -> String {
     format!("JobRequest.{kind}")
 }
 
+/// `ty`, or `null`: an optional field the server also takes as `null` (read as absent).
+fn or_null(ty: Type) -> SchemaType {
+    SchemaType::from_iter([ty, Type::Null])
+}
+
 /// The partition key's schema.
 fn key_schema() -> ObjectBuilder {
     ObjectBuilder::new()
-        .schema_type(Type::String)
+        .schema_type(or_null(Type::String))
         .min_length(Some(1))
         // The server counts bytes; 4-byte characters at most make 64 always fit.
         .max_length(Some(MAX_KEY_LEN / 4))
@@ -110,7 +120,7 @@ fn kind_request(name: &str, kind: &dyn Kind) -> RefOr<Schema> {
         .property(
             "delay_ms",
             ObjectBuilder::new()
-                .schema_type(Type::Integer)
+                .schema_type(or_null(Type::Integer))
                 .minimum(Some(0))
                 .maximum(Some(MAX_DELAY.as_millis() as f64))
                 .description(Some(
@@ -121,7 +131,7 @@ fn kind_request(name: &str, kind: &dyn Kind) -> RefOr<Schema> {
         .property(
             "callback_url",
             ObjectBuilder::new()
-                .schema_type(Type::String)
+                .schema_type(or_null(Type::String))
                 .format(Some(SchemaFormat::Custom("uri".into())))
                 // The server counts bytes; 4-byte characters at most make this always fit.
                 .max_length(Some(surge_common::job::MAX_CALLBACK_URL_LEN / 4))
@@ -133,7 +143,7 @@ fn kind_request(name: &str, kind: &dyn Kind) -> RefOr<Schema> {
         .property(
             "run_at",
             ObjectBuilder::new()
-                .schema_type(Type::String)
+                .schema_type(or_null(Type::String))
                 .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
                 .description(Some(
                     "Run no earlier than this RFC 3339 time (at most 7 days ahead; a past \
@@ -203,7 +213,12 @@ pub struct ErrorDetail {
         title = "Surge",
         description = "Absorb request bursts without losing a job: 202 only once the broker holds the job durably."
     ),
-    components(schemas(JobRequestDoc, ErrorBody, ErrorDetail))
+    components(schemas(
+        JobRequestDoc,
+        ErrorBody,
+        ErrorDetail,
+        crate::routes::operations::ReplayStatus
+    ))
 )]
 pub struct ApiDoc;
 
@@ -213,14 +228,46 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
     DOCUMENT.get_or_init(|| crate::app::routes().into_openapi())
 }
 
+/// The document this server serves: [`for_kinds`] with its kinds, the longest `wait` it
+/// allows (below its connections' idle timeout) and its batch bounds (1 to
+/// `--max-batch` jobs).
+pub fn served(state: &AppState) -> utoipa::openapi::OpenApi {
+    let mut doc = for_kinds(document().clone(), &state.kinds);
+    if let Some(operation) = doc
+        .paths
+        .paths
+        .get_mut("/jobs/{id}")
+        .and_then(|item| item.get.as_mut())
+    {
+        for parameter in operation.parameters.iter_mut().flatten() {
+            if let (true, Some(RefOr::T(Schema::Object(schema)))) =
+                (parameter.name == "wait", parameter.schema.as_mut())
+            {
+                let secs = usize::try_from(state.max_wait.as_secs()).unwrap_or(usize::MAX);
+                schema.maximum = Some(secs.into());
+            }
+        }
+    }
+    if let Some(body) = doc
+        .paths
+        .paths
+        .get_mut("/jobs/batch")
+        .and_then(|item| item.post.as_mut())
+        .and_then(|operation| operation.request_body.as_mut())
+    {
+        for content in body.content.values_mut() {
+            if let Some(RefOr::T(Schema::Array(array))) = content.schema.as_mut() {
+                array.min_items = Some(1);
+                array.max_items = Some(state.limits.max_batch);
+            }
+        }
+    }
+    doc
+}
+
 /// `GET /openapi.json`.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta",
     responses((status = 200, description = "This document", content_type = "application/json")))]
 pub async fn openapi_json(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
-    Json(
-        state
-            .openapi
-            .get_or_init(|| for_kinds(document().clone(), &state.kinds))
-            .clone(),
-    )
+    Json(state.openapi.get_or_init(|| served(&state)).clone())
 }

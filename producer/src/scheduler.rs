@@ -5,6 +5,14 @@
 //! jobs due now. Every ingress runs this loop; a due job is claimed by one of them with a
 //! lease, published (awaiting the broker's confirm), then forgotten. A failed publish, or
 //! an ingress that dies mid-way, leaves the job to be claimed again when its lease ends.
+//!
+//! The lease outlasts the whole publish-then-forget sequence ([`lease`]): the publish is
+//! bounded by the publish timeout, and forgetting is tried for [`MARK_WINDOW`] after it.
+//! So while this ingress lives and reaches its database, no other scheduler publishes the
+//! job again. A job is published twice only when the ingress dies between the broker's
+//! confirm and the database write, or cannot write for the whole window; the repeat has
+//! the same job id (one result row), and is not even published once a worker has started
+//! the first copy (see `surge_common::storage::schedule`).
 
 use std::time::Duration;
 
@@ -15,8 +23,18 @@ use crate::state::AppState;
 /// Longest sleep between looks at the schedule (a job scheduled by another ingress is
 /// seen at most this late).
 pub const TICK: Duration = Duration::from_secs(1);
-/// How long a claim keeps other schedulers off a job.
-const LEASE: Duration = Duration::from_secs(30);
+/// How long forgetting published jobs is tried after their publish.
+pub const MARK_WINDOW: Duration = Duration::from_secs(30);
+/// Slack on top of the publish and the mark, for the claim's own statement and clocks.
+const LEASE_SLACK: Duration = Duration::from_secs(10);
+
+/// How long a claim keeps other schedulers off a job: the longest publish
+/// (`publish_timeout`), then [`MARK_WINDOW`], with some slack.
+pub fn lease(publish_timeout: Duration) -> Duration {
+    publish_timeout
+        .saturating_add(MARK_WINDOW)
+        .saturating_add(LEASE_SLACK)
+}
 /// Most jobs claimed and published together.
 const BATCH: u32 = 200;
 
@@ -38,8 +56,10 @@ pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {
 }
 
 /// Claims due jobs, publishes them, forgets them. Returns how many were published.
-async fn publish_due(state: &AppState) -> usize {
-    let lease_us = i64::try_from(LEASE.as_micros()).unwrap_or(i64::MAX);
+pub async fn publish_due(state: &AppState) -> usize {
+    use backon::Retryable;
+    let timeout = state.limits.publish_timeout;
+    let lease_us = i64::try_from(lease(timeout).as_micros()).unwrap_or(i64::MAX);
     let jobs = match state.storage.claim_due(lease_us, BATCH).await {
         Ok(jobs) if jobs.is_empty() => return 0,
         Ok(jobs) => jobs,
@@ -48,7 +68,6 @@ async fn publish_due(state: &AppState) -> usize {
             return 0;
         }
     };
-    let timeout = state.limits.publish_timeout;
     match tokio::time::timeout(timeout, state.broker.publish(&jobs)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -62,9 +81,20 @@ async fn publish_due(state: &AppState) -> usize {
     }
     let ids: Vec<_> = jobs.iter().map(|job| job.id).collect();
     if let Err(e) = state.storage.unschedule(&ids).await {
-        // Published: a second publish after the lease is harmless (results are keyed by
-        // job id), so this is only noise.
-        tracing::warn!(error = %e, "published due jobs could not be removed from the schedule");
+        // Published: keep trying to forget them while the claim holds (in the background,
+        // so due jobs keep flowing); the mark is safe to repeat.
+        tracing::warn!(error = %e, jobs = ids.len(), "published due jobs could not be removed from the schedule; retrying");
+        let storage = state.storage.clone();
+        tokio::spawn(async move {
+            let retried = tokio::time::timeout(
+                MARK_WINDOW,
+                (|| storage.unschedule(&ids)).retry(surge_common::retry::reconnect(usize::MAX)),
+            )
+            .await;
+            if !matches!(retried, Ok(Ok(()))) {
+                tracing::error!(jobs = ?ids, "published due jobs could not be removed from the schedule; unless a worker has started them by then, they are published again when their claim ends (one result row still)");
+            }
+        });
     }
     tracing::debug!(jobs = jobs.len(), "published due jobs");
     jobs.len()

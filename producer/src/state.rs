@@ -59,8 +59,10 @@ pub struct AppState {
     pub live: Arc<Live>,
     /// Backlog bound and per-client rate limits.
     pub admission: Arc<Admission>,
-    /// API keys for the job endpoints (none: open).
+    /// API keys for the job endpoints, or every endpoint (none: open).
     pub api_keys: ApiKeys,
+    /// Proxies whose forwarding headers name the client for the rate limit.
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// Set on SIGTERM: `/readyz` answers 503 and new jobs are refused while in-flight
     /// requests finish.
     pub draining: Arc<AtomicBool>,
@@ -68,6 +70,9 @@ pub struct AppState {
     pub kinds: KindRegistry,
     /// Clients waiting in `GET /jobs/{id}?wait=N`.
     pub waiters: Arc<crate::waiters::Waiters>,
+    /// Longest `wait` a request may ask for: below the connections' idle timeout
+    /// ([`crate::waiters::max_wait_for`]).
+    pub max_wait: std::time::Duration,
     /// `GET /openapi.json`, made once from the router and `kinds`.
     pub openapi: Arc<std::sync::OnceLock<utoipa::openapi::OpenApi>>,
     /// The dashboard's jobs per kind and status, shared by viewers for a few seconds.
@@ -88,9 +93,13 @@ impl AppState {
             live: Arc::default(),
             admission: Arc::default(),
             api_keys: ApiKeys::default(),
+            trusted_proxies: Default::default(),
             draining: Arc::default(),
             kinds: KindRegistry::builtin(),
             waiters,
+            max_wait: crate::waiters::max_wait_for(
+                crate::server::ServeOptions::default().idle_timeout,
+            ),
             openapi: Arc::default(),
             kind_counts: Arc::default(),
         }
@@ -109,9 +118,24 @@ impl AppState {
         self
     }
 
-    /// The same state requiring one of `keys` on the job endpoints.
+    /// The same state serving connections closed after `idle` without traffic: waits are
+    /// kept below it ([`crate::waiters::max_wait_for`]).
+    pub fn with_idle_timeout(mut self, idle: std::time::Duration) -> AppState {
+        self.max_wait = crate::waiters::max_wait_for(idle);
+        self.openapi = Arc::default();
+        self
+    }
+
+    /// The same state requiring one of `keys` on the job endpoints (or on every
+    /// endpoint, as their scope says).
     pub fn with_api_keys(mut self, keys: ApiKeys) -> AppState {
         self.api_keys = keys;
+        self
+    }
+
+    /// The same state believing `proxies`' forwarding headers for the client's address.
+    pub fn with_trusted_proxies(mut self, proxies: crate::client_addr::TrustedProxies) -> AppState {
+        self.trusted_proxies = proxies;
         self
     }
 }

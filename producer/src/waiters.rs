@@ -7,6 +7,11 @@
 //! waiters, and a result is seen at most one tick after it commits. Waiters are bounded
 //! ([`Waiters::new`]'s `max`): beyond, the request is refused with 503 and `Retry-After`
 //! instead of holding a connection and a task.
+//!
+//! A waiter is registered for exactly as long as its request runs: a guard removes it
+//! when the wait ends — woken, timed out, or dropped because the client hung up (the
+//! server drops the handler's future then). So the map holds only live requests, and a
+//! job nobody waits for any more is no longer looked up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -18,8 +23,19 @@ use uuid::Uuid;
 
 /// How often the waited-for jobs are looked up.
 pub const POLL_EVERY: Duration = Duration::from_millis(100);
-/// Longest `wait` a request may ask for, in seconds.
-pub const MAX_WAIT_SECS: u64 = 60;
+/// Longest `wait` a request may ask for, in seconds: below the server's default idle
+/// timeout (60 s, `crate::server::ServeOptions`), so an answer after the full wait is
+/// never raced by the connection's close. A shorter idle timeout lowers it further
+/// ([`max_wait_for`]).
+pub const MAX_WAIT_SECS: u64 = 50;
+
+/// The longest wait allowed under a connection idle timeout of `idle`: [`MAX_WAIT_SECS`],
+/// or 5/6 of the idle timeout in whole seconds when that is less (a client that waits
+/// sends and receives nothing, so its connection counts as idle meanwhile).
+pub fn max_wait_for(idle: Duration) -> Duration {
+    let bound = Duration::from_secs((idle.as_millis() * 5 / 6 / 1000) as u64);
+    bound.min(Duration::from_secs(MAX_WAIT_SECS))
+}
 /// Most jobs looked up in one query.
 const LOOKUP_CHUNK: usize = 500;
 
@@ -30,7 +46,10 @@ pub struct TooManyWaiters;
 
 #[derive(Default)]
 struct Pending {
-    by_job: HashMap<Uuid, Vec<oneshot::Sender<()>>>,
+    /// The waiters of each job, by the number their registration got.
+    by_job: HashMap<Uuid, HashMap<u64, oneshot::Sender<()>>>,
+    /// The next registration's number.
+    next: u64,
 }
 
 /// The waiters of one ingress.
@@ -60,7 +79,8 @@ impl Waiters {
     }
 
     /// Waits until `job` has a terminal row or `timeout` passes (whichever first); the
-    /// caller reads the job's state afterwards.
+    /// caller reads the job's state afterwards. The waiter is removed when this returns or
+    /// its future is dropped (the client hung up).
     pub async fn wait(&self, job: Uuid, timeout: Duration) -> Result<(), TooManyWaiters> {
         let _permit: OwnedSemaphorePermit = self
             .permits
@@ -68,17 +88,29 @@ impl Waiters {
             .try_acquire_owned()
             .map_err(|_| TooManyWaiters)?;
         let (tx, rx) = oneshot::channel();
-        self.lock().by_job.entry(job).or_default().push(tx);
-        let _ = tokio::time::timeout(timeout, rx).await;
-        // On timeout our sender is still registered: drop the closed ones of this job.
-        let mut pending = self.lock();
-        if let Some(senders) = pending.by_job.get_mut(&job) {
-            senders.retain(|s| !s.is_closed());
-            if senders.is_empty() {
-                pending.by_job.remove(&job);
+        let _registered = {
+            let mut pending = self.lock();
+            let number = pending.next;
+            pending.next = pending.next.wrapping_add(1);
+            pending.by_job.entry(job).or_default().insert(number, tx);
+            Registered {
+                waiters: self,
+                job,
+                number,
             }
-        }
+        };
+        let _ = tokio::time::timeout(timeout, rx).await;
         Ok(())
+    }
+
+    /// How many requests are waiting, over all jobs.
+    pub fn len(&self) -> usize {
+        self.lock().by_job.values().map(HashMap::len).sum()
+    }
+
+    /// Whether no request is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.lock().by_job.is_empty()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -92,8 +124,28 @@ impl Waiters {
 
     fn finished(&self, job: Uuid) {
         if let Some(senders) = self.lock().by_job.remove(&job) {
-            for sender in senders {
+            for sender in senders.into_values() {
                 let _ = sender.send(());
+            }
+        }
+    }
+}
+
+/// One waiter's registration: removes it from the map when dropped, however the wait
+/// ended.
+struct Registered<'a> {
+    waiters: &'a Waiters,
+    job: Uuid,
+    number: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.waiters.lock();
+        if let Some(senders) = pending.by_job.get_mut(&self.job) {
+            senders.remove(&self.number);
+            if senders.is_empty() {
+                pending.by_job.remove(&self.job);
             }
         }
     }

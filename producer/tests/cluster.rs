@@ -231,7 +231,7 @@ fn rotated(urls: &[String], first: usize) -> String {
 fn spawn(command: &mut Command, urls: &str, queue: &str, database: &str) -> Child {
     command
         .args(["--broker", "rabbitmq", "--amqp-url", urls, "--queue", queue])
-        .args(["--rabbitmq-queue-type", "quorum"])
+        .args(["--rabbitmq-queue-type", "quorum", "--builtin-kinds", "true"])
         .env("DATABASE_URL", database)
         .env("RUST_LOG", child_log_level())
         .stdin(Stdio::null())

@@ -44,6 +44,8 @@ struct DeadRow {
 /// What the operations part of the page shows.
 #[derive(Debug, Clone, Deserialize)]
 struct Shown {
+    /// Successful polls of /api/dashboard (the live panel).
+    polls: u64,
     dead_polls: u64,
     kinds_polls: u64,
     dead: Vec<DeadRow>,
@@ -60,6 +62,7 @@ const READ_PAGE: &str = r##"(() => {
   const $ = (id) => document.getElementById(id);
   const empty = document.querySelector("#dead-body td.empty");
   return {
+    polls: Number(document.body.dataset.polls || 0),
     dead_polls: Number(document.body.dataset.deadPolls || 0),
     kinds_polls: Number(document.body.dataset.kindsPolls || 0),
     dead: [...document.querySelectorAll("#dead-body tr[data-job]")].map((row) => ({
@@ -346,13 +349,27 @@ async fn start_ingress(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_api_keys_the_dashboard_asks_for_one_and_sends_it() -> anyhow::Result<()> {
+    asks_for_a_key_and_sends_it(&[]).await
+}
+
+/// With `--auth-scope all` the live panel and the jobs-per-kind table need the key too:
+/// nothing shows until it is typed, then everything does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_scope_all_the_dashboards_data_waits_for_the_key() -> anyhow::Result<()> {
+    asks_for_a_key_and_sends_it(&["--auth-scope", "all"]).await
+}
+
+async fn asks_for_a_key_and_sends_it(flags: &[&str]) -> anyhow::Result<()> {
     let Some(chromium) = chromium() else {
         return Ok(());
     };
     const KEY: &str = "ops-key-6f1d2c";
+    let guards_data = flags.contains(&"all");
     let storage = Storage::connect(&testing::temp_sqlite_url()).await?;
     let echo = dead_jobs(&storage, "echo", 2).await?;
-    let (base, stop_server, server) = start_ingress(storage, &["--api-keys", KEY]).await?;
+    let mut argv = vec!["--api-keys", KEY];
+    argv.extend_from_slice(flags);
+    let (base, stop_server, server) = start_ingress(storage, &argv).await?;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -372,6 +389,14 @@ async fn with_api_keys_the_dashboard_asks_for_one_and_sends_it() -> anyhow::Resu
         })
         .await?;
         assert!(asked.dead.is_empty(), "{asked:#?}");
+        if guards_data {
+            assert_eq!((asked.polls, asked.kinds_polls), (0, 0), "{asked:#?}");
+        } else {
+            wait_for(&tab, "the open panels polled", patience, |s| {
+                s.polls > 0 && s.kinds_polls > 0
+            })
+            .await?;
+        }
         // A wrong key: refused, said so.
         tab.eval(
             r#"document.getElementById("dead-key").value = "not-the-key";
@@ -389,7 +414,7 @@ async fn with_api_keys_the_dashboard_asks_for_one_and_sends_it() -> anyhow::Resu
         ))
         .await?;
         let listed = wait_for(&tab, "the dead jobs with the key", patience, |s| {
-            s.dead.len() == 2
+            s.dead.len() == 2 && s.polls > 0 && s.kinds_polls > 0
         })
         .await?;
         assert!(listed.note.is_empty(), "{listed:#?}");

@@ -181,6 +181,8 @@ fn queue_flags(broker: &str, flag: &str, url: &str) -> Vec<String> {
         url.into(),
         "--queue".into(),
         testing::unique_name("delay"),
+        "--builtin-kinds".into(),
+        "true".into(),
     ]
 }
 
@@ -225,4 +227,272 @@ async fn on_kafka_a_delayed_job_runs_when_due() {
     let mut flags = queue_flags("kafka", "--kafka-brokers", &brokers);
     flags.extend(["--kafka-partitions".into(), "2".into()]);
     scenario(flags, database).await;
+}
+
+// --- All or nothing, and no double publish (issue 18) --------------------------------
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use surge_common::broker::memory::MemoryBroker;
+use surge_common::broker::{Broker, BrokerError, BrokerStats, ConsumeOptions, Deliveries};
+use surge_common::clock::now_micros;
+use surge_producer::{app, scheduler, AppState, Limits};
+use tower::ServiceExt;
+
+/// A broker whose publish waits, once `entered` is notified, until `open` is notified,
+/// then refuses: a publish that stalls a while and fails.
+struct GatedBroker {
+    inner: MemoryBroker,
+    entered: Arc<tokio::sync::Notify>,
+    open: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl Broker for GatedBroker {
+    async fn publish(&self, _jobs: &[surge_common::job::Job]) -> Result<(), BrokerError> {
+        self.entered.notify_one();
+        self.open.notified().await;
+        Err(BrokerError::Unavailable("the broker refuses".into()))
+    }
+    async fn consume(&self, options: ConsumeOptions) -> Result<Deliveries, BrokerError> {
+        self.inner.consume(options).await
+    }
+    async fn stats(&self) -> Result<BrokerStats, BrokerError> {
+        self.inner.stats().await
+    }
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+}
+
+async fn send(state: &AppState, request: Request<Body>) -> (u16, Value) {
+    let response = app(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn post_json(path: &str, body: Value) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// Waits until the clock has passed `at_us` (µs since the epoch).
+async fn clock_past(at_us: i64) {
+    while now_micros() <= at_us {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn scheduled_rows(storage: &Storage) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM scheduled_jobs")
+        .fetch_one(storage.pool())
+        .await
+        .unwrap()
+}
+
+/// A batch of a job due in 1 ms and a job for now, whose publish stalls and then fails
+/// (503): while it stalls, a scheduler (another ingress, its broker working) finds the
+/// delayed job due and must not publish it; after the 503 it is gone. Before the fix the
+/// delayed row was committed, claimable, first: the scheduler published it, and it ran
+/// although its batch was refused.
+async fn a_refused_batch_never_runs_its_delayed_job(storage: Storage) {
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let open = Arc::new(tokio::sync::Notify::new());
+    let gated = Arc::new(GatedBroker {
+        inner: MemoryBroker::new(),
+        entered: entered.clone(),
+        open: open.clone(),
+    });
+    let state = AppState::new(gated, storage.clone(), Limits::default());
+    let other_broker = Arc::new(MemoryBroker::new());
+    let other = AppState::new(other_broker.clone(), storage.clone(), Limits::default());
+
+    let sent_at = now_micros();
+    let batch = json!([
+        {"kind": "echo", "payload": {"n": "later"}, "delay_ms": 1},
+        {"kind": "echo", "payload": {"n": "now"}},
+    ]);
+    let request = tokio::spawn({
+        let state = state.clone();
+        async move { send(&state, post_json("/jobs/batch", batch)).await }
+    });
+    entered.notified().await;
+    clock_past(sent_at + 5_000).await;
+    assert_eq!(
+        scheduler::publish_due(&other).await,
+        0,
+        "a scheduler published a job of a batch still being decided"
+    );
+    open.notify_one();
+    let (status, body) = request.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(scheduler::publish_due(&other).await, 0);
+    assert_eq!(
+        scheduled_rows(&storage).await,
+        0,
+        "the refused delayed job is still scheduled"
+    );
+    assert_eq!(other_broker.stats().await.unwrap().backlog, Some(0));
+
+    // The same batch accepted: the delayed job is released and published when due.
+    let working = Arc::new(MemoryBroker::new());
+    let state = AppState::new(working.clone(), storage.clone(), Limits::default());
+    let sent_at = now_micros();
+    let batch = json!([
+        {"kind": "echo", "payload": {"n": "later"}, "delay_ms": 1},
+        {"kind": "echo", "payload": {"n": "now"}},
+    ]);
+    let (status, body) = send(&state, post_json("/jobs/batch", batch)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(working.stats().await.unwrap().backlog, Some(1));
+    clock_past(sent_at + 5_000).await;
+    assert_eq!(scheduler::publish_due(&state).await, 1);
+    assert_eq!(working.stats().await.unwrap().backlog, Some(2));
+    assert_eq!(scheduled_rows(&storage).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_never_runs_its_delayed_job_sqlite() {
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
+    a_refused_batch_never_runs_its_delayed_job(storage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn a_refused_batch_never_runs_its_delayed_job_postgres() {
+    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let url = testing::fresh_postgres_database(&base).await.unwrap();
+    a_refused_batch_never_runs_its_delayed_job(Storage::connect(&url).await.unwrap()).await;
+}
+
+/// A worker for `state`'s broker and database, until the sender is used.
+fn start_worker(
+    state: &AppState,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let worker = surge_worker::WorkerService::embedded(
+        state.broker.clone(),
+        state.storage.clone(),
+        state.kinds.clone(),
+        surge_worker::WorkerOptions {
+            capacity: 4,
+            ..surge_worker::WorkerOptions::default()
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        worker
+            .run_until_stopped(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (stop, handle)
+}
+
+/// The scheduler publishes a due job, then cannot forget it (the database refuses the
+/// delete): it keeps trying while its lease holds, so once the database takes writes
+/// again the job is forgotten and never claimed again. And should the ingress die right
+/// after the publish (nothing forgotten at all), a scheduler whose lease ran out finds the
+/// job already run and forgets it instead of publishing it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_job_the_scheduler_could_not_forget_is_not_published_again() {
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
+    let broker = Arc::new(MemoryBroker::new());
+    let state = AppState::new(broker.clone(), storage.clone(), Limits::default());
+    let lease_us =
+        i64::try_from(scheduler::lease(state.limits.publish_timeout).as_micros()).unwrap();
+    assert!(
+        scheduler::lease(Duration::from_secs(120))
+            > Duration::from_secs(120) + scheduler::MARK_WINDOW
+    );
+
+    // 1. The delete fails after the publish; it is retried and succeeds once possible.
+    let sent_at = now_micros();
+    let (status, first) = send(
+        &state,
+        post_json(
+            "/jobs",
+            json!({"kind": "echo", "payload": {"n": 1}, "delay_ms": 1}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{first}");
+    sqlx::query(
+        "CREATE TRIGGER injected_fault BEFORE DELETE ON scheduled_jobs \
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+    )
+    .execute(storage.pool())
+    .await
+    .unwrap();
+    clock_past(sent_at + 5_000).await;
+    assert_eq!(scheduler::publish_due(&state).await, 1);
+    assert_eq!(scheduled_rows(&storage).await, 1, "the fault did not bite");
+    sqlx::query("DROP TRIGGER injected_fault")
+        .execute(storage.pool())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while scheduled_rows(&storage).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the published job was never forgotten: it is published again when its lease ends"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(storage
+        .claim_due_at(lease_us, 200, now_micros() + lease_us + 1)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // 2. The ingress dies between the broker's confirm and the delete.
+    let sent_at = now_micros();
+    let (status, second) = send(
+        &state,
+        post_json(
+            "/jobs",
+            json!({"kind": "echo", "payload": {"n": 2}, "delay_ms": 1}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{second}");
+    clock_past(sent_at + 5_000).await;
+    let claimed = storage.claim_due(lease_us, 200).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    broker.publish(&claimed).await.unwrap();
+    // (no unschedule: the ingress is gone)
+    let (stop, worker) = start_worker(&state);
+    let done = row(&storage, second["id"].as_str().unwrap()).await;
+    assert_eq!(done.result, Some(json!({"n": 2})));
+    let again = storage
+        .claim_due_at(lease_us, 200, now_micros() + lease_us + 1)
+        .await
+        .unwrap();
+    assert!(
+        again.is_empty(),
+        "a job that already ran was claimed to be published again: {again:?}"
+    );
+    assert_eq!(scheduled_rows(&storage).await, 0);
+    let _ = stop.send(());
+    worker.await.unwrap();
+    let first = row(&storage, first["id"].as_str().unwrap()).await;
+    assert_eq!((first.deliveries, done.deliveries), (1, 1));
 }

@@ -437,7 +437,12 @@ impl Stack {
         };
         let name = testing::unique_name("faults");
         let mut broker_args = broker_args;
-        broker_args.extend(["--queue".into(), name.clone()]);
+        broker_args.extend([
+            "--queue".into(),
+            name.clone(),
+            "--builtin-kinds".into(),
+            "true".into(),
+        ]);
         let database = testing::fresh_postgres_database(&postgres)
             .await
             .expect("a fresh PostgreSQL database");

@@ -377,6 +377,8 @@ fn spawn(command: &mut Command, bootstrap: &str, topic: &str, database: &str) ->
             bootstrap,
             "--queue",
             topic,
+            "--builtin-kinds",
+            "true",
         ])
         .args(["--kafka-partitions", &PARTITIONS.to_string()])
         .env("DATABASE_URL", database)

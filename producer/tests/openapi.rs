@@ -34,9 +34,17 @@ async fn state() -> AppState {
         &|_| None,
     )
     .unwrap();
+    // Callbacks signed, and the loopback receiver of the generated requests allowed.
+    let callbacks = surge_common::job::CallbackPolicy {
+        targets: Arc::new(surge_common::netpolicy::AddressPolicy::new([
+            "127.0.0.1/32".parse().unwrap(),
+        ])),
+        signed: true,
+    };
     let kinds = KindRegistry::builder()
         .with_config(&config, &storage)
         .unwrap()
+        .with_callback_policy(callbacks)
         .try_build()
         .unwrap();
     AppState::new(Arc::new(MemoryBroker::new()), storage, Default::default()).with_kinds(kinds)
@@ -159,6 +167,20 @@ fn instance(doc: &Value, schema: &Value, edge: Edge) -> Value {
     if let Some(values) = schema["enum"].as_array() {
         return values[0].clone();
     }
+    // `["string", "null"]`: null at the least edge (the server reads it as absent), the
+    // other type at the most.
+    if let Some(types) = schema["type"].as_array() {
+        if matches!(edge, Edge::Least) && types.iter().any(|t| t == "null") {
+            return Value::Null;
+        }
+        let mut single = schema.clone();
+        single["type"] = types
+            .iter()
+            .find(|t| *t != "null")
+            .cloned()
+            .unwrap_or(Value::Null);
+        return instance(doc, &single, edge);
+    }
     match schema["type"].as_str() {
         Some("integer") => match edge {
             Edge::Least => schema["minimum"].clone(),
@@ -184,7 +206,10 @@ fn instance(doc: &Value, schema: &Value, edge: Edge) -> Value {
                 .unwrap_or_default();
             let mut object = serde_json::Map::new();
             for (name, property) in schema["properties"].as_object().into_iter().flatten() {
-                if matches!(edge, Edge::Most) || required.contains(&name.as_str()) {
+                let nullable = resolve(doc, property)["type"]
+                    .as_array()
+                    .is_some_and(|types| types.iter().any(|t| t == "null"));
+                if matches!(edge, Edge::Most) || nullable || required.contains(&name.as_str()) {
                     object.insert(name.clone(), instance(doc, property, edge));
                 }
             }
@@ -290,9 +315,39 @@ async fn every_kind_is_described_and_requests_valid_by_the_document_are_accepted
         ["application/json"]["schema"];
     assert_eq!(batch_schema["type"], "array", "{batch_schema}");
     assert_eq!(batch_schema["items"], *body, "{batch_schema}");
-    let (status, answer) =
-        send_body(&state, Method::POST, "/jobs/batch", &Value::Array(batch)).await;
+    let (status, answer) = send_body(
+        &state,
+        Method::POST,
+        "/jobs/batch",
+        &Value::Array(batch.clone()),
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+
+    // Its bounds are the server's: at least one job, at most `--max-batch`.
+    let max = state.limits.max_batch;
+    assert_eq!(batch_schema["minItems"], 1, "{batch_schema}");
+    assert_eq!(batch_schema["maxItems"], max, "{batch_schema}");
+    let (status, answer) =
+        send_body(&state, Method::POST, "/jobs/batch", &Value::Array(vec![])).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "[] is below minItems: {answer}"
+    );
+    let full: Vec<Value> = batch.iter().cycle().take(max).cloned().collect();
+    let (status, answer) = send_body(
+        &state,
+        Method::POST,
+        "/jobs/batch",
+        &Value::Array(full.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{max} jobs: {answer}");
+    let over: Vec<Value> = batch.iter().cycle().take(max + 1).cloned().collect();
+    let (status, answer) =
+        send_body(&state, Method::POST, "/jobs/batch", &Value::Array(over)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
 }
 
 /// The query parameters of the listing and the bulk replay: each documented one is taken
@@ -370,4 +425,184 @@ async fn a_configured_kind_refuses_a_payload_failing_its_schema_naming_the_field
     // Nothing was published: the memory broker holds no job.
     let stats = state.broker.stats().await.unwrap();
     assert_eq!(stats.backlog, Some(0), "{stats:?}");
+}
+
+/// Values valid by a parameter's schema: each enum value, the bounds of a range, strings
+/// generated from the `pattern` (proptest, deterministic) cut to `maxLength`, the edges
+/// of the lengths, a date-time, a UUID.
+fn valid_values(doc: &Value, schema: &Value) -> Vec<String> {
+    use proptest::strategy::{Strategy, ValueTree};
+    let schema = resolve(doc, schema);
+    if let Some(values) = schema["enum"].as_array() {
+        return values
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+    }
+    // An optional parameter is `["string", "null"]`: absent is its null.
+    let ty = match &schema["type"] {
+        Value::Array(types) => types.iter().find(|t| *t != "null").and_then(Value::as_str),
+        single => single.as_str(),
+    };
+    match (ty, schema["format"].as_str()) {
+        (Some("integer"), _) => [&schema["minimum"], &schema["maximum"]]
+            .iter()
+            .map(|bound| {
+                bound
+                    .as_u64()
+                    .expect("integer parameters are bounded")
+                    .to_string()
+            })
+            .collect(),
+        (Some("string"), Some("uuid")) => vec![uuid::Uuid::now_v7().to_string()],
+        (Some("string"), Some("date-time")) => vec![
+            "2026-01-01T00:00:00Z".to_owned(),
+            "2026-12-03T10:00:00.123456+02:00".to_owned(),
+        ],
+        (Some("string"), _) => {
+            let min = schema["minLength"].as_u64().unwrap_or(0) as usize;
+            let max = schema["maxLength"].as_u64().map(|m| m as usize);
+            let Some(pattern) = schema["pattern"].as_str() else {
+                let mut values = vec!["a".repeat(min)];
+                values.extend(max.map(|max| "🦀".repeat(max)));
+                return values;
+            };
+            let anchored = pattern.strip_prefix('^').and_then(|p| p.strip_suffix('$'));
+            let strategy = proptest::string::string_regex(anchored.expect("patterns are anchored"))
+                .unwrap_or_else(|e| panic!("{pattern}: {e}"));
+            let mut runner = proptest::test_runner::TestRunner::deterministic();
+            (0..64)
+                .map(|_| {
+                    let value = strategy.new_tree(&mut runner).unwrap().current();
+                    value
+                        .chars()
+                        .take(max.unwrap_or(usize::MAX))
+                        .collect::<String>()
+                })
+                .filter(|value| value.chars().count() >= min)
+                .collect()
+        }
+        other => panic!("no generator for {other:?}: {schema}"),
+    }
+}
+
+/// Values just outside a parameter's schema, where the keywords say so: below `minimum`,
+/// above `maximum`, shorter than `minLength`, not in the `enum`.
+fn invalid_values(doc: &Value, schema: &Value) -> Vec<String> {
+    let schema = resolve(doc, schema);
+    let mut values = Vec::new();
+    if schema["enum"].is_array() {
+        values.push("nope".to_owned());
+    }
+    if let Some(min) = schema["minimum"].as_u64() {
+        if min > 0 {
+            values.push((min - 1).to_string());
+        }
+    }
+    if let Some(max) = schema["maximum"].as_u64() {
+        values.push((max + 1).to_string());
+    }
+    if schema["minLength"].as_u64().is_some_and(|min| min > 0) {
+        values.push(String::new());
+    }
+    values
+}
+
+/// Every parameter and header of every operation, generated from the document: each value
+/// the document allows is taken (never refused naming it, never a 5xx), each it rules out
+/// by its keywords is refused naming it. Before the fix the document allowed `kind=` (no
+/// `minLength`) and any `Idempotency-Key` (no pattern), which the server refuses.
+#[tokio::test]
+async fn every_parameter_and_header_takes_what_the_document_allows() {
+    let state = state().await;
+    let doc = document(&state).await;
+    let mut checked = std::collections::BTreeMap::new();
+    for (path, operations) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in operations.as_object().unwrap() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let body = match path.as_str() {
+                "/jobs" if method == Method::POST => serde_json::json!({"kind": "echo"}),
+                "/jobs/batch" => serde_json::json!([{"kind": "echo"}]),
+                _ => serde_json::json!({}),
+            };
+            let parameters = operation["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let id = uuid::Uuid::now_v7().to_string();
+            for parameter in &parameters {
+                let name = parameter["name"].as_str().unwrap();
+                let place = parameter["in"].as_str().unwrap();
+                let schema = &parameter["schema"];
+                let with = |value: &str| -> Request<Body> {
+                    let mut target =
+                        path.replace("{id}", if place == "path" { value } else { &id });
+                    if place == "query" {
+                        let encoded: String =
+                            form_urlencoded::byte_serialize(value.as_bytes()).collect();
+                        target = format!("{target}?{name}={encoded}");
+                    }
+                    let mut builder = Request::builder()
+                        .method(method.clone())
+                        .uri(target)
+                        .header("content-type", "application/json");
+                    if place == "header" {
+                        builder = builder.header(name, value);
+                    }
+                    builder.body(Body::from(body.to_string())).unwrap()
+                };
+                let valid = valid_values(&doc, schema);
+                assert!(
+                    !valid.is_empty(),
+                    "{method} {path} {name}: nothing generated"
+                );
+                for value in &valid {
+                    let (status, answer) = exchange(&state, with(value)).await;
+                    assert!(
+                        !status.is_server_error()
+                            && !((status == StatusCode::BAD_REQUEST
+                                || status == StatusCode::UNPROCESSABLE_ENTITY)
+                                && answer["error"]["field"] == name),
+                        "{method} {path} {place} {name}={value:?} is valid by the document \
+                         but was refused: {status} {answer}"
+                    );
+                }
+                for value in invalid_values(&doc, schema) {
+                    let (status, answer) = exchange(&state, with(&value)).await;
+                    assert_eq!(
+                        status,
+                        StatusCode::BAD_REQUEST,
+                        "{method} {path} {name}={value:?}: {answer}"
+                    );
+                    assert_eq!(answer["error"]["field"], name, "{answer}");
+                }
+                checked.insert(format!("{method} {path} {name}"), valid.len());
+            }
+        }
+    }
+    for expected in [
+        "GET /jobs kind",
+        "GET /jobs cursor",
+        "GET /jobs since",
+        "GET /jobs/{id} wait",
+        "POST /jobs Idempotency-Key",
+        "POST /jobs/replay kind",
+        "POST /jobs/replay status",
+        "DELETE /jobs/{id} id",
+    ] {
+        assert!(
+            checked.contains_key(expected),
+            "{expected} not checked: {checked:?}"
+        );
+    }
+}
+
+async fn exchange(state: &AppState, request: Request<Body>) -> (StatusCode, Value) {
+    let response = app(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }

@@ -40,6 +40,8 @@ async fn a_rust_kind_runs_from_post_to_stored_result() {
         &queue,
         "--database-url",
         &database,
+        "--builtin-kinds",
+        "true",
     ];
     let ingress_args = ProducerArgs::try_parse_from(
         ["surge-producer"]

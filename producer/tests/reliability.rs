@@ -358,6 +358,137 @@ async fn idempotency_keys_return_the_original_job() {
     assert_eq!(broker.stats().await.unwrap().backlog, Some(1));
 }
 
+/// The key covers the whole request: a retry that changes `callback_url`, `delay_ms` or
+/// `run_at` (not only the payload) is refused with 422, never silently given the old job;
+/// `null` counts as absent. And keys are per API key: two clients using the same key get
+/// two jobs, each its own on retry.
+async fn idempotency_keys_cover_every_field_and_belong_to_one_api_key(storage: Storage) {
+    let broker = Arc::new(MemoryBroker::new());
+    let state = AppState::new(broker.clone(), storage, Limits::default())
+        .with_api_keys(ApiKeys::parse("alpha,beta"));
+    let as_alpha = [("idempotency-key", "order-7"), ("x-api-key", "alpha")];
+    let first = json!({"kind": "echo", "payload": {"n": 1}, "delay_ms": 60_000,
+        "callback_url": "https://hooks.example.com/a", "run_at": "2026-01-01T00:00:00Z"});
+    let answer = send(&state, post("/jobs", first.clone(), &as_alpha)).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    let id = answer.body["id"].clone();
+    for (field, value) in [
+        ("callback_url", json!("https://hooks.example.com/b")),
+        ("callback_url", Value::Null),
+        ("delay_ms", json!(60_001)),
+        ("delay_ms", Value::Null),
+        ("run_at", json!("2026-01-01T00:00:01Z")),
+        ("run_at", Value::Null),
+        ("key", json!("k")),
+    ] {
+        let mut changed = first.clone();
+        changed[field] = value.clone();
+        let answer = send(&state, post("/jobs", changed, &as_alpha)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{field} = {value}: {}",
+            answer.body
+        );
+        assert_eq!(answer.body["error"]["field"], "Idempotency-Key");
+    }
+    // The same request again, with `null` for an absent field: the same job.
+    let mut same = first.clone();
+    same["key"] = Value::Null;
+    let again = send(&state, post("/jobs", same, &as_alpha)).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    assert_eq!(again.body["id"], id);
+
+    // Another API key, the same Idempotency-Key and request: another job, its own.
+    let as_beta = [("idempotency-key", "order-7"), ("x-api-key", "beta")];
+    let theirs = send(&state, post("/jobs", first.clone(), &as_beta)).await;
+    assert_eq!(theirs.status, StatusCode::ACCEPTED, "{}", theirs.body);
+    assert_ne!(theirs.body["id"], id, "beta got alpha's job");
+    assert!(theirs.headers.get("idempotent-replayed").is_none());
+    let retried = send(&state, post("/jobs", first.clone(), &as_beta)).await;
+    assert_eq!(retried.body["id"], theirs.body["id"]);
+    assert_eq!(retried.headers["idempotent-replayed"], "true");
+    // Two jobs scheduled, nothing for now; nothing published twice.
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(0));
+    for job in [&id, &theirs.body["id"]] {
+        let seen = send(
+            &state,
+            Request::get(format!("/jobs/{}", job.as_str().unwrap()))
+                .header("x-api-key", "alpha")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(seen.body["status"], "scheduled", "{}", seen.body);
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_cover_every_field_and_belong_to_one_api_key_sqlite() {
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
+    idempotency_keys_cover_every_field_and_belong_to_one_api_key(storage).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn idempotency_keys_cover_every_field_and_belong_to_one_api_key_postgres() {
+    let Some(base) = testing::service(testing::POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let url = testing::fresh_postgres_database(&base).await.unwrap();
+    idempotency_keys_cover_every_field_and_belong_to_one_api_key(
+        Storage::connect(&url).await.unwrap(),
+    )
+    .await;
+}
+
+/// A key stored before the hash covered every field (by an older ingress, in the shared
+/// scope) still returns its job to a retry of the same request.
+#[tokio::test]
+async fn an_idempotency_key_stored_before_the_upgrade_still_finds_its_job() {
+    use sha2::Digest;
+    let (state, broker) = memory_state().await;
+    let old_job = uuid::Uuid::now_v7();
+    let legacy = hex::encode(sha2::Sha256::digest(
+        json!({"kind": "echo", "payload": {"n": 2}, "key": null})
+            .to_string()
+            .as_bytes(),
+    ));
+    sqlx::query(
+        "INSERT INTO idempotency_keys (scope, idem_key, request_hash, job_id, state, created_at_us) \
+         VALUES ('', 'old-key', $1, $2, 'done', 0)",
+    )
+    .bind(legacy)
+    .bind(old_job.to_string())
+    .execute(state.storage.pool())
+    .await
+    .unwrap();
+    let retry = json!({"kind": "echo", "payload": {"n": 2}});
+    let answer = send(
+        &state,
+        post("/jobs", retry, &[("idempotency-key", "old-key")]),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    assert_eq!(answer.body["id"], old_job.to_string());
+    let other = json!({"kind": "echo", "payload": {"n": 3}});
+    let answer = send(
+        &state,
+        post("/jobs", other, &[("idempotency-key", "old-key")]),
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.body
+    );
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(0));
+}
+
 #[tokio::test]
 async fn a_full_backlog_answers_503_with_retry_after() {
     let (state, broker) = memory_state().await;
@@ -693,4 +824,71 @@ async fn a_replay_that_never_published_loses_nothing_postgres() {
     };
     let url = testing::fresh_postgres_database(&base).await.unwrap();
     a_replay_that_never_published_loses_nothing(Storage::connect(&url).await.unwrap()).await;
+}
+
+/// Replays whose publish succeeded but whose mark (removing the dead rows) fails: the
+/// client is told the truth (202: the job is published, not 503 "the job stays dead"),
+/// a retry cannot publish it again (409 while its claim holds), and the replayed run
+/// replaces the dead row whatever became of the mark: one run, one row. Single and bulk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_whose_mark_fails_after_the_publish_is_published_once() {
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
+    let broker = Arc::new(MemoryBroker::new());
+    let state = AppState::new(broker.clone(), storage.clone(), Limits::default());
+    let single = dead_job(&storage).await;
+    let bulk = dead_job(&storage).await;
+    sqlx::query(
+        "CREATE TRIGGER injected_fault BEFORE DELETE ON job_results \
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+    )
+    .execute(storage.pool())
+    .await
+    .unwrap();
+
+    let replayed = send(
+        &state,
+        post(&format!("/jobs/{single}/replay"), json!({}), &[]),
+    )
+    .await;
+    assert_eq!(replayed.status, StatusCode::ACCEPTED, "{}", replayed.body);
+    let again = send(
+        &state,
+        post(&format!("/jobs/{single}/replay"), json!({}), &[]),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    assert_eq!(again.body["error"]["code"], "replay_in_progress");
+
+    let replayed = send(&state, post("/jobs/replay", json!({}), &[])).await;
+    assert_eq!(replayed.status, StatusCode::ACCEPTED, "{}", replayed.body);
+    assert_eq!(replayed.body["ids"], json!([bulk]));
+    let again = send(&state, post("/jobs/replay", json!({}), &[])).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["replayed"], 0);
+    assert_eq!(broker.stats().await.unwrap().backlog, Some(2));
+
+    let (stop, worker) = start_worker(&state, RetryPolicy::default());
+    for id in [&single, &bulk] {
+        let done = wait_for_status(&state, id, "succeeded").await;
+        assert_eq!(done["result"], json!({"n": 1}), "{done}");
+        let row = storage
+            .get(uuid::Uuid::parse_str(id).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.deliveries, 1, "{row:?}");
+        // Once its claim has expired, nothing is left to replay.
+        let later = surge_common::clock::now_micros() + 10 * 60 * 1_000_000;
+        let claimed = storage
+            .claim_replay_at(uuid::Uuid::parse_str(id).unwrap(), later)
+            .await
+            .unwrap();
+        assert!(claimed.is_none(), "{claimed:?}");
+    }
+    sqlx::query("DROP TRIGGER injected_fault")
+        .execute(storage.pool())
+        .await
+        .unwrap();
+    let _ = stop.send(());
+    worker.await.unwrap();
 }

@@ -73,7 +73,7 @@ async fn scenario(database_url: &str) {
     );
 
     // Bad waits name the parameter and change nothing.
-    for bad in ["61", "-1", "soon", "1.5"] {
+    for bad in ["51", "-1", "soon", "1.5"] {
         let (status, body) = get(format!("/jobs/{quick}?wait={bad}")).await;
         assert_eq!(status, 400, "wait={bad}: {body}");
         assert_eq!(body["error"]["field"], "wait", "{body}");
@@ -102,4 +102,135 @@ async fn on_postgres_a_waiting_request_gets_the_result() {
     };
     let database = testing::fresh_postgres_database(&postgres).await.unwrap();
     scenario(&database).await;
+}
+
+/// Starts an ingress (memory broker, SQLite) with these extra flags; returns it running,
+/// its state, and how to stop it.
+async fn start(
+    extra: &[&str],
+) -> (
+    String,
+    surge_producer::AppState,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), surge_producer::ingress::IngressError>>,
+) {
+    let database = testing::temp_sqlite_url();
+    let mut argv = vec![
+        "surge-producer",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &database,
+    ];
+    argv.extend_from_slice(extra);
+    let args = ProducerArgs::try_parse_from(argv).unwrap();
+    let ingress = Ingress::build(&args).await.unwrap();
+    let address = ingress.local_addr().to_string();
+    let state = ingress.state().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(ingress.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    (address, state, stop, running)
+}
+
+/// A client that hangs up in the middle of a wait leaves no waiter behind: its job (due
+/// in a week: it would not finish for a week) is no longer looked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_wait_leaves_nothing_behind() {
+    use tokio::io::AsyncWriteExt;
+    let (address, state, stop, running) = start(&[]).await;
+    let http = reqwest::Client::new();
+    let week_ms = 7 * 24 * 3_600_000u64 - 60_000;
+    let job: Value = http
+        .post(format!("http://{address}/jobs"))
+        .json(&json!({"kind": "echo", "delay_ms": week_ms}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().expect("an id").to_owned();
+    for round in 0..3 {
+        let mut client = tokio::net::TcpStream::connect(&address).await.unwrap();
+        client
+            .write_all(format!("GET /jobs/{id}?wait=50 HTTP/1.1\r\nhost: surge\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while state.waiters.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: the wait never started"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(state.waiters.len(), 1);
+        drop(client);
+        // Before the fix the waiter stayed until its job finished (here: a week).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !state.waiters.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: {} waiter(s) left after the client hung up",
+                state.waiters.len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
+
+/// The longest wait stays below the connection idle timeout, as served and as documented:
+/// 50 s under the default 60 s; under a 12 s idle timeout, 10 s (a wait of 11 is refused
+/// naming `wait`, and the document's `maximum` says 10).
+#[tokio::test]
+async fn the_longest_wait_stays_below_the_idle_timeout() {
+    use surge_producer::waiters::{max_wait_for, MAX_WAIT_SECS};
+    let default_idle = surge_producer::server::ServeOptions::default().idle_timeout;
+    assert!(Duration::from_secs(MAX_WAIT_SECS) < default_idle);
+    assert_eq!(max_wait_for(default_idle), Duration::from_secs(50));
+    for idle_ms in [1u64, 999, 1_200, 12_000, 60_000, 600_000] {
+        let idle = Duration::from_millis(idle_ms);
+        let bound = max_wait_for(idle);
+        assert!(bound < idle, "idle {idle:?}: wait bound {bound:?}");
+    }
+
+    let (address, _state, stop, running) = start(&["--idle-timeout-ms", "12000"]).await;
+    let http = reqwest::Client::new();
+    let doc: Value = http
+        .get(format!("http://{address}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let wait = doc["paths"]["/jobs/{id}"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "wait")
+        .unwrap()
+        .clone();
+    assert_eq!(wait["schema"]["maximum"], 10, "{wait}");
+    let id = uuid::Uuid::now_v7();
+    let response = http
+        .get(format!("http://{address}/jobs/{id}?wait=11"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "wait", "{body}");
+    let response = http
+        .get(format!("http://{address}/jobs/{id}?wait=10"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404, "an unknown job: answered at once");
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
 }

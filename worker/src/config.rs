@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use surge_common::broker::BrokerKind;
-use surge_common::config::{BrokerArgs, DatabaseArgs, KindsArgs, RetryArgs, TelemetryArgs};
+use surge_common::config::{
+    BrokerArgs, CallbackArgs, DatabaseArgs, KindsArgs, RetryArgs, TelemetryArgs,
+};
 
 use crate::runner::{default_worker_id, WorkerOptions};
 
@@ -43,11 +45,9 @@ pub struct WorkerArgs {
     /// `0.0.0.0:9090`. Off by default (replicas on one host would collide).
     #[arg(long, env = "SURGE_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Key that signs outcome callbacks (jobs with a `callback_url`): HMAC-SHA256 in the
-    /// `Surge-Signature` header. At least 16 characters; give every worker the same one.
-    /// Without it, callbacks wait undelivered (and the worker says so in its logs).
-    #[arg(long, env = "SURGE_CALLBACK_SECRET", hide_env_values = true)]
-    pub callback_secret: Option<surge_common::config::Secret>,
+    /// Outcome callbacks: signing key, internal receivers allowed.
+    #[command(flatten)]
+    pub callbacks: CallbackArgs,
     /// Seconds in-flight jobs may run on after SIGTERM/SIGINT.
     #[arg(long, env = "SURGE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -67,7 +67,7 @@ impl WorkerArgs {
                 BrokerKind::Kafka => u32::try_from(self.broker.kafka_partitions).ok(),
                 _ => None,
             },
-            callback_secret: self.callback_secret.clone(),
+            callback_secret: self.callbacks.callback_secret.clone(),
             ..WorkerOptions::default()
         }
     }

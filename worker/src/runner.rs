@@ -171,8 +171,11 @@ impl Worker {
             capacity,
             self.kinds.clone(),
         );
-        let callbacks =
-            crate::callbacks::spawn(self.storage.clone(), self.options.callback_secret.clone());
+        let callbacks = crate::callbacks::spawn(
+            self.storage.clone(),
+            self.options.callback_secret.clone(),
+            self.kinds.callback_policy().targets.clone(),
+        );
         tokio::pin!(shutdown);
         let mut failures = 0usize;
         let mut open_stream = None;

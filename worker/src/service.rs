@@ -82,7 +82,9 @@ impl WorkerService {
         }
         let storage = args.database.open().await?;
         let broker = args.broker.open().await?;
-        let kinds = args.kinds.registry(own, &storage)?;
+        let kinds = args
+            .kinds
+            .registry(own, &storage, args.broker.broker, &args.callbacks)?;
         let mut service = WorkerService::assemble(args, broker, storage, kinds).await?;
         service.owns_broker = true;
         service.prepare().await?;
@@ -97,7 +99,12 @@ impl WorkerService {
         broker: Arc<dyn Broker>,
         storage: Storage,
     ) -> Result<WorkerService, ServiceError> {
-        let kinds = args.kinds.registry(KindRegistry::builder(), &storage)?;
+        let kinds = args.kinds.registry(
+            KindRegistry::builder(),
+            &storage,
+            args.broker.broker,
+            &args.callbacks,
+        )?;
         let service = WorkerService::assemble(args, broker, storage, kinds).await?;
         service.prepare().await?;
         Ok(service)

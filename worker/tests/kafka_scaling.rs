@@ -45,6 +45,8 @@ fn kafka_worker_args(brokers: &str, topic: &str, group: &str, capacity: u16) -> 
         group,
         "--capacity",
         &capacity.to_string(),
+        "--builtin-kinds",
+        "true",
     ]
     .map(str::to_owned)
     .to_vec()

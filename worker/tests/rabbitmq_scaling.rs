@@ -50,6 +50,8 @@ async fn two_worker_processes_split_a_batch_exactly_once() {
         &queue,
         "--capacity",
         "20",
+        "--builtin-kinds",
+        "true",
     ];
     let mut first = spawn_worker("replica-a", &database, &args);
     let mut second = spawn_worker("replica-b", &database, &args);

@@ -2,7 +2,9 @@
 //! and the workers alike at start-up.
 //!
 //! ```toml
-//! builtin_kinds = true   # the five example kinds (sleep, hash, echo, flaky, poison)
+//! builtin_kinds = true   # the five example kinds (sleep, hash, echo, flaky, poison);
+//!                        # absent: on with the memory broker only
+//! callback_allow = ["hooks.internal", "10.20.0.0/16"]   # internal callback receivers
 //!
 //! [kinds.thumbnail]
 //! url = "http://127.0.0.1:9000/thumbnail"
@@ -28,6 +30,7 @@ use serde::Deserialize;
 
 use super::http::config::{HttpKindConfig, HttpKindFile};
 use super::{builtin::BuiltinKind, is_valid_kind_name, MAX_KIND_NAME_LEN};
+use crate::netpolicy::AllowEntry;
 
 /// A configuration file problem, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,33 +76,27 @@ pub enum ConfigFileError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileShape {
-    #[serde(default = "yes")]
-    builtin_kinds: bool,
+    #[serde(default)]
+    builtin_kinds: Option<bool>,
+    #[serde(default)]
+    callback_allow: Vec<String>,
     #[serde(default)]
     kinds: BTreeMap<String, HttpKindFile>,
 }
 
-fn yes() -> bool {
-    true
-}
-
 /// What the configuration file says.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SurgeConfig {
-    /// Whether the five built-in example kinds are registered (default true; turn them off
-    /// in production so `sleep` and `poison` cannot be posted).
-    pub builtin_kinds: bool,
+    /// Whether the five built-in example kinds (`sleep`, `hash`, `echo`, `flaky`,
+    /// `poison`) are registered. `None` (the key absent) leaves it to the process: on with
+    /// the memory broker (the embedded demo), off with a durable broker, so a production
+    /// setup does not accept 10-minute sleeps or poison jobs from any client by default.
+    pub builtin_kinds: Option<bool>,
     /// The HTTP kinds, by name.
     pub http_kinds: Vec<HttpKindConfig>,
-}
-
-impl Default for SurgeConfig {
-    fn default() -> Self {
-        SurgeConfig {
-            builtin_kinds: true,
-            http_kinds: Vec::new(),
-        }
-    }
+    /// Internal receivers outcome callbacks may reach, next to public addresses (added to
+    /// `--callback-allow`; see [`crate::netpolicy`]).
+    pub callback_allow: Vec<AllowEntry>,
 }
 
 impl SurgeConfig {
@@ -138,7 +135,9 @@ impl SurgeConfig {
                     ),
                 ));
             }
-            if shape.builtin_kinds && BuiltinKind::ALL.iter().any(|k| k.as_str() == name) {
+            if shape.builtin_kinds != Some(false)
+                && BuiltinKind::ALL.iter().any(|k| k.as_str() == name)
+            {
                 return Err(ConfigError::new(
                     format!("kinds.{name}"),
                     "is a built-in kind's name: pick another, or set builtin_kinds = false",
@@ -146,9 +145,20 @@ impl SurgeConfig {
             }
             http_kinds.push(HttpKindConfig::check(&name, file, env)?);
         }
+        let callback_allow = shape
+            .callback_allow
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                entry
+                    .parse()
+                    .map_err(|e| ConfigError::new(format!("callback_allow[{i}]"), e))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(SurgeConfig {
             builtin_kinds: shape.builtin_kinds,
             http_kinds,
+            callback_allow,
         })
     }
 }
@@ -159,6 +169,32 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn callback_allow_reads_and_names_a_bad_entry() {
+        let config = SurgeConfig::parse(
+            r#"callback_allow = ["hooks.internal", "10.20.0.0/16"]"#,
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            config.callback_allow,
+            vec![
+                AllowEntry::Host("hooks.internal".into()),
+                AllowEntry::Net("10.20.0.0/16".parse().unwrap()),
+            ]
+        );
+        let error = SurgeConfig::parse(
+            r#"callback_allow = ["ok.internal", "10.0.0.0/99"]"#,
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(error.key, "callback_allow[1]");
+        assert!(SurgeConfig::parse("", &no_env)
+            .unwrap()
+            .callback_allow
+            .is_empty());
     }
 
     #[test]
@@ -178,7 +214,7 @@ mod tests {
             &no_env,
         )
         .unwrap();
-        assert!(config.builtin_kinds);
+        assert_eq!(config.builtin_kinds, None);
         let kind = &config.http_kinds[0];
         assert_eq!(
             (kind.name.as_str(), kind.concurrency, kind.rate),
@@ -215,6 +251,6 @@ mod tests {
             &no_env,
         )
         .unwrap();
-        assert!(!own.builtin_kinds);
+        assert_eq!(own.builtin_kinds, Some(false));
     }
 }

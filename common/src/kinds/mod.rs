@@ -159,6 +159,7 @@ pub fn is_valid_kind_name(name: &str) -> bool {
 #[derive(Clone, Default)]
 pub struct KindRegistry {
     kinds: Arc<BTreeMap<String, Arc<dyn Kind>>>,
+    callbacks: crate::job::CallbackPolicy,
 }
 
 impl std::fmt::Debug for KindRegistry {
@@ -176,6 +177,12 @@ impl KindRegistry {
     /// Only the five built-in example kinds.
     pub fn builtin() -> KindRegistry {
         KindRegistry::builder().with_builtins().build()
+    }
+
+    /// Which `callback_url`s jobs may carry, and where callbacks may be delivered (by
+    /// default: none while callbacks cannot be signed, public addresses only).
+    pub fn callback_policy(&self) -> &crate::job::CallbackPolicy {
+        &self.callbacks
     }
 
     /// The kind called `name`.
@@ -219,6 +226,16 @@ impl KindRegistry {
     /// the payload field at fault.
     pub fn validate(&self, name: &str, payload: &Value) -> Result<(), InvalidJob> {
         let kind = self.get(name).ok_or_else(|| {
+            if builtin::BuiltinKind::ALL.iter().any(|k| k.as_str() == name) {
+                return InvalidJob::new(
+                    "kind",
+                    format!(
+                        "{name:?} is a built-in example kind, off on this server: the operator \
+                         turns the examples on with --builtin-kinds true (SURGE_BUILTIN_KINDS) \
+                         or builtin_kinds = true in the config file"
+                    ),
+                );
+            }
             let known: Vec<&str> = self.names().collect();
             InvalidJob::new(
                 "kind",
@@ -237,6 +254,7 @@ impl KindRegistry {
 pub struct KindRegistryBuilder {
     kinds: BTreeMap<String, Arc<dyn Kind>>,
     errors: Vec<RegistryError>,
+    callbacks: crate::job::CallbackPolicy,
 }
 
 impl KindRegistryBuilder {
@@ -254,15 +272,17 @@ impl KindRegistryBuilder {
         self
     }
 
-    /// Adds what the configuration file declares: the built-in kinds unless it turned
-    /// them off, and its HTTP kinds. `storage` (the results database every replica
-    /// shares) holds the HTTP kinds' cross-replica concurrency and rate state.
+    /// Adds what the configuration file declares: the built-in kinds when it turned them
+    /// on (`builtin_kinds = true`; absent counts as off here: a process decides the
+    /// default, see [`crate::config::KindsArgs::registry`]), and its HTTP kinds. `storage`
+    /// (the results database every replica shares) holds the HTTP kinds' cross-replica
+    /// concurrency and rate state.
     pub fn with_config(
         mut self,
         config: &file::SurgeConfig,
         storage: &crate::storage::Storage,
     ) -> Result<Self, http::HttpKindError> {
-        if config.builtin_kinds {
+        if config.builtin_kinds == Some(true) {
             self = self.with_builtins();
         }
         for kind in &config.http_kinds {
@@ -271,6 +291,13 @@ impl KindRegistryBuilder {
             self.insert(name, Arc::new(http));
         }
         Ok(self)
+    }
+
+    /// Sets which `callback_url`s the registry's jobs may carry (see
+    /// [`KindRegistry::callback_policy`]).
+    pub fn with_callback_policy(mut self, policy: crate::job::CallbackPolicy) -> Self {
+        self.callbacks = policy;
+        self
     }
 
     /// Adds the five built-in example kinds.
@@ -303,6 +330,7 @@ impl KindRegistryBuilder {
             Some(error) => Err(error),
             None => Ok(KindRegistry {
                 kinds: Arc::new(self.kinds),
+                callbacks: self.callbacks,
             }),
         }
     }
@@ -314,6 +342,7 @@ impl KindRegistryBuilder {
         }
         KindRegistry {
             kinds: Arc::new(self.kinds),
+            callbacks: self.callbacks,
         }
     }
 }

@@ -5,6 +5,10 @@
 //! marks it `done` once the broker confirmed, and *releases* it (deletes the claim) when the
 //! publish failed, so the client's retry can go through. A second request that finds the
 //! claim `pending` is racing the first and is told to retry (409).
+//!
+//! Keys are scoped: each is looked up within its client's scope (the ingress passes a
+//! hash of the API key; with API keys off, every client shares one scope, `""`), so two
+//! clients using the same key never see each other's job.
 
 use sqlx::Row;
 use uuid::Uuid;
@@ -29,17 +33,20 @@ pub enum Claim {
 }
 
 impl Storage {
-    /// Claims `key` for `job_id` and the request hashed `request_hash`.
+    /// Claims `key` in `scope` for `job_id` and the request hashed `request_hash`.
     pub async fn claim_idempotency_key(
         &self,
+        scope: &str,
         key: &str,
         request_hash: &str,
         job_id: Uuid,
     ) -> Result<Claim, StorageError> {
         let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (idem_key, request_hash, job_id, state, created_at_us) \
-             VALUES ($1, $2, $3, 'pending', $4) ON CONFLICT (idem_key) DO NOTHING",
+            "INSERT INTO idempotency_keys \
+             (scope, idem_key, request_hash, job_id, state, created_at_us) \
+             VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (scope, idem_key) DO NOTHING",
         )
+        .bind(scope)
         .bind(key)
         .bind(request_hash)
         .bind(job_id.to_string())
@@ -50,8 +57,10 @@ impl Storage {
             return Ok(Claim::Claimed);
         }
         let row = sqlx::query(
-            "SELECT request_hash, job_id, state FROM idempotency_keys WHERE idem_key = $1",
+            "SELECT request_hash, job_id, state FROM idempotency_keys \
+             WHERE scope = $1 AND idem_key = $2",
         )
+        .bind(scope)
         .bind(key)
         .fetch_optional(self.pool())
         .await?;
@@ -76,20 +85,110 @@ impl Storage {
     }
 
     /// The claimed request's job was confirmed by the broker.
-    pub async fn complete_idempotency_key(&self, key: &str) -> Result<(), StorageError> {
-        sqlx::query("UPDATE idempotency_keys SET state = 'done' WHERE idem_key = $1")
-            .bind(key)
-            .execute(self.pool())
-            .await?;
+    pub async fn complete_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET state = 'done' WHERE scope = $1 AND idem_key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
     /// The claimed request failed before the broker took it: forget the claim.
-    pub async fn release_idempotency_key(&self, key: &str) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE idem_key = $1 AND state = 'pending'")
-            .bind(key)
-            .execute(self.pool())
-            .await?;
+    pub async fn release_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2 AND state = 'pending'",
+        )
+        .bind(scope)
+        .bind(key)
+        .execute(self.pool())
+        .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 20261207020000 moves the keys stored before it to the shared scope
+    /// `""`: they keep answering with their job, and the same key can now be claimed in
+    /// another scope.
+    async fn keys_stored_before_the_scope_migration_keep_working(url: &str) {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(url).await.unwrap();
+        let mut before = sqlx::migrate!("./migrations");
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 20261207020000)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&pool).await.unwrap();
+        let job = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO idempotency_keys (idem_key, request_hash, job_id, state, created_at_us) \
+             VALUES ('order-1', 'abc', $1, 'done', 1)",
+        )
+        .bind(job.to_string())
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let storage = Storage::connect(url).await.unwrap();
+        let other = Uuid::now_v7();
+        assert_eq!(
+            storage
+                .claim_idempotency_key("", "order-1", "def", other)
+                .await
+                .unwrap(),
+            Claim::Existing {
+                job_id: job,
+                request_hash: "abc".into(),
+                done: true
+            }
+        );
+        assert_eq!(
+            storage
+                .claim_idempotency_key("client-b", "order-1", "def", other)
+                .await
+                .unwrap(),
+            Claim::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_stored_before_the_scope_migration_keep_working_sqlite() {
+        let url = crate::testing::temp_sqlite_url();
+        let url = format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' });
+        keys_stored_before_the_scope_migration_keep_working(&url).await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(surge_postgres),
+        ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+    )]
+    async fn keys_stored_before_the_scope_migration_keep_working_postgres() {
+        let Some(base) = crate::testing::service(crate::testing::POSTGRES_URL_VAR, "PostgreSQL")
+        else {
+            return;
+        };
+        let url = crate::testing::fresh_postgres_database(&base)
+            .await
+            .unwrap();
+        keys_stored_before_the_scope_migration_keep_working(&url).await;
     }
 }

@@ -79,7 +79,8 @@ pub struct BatchAccepted {
         (status = 429, description = "This client is over its rate; see Retry-After", body = crate::openapi::ErrorBody),
         (status = 503, description = "Backlog full, shutting down, broker or database unavailable; nothing accepted; see Retry-After", body = crate::openapi::ErrorBody),
     ),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a client's retry of this POST safe: same key and body, same job")))]
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+        description = "Makes a client's retry of this POST safe: the same key with the same request (every field) from the same API key returns the same job; with another request, 422. 1 to 255 visible ASCII characters")))]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -88,15 +89,17 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
     let request_span = request_span(&headers, "POST /jobs");
-    let request_hash = idempotency_key.as_ref().map(|_| request_hash(&request));
+    let hashes = idempotency_key
+        .as_ref()
+        .map(|_| (request_hash(&request), legacy_request_hash(&request)));
     let mut job = request.into_job(&state.kinds)?;
     job.traceparent = Some(request_span.context().child().header());
     job.awaits_acceptance = true;
     admit(&state, &caller, 1).await?;
-    if let (Some(key), Some(hash)) = (&idempotency_key, &request_hash) {
+    if let (Some(key), Some((hash, legacy))) = (&idempotency_key, &hashes) {
         match state
             .storage
-            .claim_idempotency_key(key, hash, job.id)
+            .claim_idempotency_key(&caller.scope, key, hash, job.id)
             .await?
         {
             Claim::Claimed => {}
@@ -105,7 +108,14 @@ pub async fn submit(
                 request_hash,
                 done,
             } => {
-                if &request_hash != hash {
+                // A key stored before the hash covered every field is compared the way it
+                // was made.
+                let same = if request_hash.starts_with(HASH_VERSION) {
+                    &request_hash == hash
+                } else {
+                    &request_hash == legacy
+                };
+                if !same {
                     return Err(ApiError::IdempotencyKeyReused);
                 }
                 if !done {
@@ -124,8 +134,18 @@ pub async fn submit(
     end_publish_spans(publish_spans, &published);
     if let Some(key) = &idempotency_key {
         let settled = match published {
-            Ok(()) => state.storage.complete_idempotency_key(key).await,
-            Err(_) => state.storage.release_idempotency_key(key).await,
+            Ok(()) => {
+                state
+                    .storage
+                    .complete_idempotency_key(&caller.scope, key)
+                    .await
+            }
+            Err(_) => {
+                state
+                    .storage
+                    .release_idempotency_key(&caller.scope, key)
+                    .await
+            }
         };
         if let Err(e) = settled {
             tracing::warn!(error = %e, "idempotency key not updated");
@@ -267,9 +287,42 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// SHA-256 of the request in a canonical form (object keys sorted), so the same job
-/// written with other spacing or key order counts as the same request.
+/// Marks a request hash that covers every field of the request ([`request_hash`]); one
+/// without it was stored before, by [`legacy_request_hash`].
+const HASH_VERSION: &str = "v2:";
+
+/// SHA-256 of the whole request in a canonical form (object keys sorted, `null` the same
+/// as absent), so the same job written with other spacing or key order counts as the same
+/// request, and a change to any field (payload, key, `delay_ms`, `run_at`,
+/// `callback_url`) as another one. The fields are listed by destructuring: a field added
+/// to [`JobRequest`] does not compile until it is hashed.
 fn request_hash(request: &JobRequest) -> String {
+    let JobRequest {
+        kind,
+        payload,
+        key,
+        delay_ms,
+        callback_url,
+        run_at,
+    } = request;
+    let canonical = json!({
+        "kind": kind,
+        "payload": payload,
+        "key": key,
+        "delay_ms": delay_ms,
+        "callback_url": callback_url,
+        "run_at": run_at,
+    });
+    format!(
+        "{HASH_VERSION}{}",
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    )
+}
+
+/// The hash keys were stored with before [`request_hash`] covered every field (kind,
+/// payload and key only): compared only with such keys, so a retry across the upgrade still
+/// finds its job.
+fn legacy_request_hash(request: &JobRequest) -> String {
     let canonical = json!({ "kind": request.kind, "payload": request.payload, "key": request.key });
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
@@ -283,6 +336,9 @@ fn request_hash(request: &JobRequest) -> String {
 pub struct Caller {
     /// Whom rate limits count against: the API key (hashed), else the client address.
     client: String,
+    /// Whose `Idempotency-Key`s these are: the API key (hashed), or `""` (one scope shared
+    /// by every client) when API keys are off.
+    scope: String,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -297,13 +353,20 @@ impl FromRequestParts<AppState> for Caller {
             .authenticate(&parts.headers)
             .map_err(ApiError::Unauthorized)?;
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        let scope = key
+            .as_ref()
+            .map(|key| hex::encode(Sha256::digest(key.as_bytes())))
+            .unwrap_or_default();
         let client = match (key, peer) {
-            (Some(key), _) => format!("key:{}", hex::encode(Sha256::digest(key.as_bytes()))),
-            (None, Some(ConnectInfo(address))) => address.ip().to_string(),
+            (Some(_), _) => format!("key:{scope}"),
+            (None, Some(ConnectInfo(address))) => state
+                .trusted_proxies
+                .client(address.ip(), &parts.headers)
+                .to_string(),
             (None, None) => "anonymous".to_owned(),
         };
         state.admission.admit_client(&client).map_err(refused)?;
-        Ok(Caller { client })
+        Ok(Caller { client, scope })
     }
 }
 
@@ -333,34 +396,92 @@ pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), 
         .map_err(ApiError::Unauthorized)
 }
 
-/// Accepts new jobs: those scheduled for later are stored until due (the scheduler
-/// publishes them), the others published now ([`publish_new`]).
+/// How long the later part of a batch is kept from the schedulers while the batch's jobs
+/// for now are published (it is released as soon as they are): as long as a refused job's
+/// cancel may take to be recorded
+/// ([`ACCEPTANCE_OVERDUE`](surge_common::storage::acceptance::ACCEPTANCE_OVERDUE)). If
+/// this ingress dies in between, both parts of the batch end up alike: each runs once
+/// its hold, or its acceptance, is overdue.
+const BATCH_HOLD: Duration = surge_common::storage::acceptance::ACCEPTANCE_OVERDUE;
+
+/// Accepts new jobs, all or none: those scheduled for later are stored until due (the
+/// scheduler publishes them), the others published now ([`publish_new`]). In a batch of
+/// both, the later ones are stored *held* first, so no scheduler publishes them before the
+/// jobs for now are published (however soon they are due); released after, dropped if
+/// those were refused. So no job of a refused batch ever runs.
 async fn enqueue(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     let (mut later, now): (Vec<Job>, Vec<Job>) = jobs
         .iter()
         .cloned()
         .partition(|job| job.run_at_us.is_some());
-    if !later.is_empty() {
-        // Stored, they are accepted: nothing awaits a publish outcome.
-        for job in &mut later {
-            job.awaits_acceptance = false;
-        }
+    // Stored, they are accepted: nothing awaits a publish outcome.
+    for job in &mut later {
+        job.awaits_acceptance = false;
+    }
+    if later.is_empty() {
+        return publish_new(state, &now).await;
+    }
+    if now.is_empty() {
         state.storage.schedule(&later).await?;
+        record_accepted(state, &later, Duration::ZERO);
+        return Ok(());
     }
-    if !now.is_empty() {
-        if let Err(refused) = publish_new(state, &now).await {
-            // All or nothing: the scheduled part of a refused batch must not run either.
-            let ids: Vec<Uuid> = later.iter().map(|job| job.id).collect();
-            if let Err(e) = state.storage.drop_scheduled(&ids).await {
-                tracing::error!(error = %e, jobs = ids.len(), "a refused batch's scheduled jobs could not be removed; they will run");
-            }
-            return Err(refused);
+    let hold_us = i64::try_from(BATCH_HOLD.as_micros()).unwrap_or(i64::MAX);
+    let held_until = surge_common::clock::now_micros().saturating_add(hold_us);
+    state.storage.schedule_held(&later, held_until).await?;
+    let ids: Vec<Uuid> = later.iter().map(|job| job.id).collect();
+    match publish_new(state, &now).await {
+        Ok(()) => {
+            settle_held(state, ids, held_until, Settle::Release).await;
+            record_accepted(state, &later, Duration::ZERO);
+            Ok(())
+        }
+        Err(refused) => {
+            settle_held(state, ids, held_until, Settle::Drop).await;
+            Err(refused)
         }
     }
-    if !later.is_empty() {
-        record_accepted(state, &later, Duration::ZERO);
-    }
-    Ok(())
+}
+
+/// What becomes of a batch's held jobs for later.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    /// The batch was accepted: the schedulers may take them when due.
+    Release,
+    /// The batch was refused: they never run.
+    Drop,
+}
+
+/// Releases or drops held jobs; waits at most [`QUEUED_WRITE_TIMEOUT`], then keeps trying
+/// in the background for about three minutes, within their hold ([`BATCH_HOLD`]). Should
+/// that fail, released jobs run late (when the hold ends) and dropped ones run although
+/// refused: logged as an error naming them.
+async fn settle_held(state: &AppState, ids: Vec<Uuid>, held_until: i64, settle: Settle) {
+    use backon::Retryable;
+    let once = {
+        let storage = state.storage.clone();
+        let ids = ids.clone();
+        move || {
+            let (storage, ids) = (storage.clone(), ids.clone());
+            async move {
+                match settle {
+                    Settle::Release => storage.release_scheduled(&ids, held_until).await,
+                    Settle::Drop => storage.drop_scheduled(&ids).await,
+                }
+            }
+        }
+    };
+    let failure = match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, once()).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    tracing::warn!(error = %failure, jobs = ids.len(), ?settle, "settling a batch's held jobs failed; retrying in the background");
+    tokio::spawn(async move {
+        if let Err(e) = once.retry(reconnect(24)).await {
+            tracing::error!(error = %e, jobs = ?ids, ?settle, "a batch's held jobs could not be settled; they are taken when their hold ends");
+        }
+    });
 }
 
 /// Publishes new jobs (which await acceptance) and records them accepted. If the publish
@@ -439,8 +560,28 @@ fn cancel_later(state: &AppState, ids: Vec<Uuid>, first_error: String) {
 /// hidden by its cancellation (see [`publish_new`]). On success records metrics and counts
 /// the jobs for admission control.
 pub(crate) async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
+    publish_within(state, jobs, state.limits.publish_timeout).await
+}
+
+/// The longest a replay waits for the broker's confirm: the publish timeout, but at most a
+/// quarter of a replay's claim
+/// ([`REPLAY_CLAIM_EXPIRY`](surge_common::storage::lifecycle::REPLAY_CLAIM_EXPIRY)), so
+/// the claim outlives the publish and the mark after it, and no other replay can take the
+/// job meanwhile.
+pub(crate) fn replay_publish_timeout(state: &AppState) -> Duration {
+    state
+        .limits
+        .publish_timeout
+        .min(surge_common::storage::lifecycle::REPLAY_CLAIM_EXPIRY / 4)
+}
+
+/// [`publish`] with its own bound on the broker's confirm.
+pub(crate) async fn publish_within(
+    state: &AppState,
+    jobs: &[Job],
+    timeout: Duration,
+) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
-    let timeout = state.limits.publish_timeout;
     let (published, marked) = tokio::join!(
         tokio::time::timeout(timeout, state.broker.publish(jobs)),
         tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.queued.mark(jobs)),
@@ -471,7 +612,8 @@ fn record_accepted(state: &AppState, jobs: &[Job], publish_time: std::time::Dura
 /// `?wait=N` on `GET /jobs/{id}`.
 #[derive(Debug, serde::Deserialize)]
 pub struct StatusQuery {
-    /// Seconds to wait for the job to finish before answering (0..=60).
+    /// Seconds to wait for the job to finish before answering (0 to the state's
+    /// `max_wait`).
     wait: Option<String>,
 }
 
@@ -480,15 +622,15 @@ pub struct StatusQuery {
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
     params(
         ("id" = uuid::Uuid, Path, description = "The job id returned by POST /jobs"),
-        ("wait" = Option<u64>, Query, minimum = 0, maximum = 60,
-            description = "Seconds to wait for the job to finish before answering (long polling); 0 or absent: answer at once"),
+        ("wait" = Option<u64>, Query, minimum = 0, maximum = 50,
+            description = "Seconds to wait for the job to finish before answering (long polling); 0 or absent: answer at once. At most 50, and below the server's connection idle timeout (`maximum` says this server's bound)"),
     ),
     responses(
         (status = 200, description = "status: scheduled | queued | running | retrying | waiting (with attempt and last error) | succeeded (with result) | dead (with error) | cancelled (by DELETE /jobs/{id}; never a result)",
             content_type = "application/json"),
         (status = 400, description = "Not a UUID", body = crate::openapi::ErrorBody),
         (status = 401, description = "API key missing or wrong", body = crate::openapi::ErrorBody),
-        (status = 400, description = "`wait` is not a number of seconds from 0 to 60", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`wait` is not a whole number of seconds from 0 to the documented maximum", body = crate::openapi::ErrorBody),
         (status = 404, description = "Unknown job id (or a job refused with 503 whose message the broker kept)", body = crate::openapi::ErrorBody),
         (status = 503, description = "Database unavailable, or too many requests waiting already; see Retry-After", body = crate::openapi::ErrorBody),
     ))]
@@ -500,7 +642,7 @@ pub async fn status(
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&state, &headers)?;
     let id = parse_id(&id)?;
-    let wait = parse_wait(query)?;
+    let wait = parse_wait(query, state.max_wait)?;
     let mut lifecycle = state.storage.lifecycle(id).await?;
     if let (Some(wait), Some(Lifecycle::Pending(_))) = (wait, &lifecycle) {
         state.waiters.wait(id, wait).await?;
@@ -523,6 +665,7 @@ pub async fn status(
 /// The `wait` query parameter: `None` for no wait.
 fn parse_wait(
     query: Result<axum::extract::Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+    max_wait: Duration,
 ) -> Result<Option<Duration>, ApiError> {
     let bad = |message: String| ApiError::BadQuery {
         field: "wait".to_owned(),
@@ -532,7 +675,7 @@ fn parse_wait(
     let Some(wait) = query.0.wait else {
         return Ok(None);
     };
-    let max = crate::waiters::MAX_WAIT_SECS;
+    let max = max_wait.as_secs();
     match wait.parse::<u64>() {
         Ok(0) => Ok(None),
         Ok(seconds) if seconds <= max => Ok(Some(Duration::from_secs(seconds))),
@@ -587,7 +730,13 @@ pub async fn replay(
     // The dead row stays until the publish succeeded: if this request ends before (a
     // crash, a client hanging up), the job is still dead and replayable (the guard
     // releases the claim; after a crash it expires).
-    if let Err(e) = publish(&state, std::slice::from_ref(&job)).await {
+    if let Err(e) = publish_within(
+        &state,
+        std::slice::from_ref(&job),
+        replay_publish_timeout(&state),
+    )
+    .await
+    {
         guard.release().await;
         return Err(e);
     }
@@ -596,7 +745,8 @@ pub async fn replay(
         // Accepted when it first ran; a no-op unless that record was lost.
         accept(&state, std::slice::from_ref(&job)).await;
     }
-    state.storage.finish_replay(id).await?;
+    // Published: the answer is 202 whatever happens to the mark (see `finish_replays`).
+    super::operations::finish_replays(&state, vec![id]).await;
     accepted_response(id)
 }
 

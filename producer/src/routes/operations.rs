@@ -23,7 +23,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::jobs::{accept, authenticate, describe, parse_id, publish};
+use super::jobs::{
+    accept, authenticate, describe, parse_id, publish_within, replay_publish_timeout,
+};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -76,6 +78,14 @@ impl StatusName {
     }
 }
 
+/// The statuses `POST /jobs/replay` takes: only `dead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayStatus {
+    /// Dead jobs (the only ones that can be replayed).
+    Dead,
+}
+
 /// One job in `GET /jobs`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobSummary {
@@ -121,10 +131,11 @@ pub struct ReplayReport {
 #[utoipa::path(get, path = "/jobs", tag = "operations",
     params(
         ("status" = Option<StatusName>, Query, description = "Only jobs with this status; default: every finished job (succeeded, dead, cancelled)"),
-        ("kind" = Option<String>, Query, description = "Only jobs of this kind (any name: a kind no longer configured still lists)"),
-        ("since" = Option<String>, Query, description = "RFC 3339 time: only jobs that finished (not finished: last changed) at or after it, e.g. 2026-12-03T10:00:00Z"),
+        ("kind" = Option<String>, Query, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$",
+            description = "Only jobs of this kind (any name: a kind no longer configured still lists); 1 to 256 bytes of UTF-8 (any 64 characters fit), no control characters"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339 time: only jobs that finished (not finished: last changed) at or after it, e.g. 2026-12-03T10:00:00Z"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Jobs per page, 1 to 500 (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, pattern = "^[0-7][0-9A-Fa-f]{47}$", description = "`next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of jobs, newest first", body = JobList),
@@ -159,9 +170,10 @@ pub async fn list(
 /// `POST /jobs/replay`: replay the dead jobs matching the filters, in one call.
 #[utoipa::path(post, path = "/jobs/replay", tag = "operations",
     params(
-        ("status" = Option<String>, Query, description = "Only `dead` (the default): only dead jobs are replayed"),
-        ("kind" = Option<String>, Query, description = "Only dead jobs of this kind"),
-        ("since" = Option<String>, Query, description = "RFC 3339 time: only jobs that died at or after it"),
+        ("status" = Option<ReplayStatus>, Query, description = "Only `dead` (the default): only dead jobs are replayed"),
+        ("kind" = Option<String>, Query, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$",
+            description = "Only dead jobs of this kind; 1 to 256 bytes of UTF-8 (any 64 characters fit), no control characters"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339 time: only jobs that died at or after it"),
         ("max" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Most jobs to replay, newest deaths first, 1 to 1000 (default 100); call again for more"),
     ),
     responses(
@@ -211,7 +223,7 @@ pub async fn replay_many(
             job
         })
         .collect();
-    if let Err(e) = publish(&state, &jobs).await {
+    if let Err(e) = publish_within(&state, &jobs, replay_publish_timeout(&state)).await {
         guard.release().await;
         return Err(e);
     }
@@ -227,7 +239,8 @@ pub async fn replay_many(
         // Accepted when they first ran; a no-op unless that record was lost.
         accept(&state, &accepting).await;
     }
-    state.storage.finish_replays(&ids).await?;
+    // Published: the answer is 202 whatever happens to the mark (see `finish_replays`).
+    finish_replays(&state, ids.clone()).await;
     let report = ReplayReport {
         replayed: ids.len(),
         ids,
@@ -269,6 +282,40 @@ pub async fn cancel(
         ))),
         CancelOutcome::Unknown => Err(ApiError::NotFound(format!("no job {id}"))),
     }
+}
+
+/// How long a published replay's mark ([`Storage::finish_replays`]) is tried: half of a
+/// replay's claim, which outlives the publish before it ([`replay_publish_timeout`]); so
+/// no other replay can take the job while the mark may still be written.
+const FINISH_WINDOW: std::time::Duration = surge_common::storage::lifecycle::REPLAY_CLAIM_EXPIRY
+    .saturating_sub(std::time::Duration::from_secs(60));
+
+/// Marks published replays done: removes their dead rows (unless the replayed run has
+/// replaced them already; the mark is safe to repeat). Waits for the first try; if it
+/// fails (the database is struggling), keeps trying in the background within
+/// [`FINISH_WINDOW`], and the caller answers 202 anyway: the jobs *are* published, and a
+/// replayed run replaces its dead row when it commits whether or not the mark was
+/// written. Only if the mark is never written and another replay is asked for after the
+/// claim expired, before the replayed run finished, is a job published twice — same job
+/// id, so still one result row (logged as an error naming the jobs).
+pub(crate) async fn finish_replays(state: &AppState, ids: Vec<Uuid>) {
+    use backon::Retryable;
+    let first = match state.storage.finish_replays(&ids).await {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    tracing::warn!(error = %first, jobs = ids.len(), "marking published replays done failed; retrying in the background");
+    let storage = state.storage.clone();
+    tokio::spawn(async move {
+        let retried = tokio::time::timeout(
+            FINISH_WINDOW,
+            (|| storage.finish_replays(&ids)).retry(surge_common::retry::reconnect(usize::MAX)),
+        )
+        .await;
+        if !matches!(retried, Ok(Ok(()))) {
+            tracing::error!(jobs = ?ids, "published replays could not be marked done; another replay after their claim expires publishes them again (one result row still)");
+        }
+    });
 }
 
 /// Claims on dead jobs held by a replay that has not published them yet. Dropped armed

@@ -286,7 +286,11 @@ impl Kind for HttpKind {
         self.config
             .description
             .clone()
-            .unwrap_or_else(|| format!("POSTs the payload to {}", self.config.url))
+            // Public (`/openapi.json`): never the URL, which may carry credentials and
+            // names an internal service.
+            .unwrap_or_else(|| {
+                "POSTs the payload to the HTTP service configured for this kind".into()
+            })
     }
 
     fn payload_schema(&self) -> Value {
