@@ -364,8 +364,19 @@ async fn idempotency_keys_return_the_original_job() {
 /// two jobs, each its own on retry.
 async fn idempotency_keys_cover_every_field_and_belong_to_one_api_key(storage: Storage) {
     let broker = Arc::new(MemoryBroker::new());
+    // Callbacks can be signed (an ingress with --callback-secret), so jobs may name one.
+    let signed = surge_common::job::CallbackPolicy {
+        signed: true,
+        ..Default::default()
+    };
+    let kinds = surge_common::kinds::KindRegistry::builder()
+        .with_builtins()
+        .with_callback_policy(signed)
+        .try_build()
+        .unwrap();
     let state = AppState::new(broker.clone(), storage, Limits::default())
-        .with_api_keys(ApiKeys::parse("alpha,beta"));
+        .with_api_keys(ApiKeys::parse("alpha,beta"))
+        .with_kinds(kinds);
     let as_alpha = [("idempotency-key", "order-7"), ("x-api-key", "alpha")];
     let first = json!({"kind": "echo", "payload": {"n": 1}, "delay_ms": 60_000,
         "callback_url": "https://hooks.example.com/a", "run_at": "2026-01-01T00:00:00Z"});
