@@ -137,7 +137,10 @@ fn kind_request(name: &str, kind: &dyn Kind) -> RefOr<Schema> {
                 .max_length(Some(surge_common::job::MAX_CALLBACK_URL_LEN / 4))
                 .description(Some(
                     "Where the outcome is POSTed (signed) when the job succeeds or dies; \
-                     http or https. Default: the kind's `callback_url`, if it has one.",
+                     http or https, a public address unless the operator allowed it \
+                     (`--callback-allow`; 422 otherwise). Refused (422) while the ingress \
+                     has no callback secret. Default: the kind's `callback_url`, if it has \
+                     one.",
                 )),
         )
         .property(
