@@ -487,3 +487,66 @@ async fn postgres_result_commits_and_stage_updates_do_not_deadlock() {
         );
     }
 }
+
+/// A job read at the moment its result commits is found, finished or not: never "no such
+/// job". The lookup reads the result, then the stage row; the commit inserts the one and
+/// deletes the other in one transaction, so a commit landing between the two reads left
+/// neither visible (a `GET /jobs/{id}` answering 404 for a job that had just succeeded,
+/// seen as a flaky `producer/tests/http.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn postgres_a_job_finishing_while_it_is_read_is_never_missing() {
+    use surge_common::storage::lifecycle::{Stage, StageUpdate};
+    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let url = testing::fresh_postgres_database(&base).await.unwrap();
+    let storage = Storage::connect(&url).await.unwrap();
+    let mut missing = 0;
+    for _ in 0..30 {
+        let ids: Vec<Uuid> = (0..32).map(|_| Uuid::new_v4()).collect();
+        let stages: Vec<StageUpdate> = ids
+            .iter()
+            .map(|id| StageUpdate {
+                job_id: *id,
+                kind: "echo".into(),
+                stage: Stage::Running,
+                attempt: 1,
+                error: None,
+                at_us: 1,
+            })
+            .collect();
+        storage.record_stages(&stages).await.unwrap();
+        let reader = {
+            let storage = storage.clone();
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                let mut missing = 0;
+                let mut finished = vec![false; ids.len()];
+                while finished.iter().any(|done| !done) {
+                    for (i, id) in ids.iter().enumerate() {
+                        match storage.lifecycle(*id).await.unwrap() {
+                            None => missing += 1,
+                            Some(surge_common::storage::lifecycle::Lifecycle::Finished(_)) => {
+                                finished[i] = true
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+                missing
+            })
+        };
+        for id in &ids {
+            storage.record_many(&[row(*id, "w")]).await.unwrap();
+        }
+        missing += reader.await.unwrap();
+    }
+    assert_eq!(
+        missing, 0,
+        "lookups of running or finished jobs found nothing"
+    );
+}

@@ -177,7 +177,13 @@ impl Storage {
         .fetch_optional(self.pool())
         .await?;
         let Some(row) = row else {
-            return Ok(None);
+            // The result commit inserts the result and deletes the stage row at once, and
+            // it may have landed between the first read and this one: read the result
+            // again, or a job finishing right now would be answered 404.
+            return Ok(self
+                .get(job_id)
+                .await?
+                .map(|result| Lifecycle::Finished(Box::new(result))));
         };
         let status: String = row.try_get("status")?;
         let stage = Stage::parse(&status).ok_or_else(|| StorageError::Corrupt {
