@@ -115,33 +115,25 @@ pub async fn run(client: &Client, command: Command, out: &mut dyn Write) -> Resu
     match command {
         Command::Submit(args) => submit(client, args, out).await,
         Command::Jobs(JobsCommand::List(args)) => list(client, args, out).await,
-        Command::Jobs(JobsCommand::Show { id }) => {
-            let (_, job) = client
-                .send(
-                    Method::GET,
-                    &format!("/jobs/{}", segment(&id)?),
-                    &[],
-                    None,
-                    &[],
-                )
-                .await?;
-            print_json(out, &job)
-        }
+        Command::Jobs(JobsCommand::Show { id }) => one_job(client, Method::GET, &id, out).await,
         Command::Jobs(JobsCommand::Replay(args)) => replay(client, args, out).await,
         Command::Jobs(JobsCommand::Cancel { id }) => {
-            let (_, job) = client
-                .send(
-                    Method::DELETE,
-                    &format!("/jobs/{}", segment(&id)?),
-                    &[],
-                    None,
-                    &[],
-                )
-                .await?;
-            print_json(out, &job)
+            one_job(client, Method::DELETE, &id, out).await
         }
         Command::Completions { .. } => Ok(()),
     }
+}
+
+/// `method /jobs/{id}`, the answer printed as JSON.
+async fn one_job(
+    client: &Client,
+    method: Method,
+    id: &str,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let path = format!("/jobs/{}", segment(id)?);
+    let (_, job) = client.send(method, &path, &[], None, &[]).await?;
+    print_json(out, &job)
 }
 
 async fn submit(client: &Client, args: SubmitArgs, out: &mut dyn Write) -> Result<(), CliError> {
