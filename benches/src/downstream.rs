@@ -121,7 +121,8 @@ impl Downstream {
         let router = Router::new()
             .route(WORK_PATH, post(work))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        // A long accept queue, as the ingress has: the demo's burst connects all at once.
+        let listener = surge_producer::server::bind(([127, 0, 0, 1], 0).into())?;
         let address = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {

@@ -142,13 +142,10 @@ impl Ingress {
             .with_trusted_proxies(args.trusted_proxies.clone().unwrap_or_default())
             .with_idle_timeout(args.serve_options().idle_timeout)
             .with_kinds(kinds);
-        let listener =
-            TcpListener::bind(args.listen)
-                .await
-                .map_err(|source| IngressError::Bind {
-                    address: args.listen,
-                    source,
-                })?;
+        let listener = crate::server::bind(args.listen).map_err(|source| IngressError::Bind {
+            address: args.listen,
+            source,
+        })?;
         Ok(Ingress {
             listener,
             state,

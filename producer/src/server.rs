@@ -33,6 +33,25 @@ use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 use tower::ServiceExt;
 
+/// Accept-queue length asked of the kernel for a listener (Linux caps it at
+/// `net.core.somaxconn`, 4096 by default). tokio's and std's `bind` ask for 128, and a burst
+/// of more simultaneous connections than that overflows the queue: the kernel drops the
+/// excess SYNs and those clients retry only after a 1 s retransmission timeout.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `address` with a [`LISTEN_BACKLOG`]-long accept queue (and `SO_REUSEADDR`, as
+/// tokio's `bind` sets).
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The connection bounds (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOptions {
@@ -122,4 +141,28 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod backlog_tests {
+    use std::time::Duration;
+
+    /// A burst of connections the server has not accepted yet all complete their
+    /// handshake: they wait in the accept queue. With the default backlog of 128 the kernel
+    /// drops the SYNs beyond it, and those clients hang for a 1 s retransmission.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_accept_queue() {
+        let listener = super::bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let connects = (0..400).map(|_| {
+            tokio::time::timeout(
+                Duration::from_millis(700),
+                tokio::net::TcpStream::connect(address),
+            )
+        });
+        let results = futures::future::join_all(connects).await;
+        let connected = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(connected, 400, "connections completed without an accept");
+        drop(listener);
+    }
 }
