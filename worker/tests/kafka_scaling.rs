@@ -77,6 +77,14 @@ async fn three_workers_share_the_topic(kill_one: bool) {
     for chunk in jobs.chunks(500) {
         broker.publish(chunk).await.unwrap();
     }
+    // Every delivery report said "stored": the topic must hold every job (a new topic's
+    // partitions answering late once cost one record in ten runs; see `ensure_topics`).
+    let held = broker.stats().await.unwrap().backlog;
+    assert_eq!(
+        held,
+        Some(JOBS as u64),
+        "the topic holds every published job"
+    );
 
     if kill_one {
         // Wait until the work is under way, then SIGKILL one replica mid-run.

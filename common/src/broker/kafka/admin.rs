@@ -107,6 +107,75 @@ pub(super) async fn ensure_topics(
             }
         }
     }
+    await_partitions_ready(producer, topics).await
+}
+
+/// How often [`await_partitions_ready`] looks again.
+const READY_POLL: Duration = Duration::from_millis(50);
+
+/// Waits (at most [`SETUP_TIMEOUT`]) until every partition of the three topics has a leader
+/// that serves it: its offsets can be listed.
+///
+/// `CreateTopics` answers once the controller recorded the topic; the brokers create the
+/// partitions' logs a little later (tens of milliseconds, more on a busy machine).
+/// Publishing into that window is not safe: measured in `kafka_scaling.rs`, about one run
+/// in ten lost one record of 5,000 published right after the topic was created, with every
+/// delivery report a success (the topic's log held 4,999). Listing a partition's offsets
+/// needs its log on the leader, so once all of them answer, the window is over.
+async fn await_partitions_ready(producer: &Producer, topics: &Topics) -> Result<(), BrokerError> {
+    let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+    let names: Vec<String> = topics.all().iter().map(|t| (*t).to_owned()).collect();
+    loop {
+        let client = producer.client().clone();
+        let names = names.clone();
+        let ready = tokio::task::spawn_blocking(move || partitions_ready(&client, &names))
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("kafka query task failed: {e}")))?;
+        match ready {
+            Ok(()) => return Ok(()),
+            Err(why) if tokio::time::Instant::now() >= deadline => {
+                return Err(BrokerError::Unavailable(format!(
+                    "kafka topics are not ready after {SETUP_TIMEOUT:?}: {why}"
+                )))
+            }
+            Err(why) => {
+                tracing::debug!(%why, "kafka topics not ready yet");
+                tokio::time::sleep(READY_POLL).await;
+            }
+        }
+    }
+}
+
+/// `Ok` when every partition of `topics` has a leader whose log answers a ListOffsets;
+/// otherwise what is not ready yet.
+fn partitions_ready(
+    client: &rdkafka::producer::FutureProducer<super::producer::ProducerContext>,
+    topics: &[String],
+) -> Result<(), String> {
+    for topic in topics {
+        let metadata = client
+            .client()
+            .fetch_metadata(Some(topic), QUERY_TIMEOUT)
+            .map_err(|e| format!("metadata of {topic}: {e}"))?;
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Err(format!("{topic} is not in the metadata yet"));
+        };
+        if let Some(error) = found.error() {
+            return Err(format!("{topic}: {:?}", RDKafkaErrorCode::from(error)));
+        }
+        if found.partitions().is_empty() {
+            return Err(format!("{topic} has no partitions yet"));
+        }
+        for partition in found.partitions() {
+            if partition.leader() < 0 || partition.error().is_some() {
+                return Err(format!("{topic}[{}] has no leader yet", partition.id()));
+            }
+            client
+                .client()
+                .fetch_watermarks(topic, partition.id(), QUERY_TIMEOUT)
+                .map_err(|e| format!("offsets of {topic}[{}]: {e}", partition.id()))?;
+        }
+    }
     Ok(())
 }
 
