@@ -338,6 +338,74 @@ pub enum LogFormat {
     Json,
 }
 
+/// How long finished jobs and their bookkeeping are kept (see
+/// [`crate::storage::retention`]). Each takes a number with a unit (`90s`, `30m`, `24h`,
+/// `7d`); `0` keeps forever.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionArgs {
+    /// Keep succeeded jobs (and delivered callbacks) this long after they finished.
+    #[arg(long, env = "SURGE_RETAIN_SUCCEEDED", default_value = "24h", value_parser = parse_window)]
+    pub retain_succeeded: Window,
+    /// Keep dead jobs (replayable until then) this long after they finished.
+    #[arg(long, env = "SURGE_RETAIN_DEAD", default_value = "7d", value_parser = parse_window)]
+    pub retain_dead: Window,
+    /// Keep cancelled jobs and refused submissions this long.
+    #[arg(long, env = "SURGE_RETAIN_CANCELLED", default_value = "24h", value_parser = parse_window)]
+    pub retain_cancelled: Window,
+    /// Keep an `Idempotency-Key` this long after its first use; a retry after that is a new
+    /// job.
+    #[arg(long, env = "SURGE_RETAIN_IDEMPOTENCY_KEYS", default_value = "24h", value_parser = parse_window)]
+    pub retain_idempotency_keys: Window,
+}
+
+impl RetentionArgs {
+    /// The policy these flags describe.
+    pub fn policy(&self) -> crate::storage::retention::RetentionPolicy {
+        crate::storage::retention::RetentionPolicy {
+            succeeded: self.retain_succeeded.0,
+            dead: self.retain_dead.0,
+            cancelled: self.retain_cancelled.0,
+            idempotency: self.retain_idempotency_keys.0,
+        }
+    }
+}
+
+/// A retention window: `None` keeps forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window(pub Option<Duration>);
+
+/// Parses a retention window: `0` (forever) or a whole number with a unit `s`, `m`, `h`
+/// or `d`, at most 100 years.
+pub fn parse_window(text: &str) -> Result<Window, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Window(None));
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+        format!("{text:?} has no unit: write e.g. 90s, 30m, 24h or 7d (0 keeps forever)")
+    })?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?}: use s, m, h or d")),
+    };
+    const LONGEST: u64 = 100 * 365 * 86_400;
+    let total = number
+        .checked_mul(seconds)
+        .filter(|t| *t <= LONGEST)
+        .ok_or_else(|| format!("{text:?} is longer than 100 years: use 0 to keep forever"))?;
+    if total == 0 {
+        return Ok(Window(None));
+    }
+    Ok(Window(Some(Duration::from_secs(total))))
+}
+
 /// How failing jobs are retried.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RetryArgs {
@@ -432,7 +500,38 @@ pub fn redact_urls(urls: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact_url, redact_urls};
+    use super::{parse_window, redact_url, redact_urls, Window};
+    use std::time::Duration;
+
+    #[test]
+    fn retention_windows_parse_with_units_and_zero_means_forever() {
+        assert_eq!(parse_window("0"), Ok(Window(None)));
+        assert_eq!(parse_window("0h"), Ok(Window(None)));
+        assert_eq!(
+            parse_window("90s"),
+            Ok(Window(Some(Duration::from_secs(90))))
+        );
+        assert_eq!(
+            parse_window("24h"),
+            Ok(Window(Some(Duration::from_secs(86_400))))
+        );
+        assert_eq!(
+            parse_window("7d"),
+            Ok(Window(Some(Duration::from_secs(7 * 86_400))))
+        );
+        for bad in [
+            "",
+            "h",
+            "24",
+            "-1h",
+            "1.5h",
+            "3w",
+            "99999999999999999999d",
+            "400000000d",
+        ] {
+            assert!(parse_window(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn passwords_in_a_url_list_never_survive_redaction() {

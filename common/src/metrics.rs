@@ -43,6 +43,11 @@ pub const JOB_SECONDS: &str = "surge_job_seconds";
 pub const END_TO_END_SECONDS: &str = "surge_end_to_end_seconds";
 /// Worker replicas the backlog and drain rate call for (gauge; see the worker's autoscale).
 pub const DESIRED_WORKERS: &str = "surge_desired_workers";
+/// Rows deleted by the retention pruner, by what they were (counter).
+pub const PRUNED_ROWS: &str = "surge_storage_pruned_rows_total";
+/// Age of the oldest stored result per final status, as the pruner last saw it (gauge,
+/// seconds): stays below its retention window while pruning keeps up.
+pub const OLDEST_RESULT_SECONDS: &str = "surge_storage_oldest_result_seconds";
 
 /// How often pending histogram samples are folded into their buckets (the exporter's own
 /// default for its HTTP listener).
@@ -127,5 +132,14 @@ fn describe() {
         "Accepted at the ingress until the result committed."
     );
     describe_gauge!(DESIRED_WORKERS, "Worker replicas the backlog calls for.");
+    describe_counter!(
+        PRUNED_ROWS,
+        "Rows deleted by the retention pruner, by kind."
+    );
+    describe_gauge!(
+        OLDEST_RESULT_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest stored result, by status (pruner's last look)."
+    );
     crate::kinds::http::metrics::describe();
 }

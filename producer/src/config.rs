@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use surge_common::config::{
-    BrokerArgs, CallbackArgs, DatabaseArgs, KindsArgs, RetryArgs, TelemetryArgs,
+    BrokerArgs, CallbackArgs, DatabaseArgs, KindsArgs, RetentionArgs, RetryArgs, TelemetryArgs,
 };
 
 use crate::state::Limits;
@@ -87,6 +87,9 @@ pub struct ProducerArgs {
     /// Results database (read by `GET /jobs/{id}`).
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// How long finished jobs are kept.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     /// Retry policy of the embedded workers.
     #[command(flatten)]
     pub retry: RetryArgs,

@@ -65,6 +65,7 @@ pub struct Ingress {
     embedded: Option<WorkerService>,
     drain_delay: Duration,
     serve: ServeOptions,
+    retention: surge_common::storage::retention::RetentionPolicy,
 }
 
 impl Ingress {
@@ -154,6 +155,7 @@ impl Ingress {
             embedded,
             drain_delay: Duration::from_millis(args.drain_delay_ms),
             serve: args.serve_options(),
+            retention: args.retention.policy(),
         })
     }
 
@@ -190,6 +192,7 @@ impl Ingress {
             embedded,
             drain_delay,
             serve,
+            retention,
         } = self;
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "surge-producer listening");
@@ -205,6 +208,19 @@ impl Ingress {
         let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), async move {
             let _ = scheduler_stopped.wait_for(|s| *s).await;
         }));
+        let mut pruner_stopped = workers_stopped.clone();
+        let pruner = tokio::spawn(crate::retention::run(
+            state.storage.clone(),
+            retention,
+            format!(
+                "{}-{}",
+                surge_worker::runner::default_worker_id(),
+                uuid::Uuid::new_v4()
+            ),
+            async move {
+                let _ = pruner_stopped.wait_for(|s| *s).await;
+            },
+        ));
         let draining = state.draining.clone();
         let drain = async move {
             shutdown.await;
@@ -216,6 +232,7 @@ impl Ingress {
         server::serve(listener, crate::app(state), serve, drain).await;
         let _ = stop_workers.send(true);
         let _ = scheduler.await;
+        let _ = pruner.await;
         let workers = match embedded {
             Some(task) => match task.await {
                 Ok(result) => result.map_err(IngressError::from),

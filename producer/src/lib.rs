@@ -18,6 +18,7 @@
 //! - [`error`]: [`error::ApiError`], the one place errors become HTTP responses.
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers.
 //! - [`state`]: what handlers share (broker, storage, limits).
+//! - [`retention`]: prunes finished jobs past their window (one replica at a time).
 //! - [`scheduler`]: publishes scheduled jobs (`delay_ms` / `run_at`) when due.
 //! - [`waiters`]: `GET /jobs/{id}?wait=N` without per-request database polling.
 //! - [`config`]: the binary's command line.
@@ -34,6 +35,7 @@ pub mod dashboard;
 pub mod error;
 pub mod ingress;
 pub mod openapi;
+pub mod retention;
 pub mod routes;
 pub mod scheduler;
 pub mod server;

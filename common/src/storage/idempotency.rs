@@ -6,6 +6,13 @@
 //! publish failed, so the client's retry can go through. A second request that finds the
 //! claim `pending` is racing the first and is told to retry (409).
 //!
+//! A claim left `pending` by an ingress that died mid-publish would answer 409 forever. So
+//! a claim pending for longer than the caller's `pending_for` (the longest a live publish
+//! can take) is *resumed* by the next request with the same body: it gets the claim's job
+//! id and publishes that job again. If the first publish did reach the broker, the two
+//! copies share one id, and a job id gets one result row. Keys expire with retention
+//! ([`super::retention`]).
+//!
 //! Keys are scoped: each is looked up within its client's scope (the ingress passes a
 //! hash of the API key; with API keys off, every client shares one scope, `""`), so two
 //! clients using the same key never see each other's job.
@@ -21,6 +28,13 @@ use crate::clock::now_micros;
 pub enum Claim {
     /// The key is new: it is now ours, bound to the given job id.
     Claimed,
+    /// The key was claimed by a request with the same body whose ingress never finished
+    /// (pending longer than `pending_for`): it is ours now, bound to `job_id`, which the
+    /// caller publishes (again).
+    Resumed {
+        /// The job the stale claim is bound to.
+        job_id: Uuid,
+    },
     /// The key was used before.
     Existing {
         /// The job the key is bound to.
@@ -33,13 +47,16 @@ pub enum Claim {
 }
 
 impl Storage {
-    /// Claims `key` in `scope` for `job_id` and the request hashed `request_hash`.
+    /// Claims `key` in `scope` for `job_id` and the request hashed `request_hash`; a claim
+    /// of the same request pending for longer than `pending_for` is resumed (see the
+    /// module docs).
     pub async fn claim_idempotency_key(
         &self,
         scope: &str,
         key: &str,
         request_hash: &str,
         job_id: Uuid,
+        pending_for: std::time::Duration,
     ) -> Result<Claim, StorageError> {
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys \
@@ -55,6 +72,28 @@ impl Storage {
         .await?;
         if inserted.rows_affected() == 1 {
             return Ok(Claim::Claimed);
+        }
+        let now = now_micros();
+        let stale_before =
+            now.saturating_sub(i64::try_from(pending_for.as_micros()).unwrap_or(i64::MAX));
+        let resumed: Option<String> = sqlx::query_scalar(
+            "UPDATE idempotency_keys SET created_at_us = $1 WHERE scope = $2 AND idem_key = $3 \
+             AND state = 'pending' AND request_hash = $4 AND created_at_us < $5 RETURNING job_id",
+        )
+        .bind(now)
+        .bind(scope)
+        .bind(key)
+        .bind(request_hash)
+        .bind(stale_before)
+        .fetch_optional(self.pool())
+        .await?;
+        if let Some(stored) = resumed {
+            let job_id = Uuid::parse_str(&stored).map_err(|e| StorageError::Corrupt {
+                job_id: stored.clone(),
+                message: e.to_string(),
+            })?;
+            tracing::warn!(%job_id, "resuming an idempotency key left pending by an ingress that never finished");
+            return Ok(Claim::Resumed { job_id });
         }
         let row = sqlx::query(
             "SELECT request_hash, job_id, state FROM idempotency_keys \
@@ -121,6 +160,8 @@ impl Storage {
 mod tests {
     use super::*;
 
+    const PENDING: std::time::Duration = std::time::Duration::from_secs(60);
+
     /// Migration 20261207020000 moves the keys stored before it to the shared scope
     /// `""`: they keep answering with their job, and the same key can now be claimed in
     /// another scope.
@@ -151,7 +192,7 @@ mod tests {
         let other = Uuid::now_v7();
         assert_eq!(
             storage
-                .claim_idempotency_key("", "order-1", "def", other)
+                .claim_idempotency_key("", "order-1", "def", other, PENDING)
                 .await
                 .unwrap(),
             Claim::Existing {
@@ -162,7 +203,7 @@ mod tests {
         );
         assert_eq!(
             storage
-                .claim_idempotency_key("client-b", "order-1", "def", other)
+                .claim_idempotency_key("client-b", "order-1", "def", other, PENDING)
                 .await
                 .unwrap(),
             Claim::Claimed

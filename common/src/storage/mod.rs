@@ -35,6 +35,7 @@ pub mod idempotency;
 pub mod lifecycle;
 pub mod listing;
 pub mod replay;
+pub mod retention;
 pub mod schedule;
 
 use std::time::Duration;

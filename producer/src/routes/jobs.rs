@@ -99,10 +99,18 @@ pub async fn submit(
     if let (Some(key), Some((hash, legacy))) = (&idempotency_key, &hashes) {
         match state
             .storage
-            .claim_idempotency_key(&caller.scope, key, hash, job.id)
+            .claim_idempotency_key(
+                &caller.scope,
+                key,
+                hash,
+                job.id,
+                crate::scheduler::lease(state.limits.publish_timeout),
+            )
             .await?
         {
             Claim::Claimed => {}
+            // The first request's ingress died mid-publish: publish its job (same id) now.
+            Claim::Resumed { job_id } => job.id = job_id,
             Claim::Existing {
                 job_id,
                 request_hash,

@@ -1,0 +1,312 @@
+//! Retention: finished jobs, refused decisions, idempotency keys and sent callbacks are
+//! deleted once they are older than their window, so no table grows without bound.
+//!
+//! What is pruned, and by which clock:
+//!
+//! | rows | older than | column |
+//! |---|---|---|
+//! | `succeeded` results (with their acceptance and stage rows) | `succeeded` | `finished_at_us` |
+//! | `dead` results (with their acceptance and stage rows) | `dead` | `finished_at_us` |
+//! | `cancelled` results, refused decisions | `cancelled` | `finished_at_us`, `decided_at_us` |
+//! | idempotency keys (`done`, or a `pending` claim of a crashed ingress) | `idempotency` | `created_at_us` |
+//! | delivered callbacks | `succeeded` | `delivered_at_us` |
+//! | given-up callbacks | once their job's result is gone | |
+//! | stage rows left behind by a finished job | [`STALE_STAGE_AFTER`] | `updated_at_us` |
+//!
+//! A result being replayed (`replaying_since_us` set) is kept until the replay ends. A
+//! job's acceptance row goes with its result: a job still running keeps it.
+//!
+//! Each pass deletes at most a given number of rows of each kind, oldest first, every
+//! statement served by an index (so a pass costs the same on a table of a thousand rows or
+//! of a hundred million), and commits per statement: no long transaction, no lock held
+//! across the table. One process prunes at a time ([`Storage::try_lease`]): the others find
+//! the lease taken and skip the pass.
+//!
+//! What pruning gives up: a job whose result is pruned and that a broker delivers again
+//! later (a consumer group reset to the beginning of a topic) runs again, and a refused job
+//! delivered after its decision is pruned is taken as accepted. Both need a message to
+//! outlive the window in the broker (24 hours by default).
+
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::{bind_nulls, padded, Storage, StorageError, MAX_ROWS_PER_STATEMENT};
+
+/// A stage row (`job_status`) this old whose job has a result is a leftover: a stage write
+/// that landed after the result's transaction had removed the row. A replayed job's result
+/// is marked `replaying_since_us` and keeps its row.
+pub const STALE_STAGE_AFTER: Duration = Duration::from_secs(600);
+
+/// How long each kind of row is kept; `None` keeps it forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Succeeded results, and delivered callbacks.
+    pub succeeded: Option<Duration>,
+    /// Dead results (replayable until pruned).
+    pub dead: Option<Duration>,
+    /// Cancelled results and refused decisions.
+    pub cancelled: Option<Duration>,
+    /// Idempotency keys, from their first use.
+    pub idempotency: Option<Duration>,
+}
+
+impl Default for RetentionPolicy {
+    /// 24 hours for succeeded, cancelled and idempotency keys, 7 days for dead (River's
+    /// and Celery's defaults).
+    fn default() -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        RetentionPolicy {
+            succeeded: Some(DAY),
+            dead: Some(DAY * 7),
+            cancelled: Some(DAY),
+            idempotency: Some(DAY),
+        }
+    }
+}
+
+/// Rows deleted by one [`Storage::prune`] pass, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Succeeded results.
+    pub succeeded: u64,
+    /// Dead results.
+    pub dead: u64,
+    /// Cancelled results.
+    pub cancelled: u64,
+    /// Acceptance rows (of pruned results, and refused decisions).
+    pub acceptance: u64,
+    /// Idempotency keys.
+    pub idempotency_keys: u64,
+    /// Delivered or given-up callbacks.
+    pub callbacks: u64,
+    /// Leftover stage rows.
+    pub stages: u64,
+}
+
+impl PruneReport {
+    /// The counts with their metric label.
+    pub fn by_label(&self) -> [(&'static str, u64); 7] {
+        [
+            ("succeeded", self.succeeded),
+            ("dead", self.dead),
+            ("cancelled", self.cancelled),
+            ("acceptance", self.acceptance),
+            ("idempotency_keys", self.idempotency_keys),
+            ("callbacks", self.callbacks),
+            ("stages", self.stages),
+        ]
+    }
+
+    /// Whether some kind hit the per-pass `limit` (more may be waiting).
+    pub fn hit(&self, limit: u32) -> bool {
+        let limit = u64::from(limit);
+        self.by_label().iter().any(|(_, n)| *n >= limit)
+    }
+}
+
+/// Microseconds in `d`, saturating.
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The cutoff `window` before `now_us`, or `None` to keep forever.
+fn cutoff(now_us: i64, window: Option<Duration>) -> Option<i64> {
+    window.map(|w| now_us.saturating_sub(micros(w)))
+}
+
+impl Storage {
+    /// Takes (or renews) the lease `name` for `holder` until `for_` from now, unless
+    /// another holder's lease is still running. Returns whether `holder` has it.
+    pub async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        for_: Duration,
+    ) -> Result<bool, StorageError> {
+        let now = crate::clock::now_micros();
+        let taken = sqlx::query(
+            "INSERT INTO maintenance_leases (name, holder, until_us) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+             until_us = excluded.until_us \
+             WHERE maintenance_leases.holder = excluded.holder \
+             OR maintenance_leases.until_us < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now.saturating_add(micros(for_)))
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(taken.rows_affected() == 1)
+    }
+
+    /// Gives the lease `name` up if `holder` has it.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM maintenance_leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// One pruning pass at `now_us`: deletes at most `limit` rows of each kind that
+    /// `policy` no longer keeps, oldest first (see the module docs).
+    pub async fn prune(
+        &self,
+        policy: &RetentionPolicy,
+        now_us: i64,
+        limit: u32,
+    ) -> Result<PruneReport, StorageError> {
+        let mut report = PruneReport::default();
+        let limit_param = i64::from(limit);
+        for (status, window, counter) in [
+            ("succeeded", policy.succeeded, &mut report.succeeded),
+            ("dead", policy.dead, &mut report.dead),
+            ("cancelled", policy.cancelled, &mut report.cancelled),
+        ] {
+            let Some(before) = cutoff(now_us, window) else {
+                continue;
+            };
+            let ids: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM job_results WHERE job_id IN (SELECT job_id FROM job_results \
+                 WHERE status = $1 AND finished_at_us < $2 AND replaying_since_us IS NULL \
+                 ORDER BY finished_at_us LIMIT $3) RETURNING job_id",
+            )
+            .bind(status)
+            .bind(before)
+            .bind(limit_param)
+            .fetch_all(self.pool())
+            .await?;
+            *counter = ids.len() as u64;
+            let (acceptance, stages) = self.forget_bookkeeping(&ids).await?;
+            report.acceptance += acceptance;
+            report.stages += stages;
+        }
+        if let Some(before) = cutoff(now_us, policy.cancelled) {
+            report.acceptance += sqlx::query(
+                "DELETE FROM job_acceptance WHERE job_id IN (SELECT job_id FROM job_acceptance \
+                 WHERE accepted = 0 AND decided_at_us < $1 ORDER BY decided_at_us LIMIT $2)",
+            )
+            .bind(before)
+            .bind(limit_param)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        }
+        if let Some(before) = cutoff(now_us, policy.idempotency) {
+            report.idempotency_keys = sqlx::query(
+                "DELETE FROM idempotency_keys WHERE (scope, idem_key) IN (SELECT scope, idem_key \
+                 FROM idempotency_keys WHERE created_at_us < $1 ORDER BY created_at_us LIMIT $2)",
+            )
+            .bind(before)
+            .bind(limit_param)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        }
+        if let Some(before) = cutoff(now_us, policy.succeeded) {
+            report.callbacks += sqlx::query(
+                "DELETE FROM callback_outbox WHERE idempotency_key IN (SELECT idempotency_key \
+                 FROM callback_outbox WHERE delivered_at_us IS NOT NULL AND delivered_at_us < $1 \
+                 ORDER BY delivered_at_us LIMIT $2)",
+            )
+            .bind(before)
+            .bind(limit_param)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        }
+        // Given up (never to be sent again) and its job's result already pruned.
+        report.callbacks += sqlx::query(
+            "DELETE FROM callback_outbox WHERE idempotency_key IN (SELECT c.idempotency_key \
+             FROM callback_outbox c WHERE c.delivered_at_us IS NULL AND c.next_at_us = $1 \
+             AND NOT EXISTS (SELECT 1 FROM job_results r WHERE r.job_id = c.job_id) LIMIT $2)",
+        )
+        .bind(i64::MAX)
+        .bind(limit_param)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        report.stages += sqlx::query(
+            "DELETE FROM job_status WHERE job_id IN (SELECT s.job_id FROM job_status s \
+             WHERE s.updated_at_us < $1 AND EXISTS (SELECT 1 FROM job_results r \
+             WHERE r.job_id = s.job_id AND r.replaying_since_us IS NULL) LIMIT $2)",
+        )
+        .bind(now_us.saturating_sub(micros(STALE_STAGE_AFTER)))
+        .bind(limit_param)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(report)
+    }
+
+    /// Deletes the acceptance and stage rows of `ids`, whose results were just pruned: a
+    /// stage row left behind would otherwise show the job as still running. Returns how
+    /// many of each.
+    async fn forget_bookkeeping(&self, ids: &[String]) -> Result<(u64, u64), StorageError> {
+        let (mut acceptance, mut stages) = (0, 0);
+        for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
+            let rows = padded(chunk.len());
+            for (table, counter) in [
+                ("job_acceptance", &mut acceptance),
+                ("job_status", &mut stages),
+            ] {
+                let sql = format!(
+                    "DELETE FROM {table} WHERE job_id IN ({})",
+                    self.list(1, rows)
+                );
+                let mut query = sqlx::query(&sql);
+                for id in chunk {
+                    query = query.bind(id.clone());
+                }
+                *counter += bind_nulls(query, rows - chunk.len())
+                    .execute(self.pool())
+                    .await?
+                    .rows_affected();
+            }
+        }
+        Ok((acceptance, stages))
+    }
+
+    /// When the oldest stored result of each final status finished (µs since the epoch),
+    /// by `status`; absent when there is none. One index lookup per status.
+    pub async fn oldest_results(&self) -> Result<Vec<(&'static str, i64)>, StorageError> {
+        let mut out = Vec::new();
+        for status in ["succeeded", "dead", "cancelled"] {
+            let row = sqlx::query(
+                "SELECT MIN(finished_at_us) AS oldest FROM job_results WHERE status = $1",
+            )
+            .bind(status)
+            .fetch_one(self.pool())
+            .await?;
+            if let Some(oldest) = row.try_get::<Option<i64>, _>("oldest")? {
+                out.push((status, oldest));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_window_keeps_forever_and_huge_windows_do_not_overflow() {
+        assert_eq!(cutoff(1_000, None), None);
+        assert_eq!(cutoff(1_000, Some(Duration::from_micros(400))), Some(600));
+        assert_eq!(cutoff(0, Some(Duration::MAX)), Some(-i64::MAX));
+    }
+
+    #[test]
+    fn a_pass_that_hit_its_limit_says_so() {
+        let report = PruneReport {
+            dead: 10,
+            ..PruneReport::default()
+        };
+        assert!(report.hit(10));
+        assert!(!report.hit(11));
+    }
+}
