@@ -87,7 +87,8 @@ impl Ingress {
         let kinds = args
             .kinds
             .registry(own, &storage, args.broker.broker, &args.callbacks)?;
-        let mut ingress = Ingress::assemble(args, broker, storage, kinds).await?;
+        let schedules = args.kinds.schedules(&kinds)?;
+        let mut ingress = Ingress::assemble(args, broker, storage, kinds, schedules).await?;
         ingress.owns_broker = true;
         Ok(ingress)
     }
@@ -108,7 +109,8 @@ impl Ingress {
             args.broker.broker,
             &args.callbacks,
         )?;
-        Ingress::assemble(args, broker, storage, kinds).await
+        let schedules = args.kinds.schedules(&kinds)?;
+        Ingress::assemble(args, broker, storage, kinds, schedules).await
     }
 
     async fn assemble(
@@ -116,6 +118,7 @@ impl Ingress {
         broker: Arc<dyn Broker>,
         storage: Storage,
         kinds: KindRegistry,
+        schedules: Vec<surge_common::recurring::Schedule>,
     ) -> Result<Ingress, IngressError> {
         let api_keys = args.api_keys().map_err(IngressError::ApiKeys)?;
         if api_keys.enabled() {
@@ -141,7 +144,8 @@ impl Ingress {
             .with_api_keys(api_keys)
             .with_trusted_proxies(args.trusted_proxies.clone().unwrap_or_default())
             .with_idle_timeout(args.serve_options().idle_timeout)
-            .with_kinds(kinds);
+            .with_kinds(kinds)
+            .with_schedules(schedules);
         let listener = crate::server::bind(args.listen).map_err(|source| IngressError::Bind {
             address: args.listen,
             source,
@@ -205,6 +209,10 @@ impl Ingress {
         let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), async move {
             let _ = scheduler_stopped.wait_for(|s| *s).await;
         }));
+        let mut recurring_stopped = workers_stopped.clone();
+        let recurring = tokio::spawn(crate::recurring::run(state.clone(), async move {
+            let _ = recurring_stopped.wait_for(|s| *s).await;
+        }));
         let draining = state.draining.clone();
         let drain = async move {
             shutdown.await;
@@ -215,6 +223,7 @@ impl Ingress {
         };
         server::serve(listener, crate::app(state), serve, drain).await;
         let _ = stop_workers.send(true);
+        let _ = recurring.await;
         let _ = scheduler.await;
         let workers = match embedded {
             Some(task) => match task.await {

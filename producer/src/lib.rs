@@ -19,6 +19,8 @@
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers.
 //! - [`state`]: what handlers share (broker, storage, limits).
 //! - [`scheduler`]: publishes scheduled jobs (`delay_ms` / `run_at`) when due.
+//! - [`recurring`]: records the ticks of the config file's recurring jobs (`[schedules.*]`),
+//!   one job per tick across replicas, for the scheduler to publish.
 //! - [`waiters`]: `GET /jobs/{id}?wait=N` without per-request database polling.
 //! - [`config`]: the binary's command line.
 
@@ -34,6 +36,7 @@ pub mod dashboard;
 pub mod error;
 pub mod ingress;
 pub mod openapi;
+pub mod recurring;
 pub mod routes;
 pub mod scheduler;
 pub mod server;
