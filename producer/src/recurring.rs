@@ -194,11 +194,14 @@ mod tests {
     use super::*;
 
     fn every_second(catch_up: Option<&str>) -> Schedule {
-        let mut text = "cron = \"@every 1s\"\nkind = \"echo\"".to_owned();
+        let mut text = "[schedules.s]\ncron = \"@every 1s\"\nkind = \"echo\"".to_owned();
         if let Some(window) = catch_up {
             text.push_str(&format!("\ncatch_up = {window:?}"));
         }
-        Schedule::check("s", toml::from_str(&text).unwrap()).unwrap()
+        surge_common::kinds::file::SurgeConfig::parse(&text, &|_| None)
+            .unwrap()
+            .schedules
+            .remove(0)
     }
 
     const NOW: i64 = 1_800_000_000_000_000;
