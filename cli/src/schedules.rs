@@ -54,7 +54,9 @@ pub async fn run(
 }
 
 async fn list(client: &Client, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
-    let (_, answer) = client.send(Method::GET, "/schedules", &[], None, &[]).await?;
+    let (_, answer) = client
+        .send(Method::GET, "/schedules", &[], None, &[])
+        .await?;
     let schedules = answer["schedules"]
         .as_array()
         .ok_or_else(|| CliError::Unexpected("a schedule list without `schedules`".into()))?;
@@ -67,7 +69,13 @@ async fn list(client: &Client, json: bool, out: &mut dyn Write) -> Result<(), Cl
     write_line(
         out,
         &row([
-            "NAME", "CRON", "TIMEZONE", "KIND", "STATE", "NEXT TICK", "LAST JOB",
+            "NAME",
+            "CRON",
+            "TIMEZONE",
+            "KIND",
+            "STATE",
+            "NEXT TICK",
+            "LAST JOB",
         ]),
     )?;
     for s in schedules {
@@ -98,7 +106,11 @@ async fn list(client: &Client, json: bool, out: &mut dyn Write) -> Result<(), Cl
                 text(&s["timezone"]),
                 text(&s["kind"]),
                 state.to_owned(),
-                if next.is_empty() { "-".to_owned() } else { next },
+                if next.is_empty() {
+                    "-".to_owned()
+                } else {
+                    next
+                },
                 last,
             ]),
         )?;

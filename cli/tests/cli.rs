@@ -291,7 +291,11 @@ async fn schedules_subcommands_against_a_real_ingress_with_an_api_key() {
     assert_eq!(paused.code, 0, "{}", paused.stderr);
     assert_eq!(paused.json()["paused"], true);
     let table = surge(url, Some(KEY), &["schedules", "list"]).await;
-    assert!(table.stdout.lines().nth(1).unwrap().contains("paused"), "{}", table.stdout);
+    assert!(
+        table.stdout.lines().nth(1).unwrap().contains("paused"),
+        "{}",
+        table.stdout
+    );
     let resumed = surge(url, Some(KEY), &["schedules", "resume", "nightly"]).await;
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
     assert_eq!(resumed.json()["paused"], false);
@@ -324,7 +328,9 @@ async fn schedules_subcommands_against_a_real_ingress_with_an_api_key() {
         );
     }
     assert_eq!(
-        surge(url, Some(KEY), &["schedules", "trigger", "../jobs"]).await.code,
+        surge(url, Some(KEY), &["schedules", "trigger", "../jobs"])
+            .await
+            .code,
         2
     );
     running.stop().await;

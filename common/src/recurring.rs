@@ -117,14 +117,18 @@ impl Schedule {
         let zone = TimeZone::get(&timezone).map_err(|_| {
             ConfigError::new(
                 key("timezone"),
-                format!("unknown time zone {timezone:?}: use an IANA name like Europe/Berlin or UTC"),
+                format!(
+                    "unknown time zone {timezone:?}: use an IANA name like Europe/Berlin or UTC"
+                ),
             )
         })?;
-        let cadence = parse_cadence(&file.cron, zone).map_err(|m| ConfigError::new(key("cron"), m))?;
+        let cadence =
+            parse_cadence(&file.cron, zone).map_err(|m| ConfigError::new(key("cron"), m))?;
         let catch_up = match file.catch_up.as_deref() {
             None => None,
             Some(text) => {
-                let window = parse_duration(text).map_err(|m| ConfigError::new(key("catch_up"), m))?;
+                let window =
+                    parse_duration(text).map_err(|m| ConfigError::new(key("catch_up"), m))?;
                 if window > MAX_CATCH_UP {
                     return Err(ConfigError::new(
                         key("catch_up"),
@@ -146,7 +150,10 @@ impl Schedule {
             payload,
             catch_up,
         };
-        if schedule.next_tick_after(crate::clock::now_micros()).is_none() {
+        if schedule
+            .next_tick_after(crate::clock::now_micros())
+            .is_none()
+        {
             return Err(ConfigError::new(key("cron"), "never ticks"));
         }
         Ok(schedule)
@@ -345,12 +352,21 @@ mod tests {
             ["2026-12-08T03:00:00Z"]
         );
         let every = schedule("@every 30s", "UTC");
-        let ticks = every.ticks_between(at("2026-12-07T10:00:10.5Z"), at("2026-12-07T10:01:30Z"), 10);
+        let ticks =
+            every.ticks_between(at("2026-12-07T10:00:10.5Z"), at("2026-12-07T10:01:30Z"), 10);
         assert_eq!(
             shown(&ticks),
-            ["2026-12-07T10:00:30Z", "2026-12-07T10:01:00Z", "2026-12-07T10:01:30Z"]
+            [
+                "2026-12-07T10:00:30Z",
+                "2026-12-07T10:01:00Z",
+                "2026-12-07T10:01:30Z"
+            ]
         );
-        assert_eq!(every.ticks_between(0, i64::MAX, 4).len(), 4, "bounded by the limit");
+        assert_eq!(
+            every.ticks_between(0, i64::MAX, 4).len(),
+            4,
+            "bounded by the limit"
+        );
     }
 
     #[test]
@@ -372,9 +388,18 @@ mod tests {
             ("cron = \"0 0 31 2 *\"\nkind = \"e\"", "schedules.s.cron"),
             ("cron = \"@every 0s\"\nkind = \"e\"", "schedules.s.cron"),
             ("cron = \"@every soon\"\nkind = \"e\"", "schedules.s.cron"),
-            ("cron = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"\nkind = \"e\"", "schedules.s.timezone"),
-            ("cron = \"0 3 * * *\"\nkind = \"e\"\ncatch_up = \"1 hour\"", "schedules.s.catch_up"),
-            ("cron = \"0 3 * * *\"\nkind = \"e\"\ncatch_up = \"30d\"", "schedules.s.catch_up"),
+            (
+                "cron = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"\nkind = \"e\"",
+                "schedules.s.timezone",
+            ),
+            (
+                "cron = \"0 3 * * *\"\nkind = \"e\"\ncatch_up = \"1 hour\"",
+                "schedules.s.catch_up",
+            ),
+            (
+                "cron = \"0 3 * * *\"\nkind = \"e\"\ncatch_up = \"30d\"",
+                "schedules.s.catch_up",
+            ),
         ];
         for (text, key) in cases {
             let file: ScheduleFile = toml::from_str(text).unwrap();
@@ -382,7 +407,10 @@ mod tests {
             assert_eq!(error.key, key, "{text:?} → {error}");
         }
         let file: ScheduleFile = toml::from_str("cron = \"@hourly\"\nkind = \"e\"").unwrap();
-        assert_eq!(Schedule::check("Bad Name", file).unwrap_err().key, "schedules.Bad Name");
+        assert_eq!(
+            Schedule::check("Bad Name", file).unwrap_err().key,
+            "schedules.Bad Name"
+        );
     }
 
     #[test]

@@ -116,7 +116,10 @@ pub async fn pass(state: &AppState) -> (usize, bool) {
         let ticks = schedule.ticks_between(after, now, MAX_TICKS_PER_PASS);
         more |= ticks.len() == MAX_TICKS_PER_PASS;
         if let (Some(first), Some(last)) = (ticks.first(), cursor.last_tick_us) {
-            if schedule.next_tick_after(last).is_some_and(|next| next < *first) {
+            if schedule
+                .next_tick_after(last)
+                .is_some_and(|next| next < *first)
+            {
                 tracing::info!(
                     schedule = %schedule.name,
                     last_recorded_us = last,
@@ -168,6 +171,8 @@ pub async fn fire(
         .record_tick(&schedule.name, tick_us, manual, &job)
         .await?;
     if recorded {
+        // Stored, it is accepted, like a job a client scheduled for later.
+        crate::routes::jobs::record_accepted(state, std::slice::from_ref(&job), Duration::ZERO);
         metrics::counter!(surge_common::metrics::SCHEDULE_JOBS, "schedule" => schedule.name.clone(), "trigger" => if manual { "manual" } else { "tick" }).increment(1);
         tracing::debug!(schedule = %schedule.name, tick_us, job_id = %job.id, manual, "tick recorded");
     }

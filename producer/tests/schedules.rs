@@ -527,7 +527,10 @@ async fn list_pause_resume_and_trigger_across_two_replicas() {
         assert_eq!(body["error"]["code"], "not_found");
         assert_eq!(body["error"]["field"], "name");
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.contains("\"nope\"") && message.contains("every_second"), "{message}");
+        assert!(
+            message.contains("\"nope\"") && message.contains("every_second"),
+            "{message}"
+        );
     }
 
     // Paused through A: neither replica ticks.
@@ -619,12 +622,30 @@ async fn list_pause_resume_and_trigger_across_two_replicas() {
 async fn a_schedules_config_errors_stop_the_start_naming_the_key() {
     let database = testing::temp_sqlite_url();
     let cases = [
-        ("cron = \"@hourly\"\nkind = \"thumbnail\"", "schedules.bad.kind"),
-        ("cron = \"@hourly\"\nkind = \"sleep\"\npayload = { ms = \"long\" }", "schedules.bad.payload"),
-        ("cron = \"61 * * * *\"\nkind = \"echo\"", "schedules.bad.cron"),
-        ("cron = \"@hourly\"\nkind = \"echo\"\ntimezone = \"Europe/Atlantis\"", "schedules.bad.timezone"),
-        ("cron = \"@hourly\"\nkind = \"echo\"\ncatch_up = \"soon\"", "schedules.bad.catch_up"),
-        ("cron = \"@hourly\"\nkind = \"echo\"\nevery = \"1s\"", "schedules.bad.every"),
+        (
+            "cron = \"@hourly\"\nkind = \"thumbnail\"",
+            "schedules.bad.kind",
+        ),
+        (
+            "cron = \"@hourly\"\nkind = \"sleep\"\npayload = { ms = \"long\" }",
+            "schedules.bad.payload",
+        ),
+        (
+            "cron = \"61 * * * *\"\nkind = \"echo\"",
+            "schedules.bad.cron",
+        ),
+        (
+            "cron = \"@hourly\"\nkind = \"echo\"\ntimezone = \"Europe/Atlantis\"",
+            "schedules.bad.timezone",
+        ),
+        (
+            "cron = \"@hourly\"\nkind = \"echo\"\ncatch_up = \"soon\"",
+            "schedules.bad.catch_up",
+        ),
+        (
+            "cron = \"@hourly\"\nkind = \"echo\"\nevery = \"1s\"",
+            "schedules.bad.every",
+        ),
     ];
     for (table, key) in cases {
         let config = config_file(&format!("[schedules.bad]\n{table}"));
@@ -640,8 +661,7 @@ async fn a_schedules_config_errors_stop_the_start_naming_the_key() {
         ])
         .unwrap();
         let storage = Storage::connect(&database).await.unwrap();
-        let error = match Ingress::build_with(&args, Arc::new(MemoryBroker::new()), storage).await
-        {
+        let error = match Ingress::build_with(&args, Arc::new(MemoryBroker::new()), storage).await {
             Ok(_) => panic!("{table:?} started"),
             Err(e) => e.to_string(),
         };

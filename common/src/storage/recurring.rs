@@ -133,7 +133,11 @@ impl Storage {
     }
 
     /// Pauses or resumes `schedule` for every replica.
-    pub async fn set_schedule_paused(&self, schedule: &str, paused: bool) -> Result<(), StorageError> {
+    pub async fn set_schedule_paused(
+        &self,
+        schedule: &str,
+        paused: bool,
+    ) -> Result<(), StorageError> {
         sqlx::query(
             "INSERT INTO schedule_state (schedule, paused, changed_at_us) VALUES ($1, $2, $3) \
              ON CONFLICT (schedule) DO UPDATE SET paused = excluded.paused, \
@@ -212,7 +216,11 @@ impl Storage {
     pub async fn prune_ticks(&self, schedule: &str, before_us: i64) -> Result<u64, StorageError> {
         let mut removed = 0;
         for manual in [0_i64, 1] {
-            let column = if manual == 0 { "tick_us" } else { "recorded_at_us" };
+            let column = if manual == 0 {
+                "tick_us"
+            } else {
+                "recorded_at_us"
+            };
             removed += sqlx::query(&format!(
                 "DELETE FROM schedule_ticks WHERE schedule = $1 AND manual = $2 \
                  AND {column} < $3 AND tick_us < (SELECT MAX(t.tick_us) FROM schedule_ticks t \
