@@ -462,13 +462,29 @@ fn find<'a>(list: &'a Value, name: &str) -> &'a Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_pause_resume_and_trigger_across_two_replicas() {
-    let database = testing::temp_sqlite_url();
-    let storage = Storage::connect(&database).await.unwrap();
+async fn list_pause_resume_and_trigger_across_two_replicas_on_sqlite() {
+    list_pause_resume_and_trigger_across_two_replicas(&testing::temp_sqlite_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn list_pause_resume_and_trigger_across_two_replicas_on_postgres() {
+    let Some(postgres) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
+    list_pause_resume_and_trigger_across_two_replicas(&database).await;
+}
+
+async fn list_pause_resume_and_trigger_across_two_replicas(database: &str) {
+    let storage = Storage::connect(database).await.unwrap();
     let config = config_file(TWO_SCHEDULES);
     let keys = ["--api-keys", "schedule-key-1"];
-    let a = InProcess::start(&database, &config, &keys).await;
-    let b = InProcess::start(&database, &config, &keys).await;
+    let a = InProcess::start(database, &config, &keys).await;
+    let b = InProcess::start(database, &config, &keys).await;
     let http = reqwest::Client::new();
     let key = Some("schedule-key-1");
     let get = reqwest::Method::GET;
