@@ -39,9 +39,9 @@ use crate::kinds::file::ConfigError;
 /// Longest `catch_up` window: a week of missed ticks at most (bounds the work after a long
 /// outage and the rows kept per schedule).
 pub const MAX_CATCH_UP: Duration = Duration::from_secs(7 * 86_400);
-/// Shortest and longest `@every` period.
+/// Shortest `@every` period (ticks are whole seconds).
 pub const MIN_EVERY: Duration = Duration::from_secs(1);
-/// See [`MIN_EVERY`].
+/// Longest `@every` period.
 pub const MAX_EVERY: Duration = Duration::from_secs(31 * 86_400);
 /// Longest schedule name (the same rule as a kind's name).
 pub const MAX_SCHEDULE_NAME_LEN: usize = 64;
