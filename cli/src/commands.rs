@@ -24,6 +24,9 @@ pub enum Command {
     /// List, show, replay and cancel jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// List the config file's recurring jobs; pause, resume or trigger one.
+    #[command(subcommand)]
+    Schedules(crate::schedules::SchedulesCommand),
     /// Print a completion script for SHELL (bash, zsh, fish, powershell, elvish).
     Completions {
         /// The shell.
@@ -120,6 +123,7 @@ pub async fn run(client: &Client, command: Command, out: &mut dyn Write) -> Resu
         Command::Jobs(JobsCommand::Cancel { id }) => {
             one_job(client, Method::DELETE, &id, out).await
         }
+        Command::Schedules(command) => crate::schedules::run(client, command, out).await,
         Command::Completions { .. } => Ok(()),
     }
 }
@@ -315,7 +319,7 @@ pub fn since_time(text: &str) -> Result<String, CliError> {
     at.format(&Rfc3339).map_err(|_| bad())
 }
 
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     value.as_str().unwrap_or("").to_owned()
 }
 
@@ -340,13 +344,13 @@ fn row<S: AsRef<str>>(cells: [S; 6]) -> String {
         .to_owned()
 }
 
-fn print_json(out: &mut dyn Write, value: &Value) -> Result<(), CliError> {
+pub(crate) fn print_json(out: &mut dyn Write, value: &Value) -> Result<(), CliError> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| CliError::Unexpected(e.to_string()))?;
     write_line(out, &text)
 }
 
-fn write_line(out: &mut dyn Write, line: &str) -> Result<(), CliError> {
+pub(crate) fn write_line(out: &mut dyn Write, line: &str) -> Result<(), CliError> {
     writeln!(out, "{line}").map_err(|e| CliError::Unexpected(format!("cannot write: {e}")))
 }
 

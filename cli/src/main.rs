@@ -1,6 +1,6 @@
 //! `surge`: the operator's command line. It talks to an ingress's HTTP API (`SURGE_URL`,
-//! `SURGE_API_KEY`): submit a job, list, show, replay and cancel jobs, print shell
-//! completions. Errors are the ingress's JSON error, and the exit code tells their class.
+//! `SURGE_API_KEY`): submit a job, list, show, replay and cancel jobs, list, pause, resume
+//! and trigger recurring jobs, print shell completions. Errors are the ingress's JSON error, and the exit code tells their class.
 
 use std::io::Write;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser};
 
 mod client;
 mod commands;
+mod schedules;
 
 use client::{CliError, Client};
 use commands::Command;
@@ -23,6 +24,8 @@ Examples:
   surge jobs replay 0193…
   surge jobs replay --kind thumbnail --since 2026-12-07T10:00:00Z
   surge jobs cancel 0193…
+  surge schedules list
+  surge schedules pause nightly_report      # also: resume, trigger
   surge completions bash > /etc/bash_completion.d/surge
 
 Exit codes:

@@ -1,5 +1,6 @@
 //! The `surge` binary against a real ingress (memory broker, SQLite, embedded workers, in
-//! this process): every subcommand, an API key, and the exit code of each class of error.
+//! this process): every subcommand (the schedules ones with a config file's schedule), an
+//! API key, and the exit code of each class of error.
 
 use std::sync::Arc;
 
@@ -251,6 +252,89 @@ async fn the_api_key_is_sent_and_a_missing_one_exits_5() {
     assert_eq!(done.code, 0, "{}", done.stderr);
     assert_eq!(done.json()["result"], json!([1, 2]));
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_subcommands_against_a_real_ingress_with_an_api_key() {
+    let config = std::env::temp_dir().join(format!("{}.toml", testing::unique_name("cli")));
+    std::fs::write(
+        &config,
+        "[schedules.nightly]\ncron = \"0 3 * * *\"\ntimezone = \"Europe/Berlin\"\n\
+         kind = \"echo\"\npayload = { report = \"all\" }\n",
+    )
+    .unwrap();
+    let path = config.display().to_string();
+    let running = ingress(&["--api-keys", KEY, "--config", &path]).await;
+    let url_owned = running.url.clone();
+    let url = url_owned.as_str();
+
+    // Without the key: 401 → 5.
+    let refused = surge(url, None, &["schedules", "list"]).await;
+    assert_eq!(refused.code, 5, "{}", refused.stderr);
+
+    let table = surge(url, Some(KEY), &["schedules", "list"]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{}", table.stdout);
+    assert_eq!(lines.len(), 2, "{}", table.stdout);
+    for cell in ["nightly", "0 3 * * *", "Europe/Berlin", "echo", "running"] {
+        assert!(lines[1].contains(cell), "{cell}: {}", table.stdout);
+    }
+    let listed = surge(url, Some(KEY), &["schedules", "list", "--json"]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let nightly = listed.json();
+    assert_eq!(nightly["name"], "nightly");
+    assert_eq!(nightly["payload"], json!({"report": "all"}));
+    assert!(nightly["next_tick"].is_string(), "{nightly}");
+
+    let paused = surge(url, Some(KEY), &["schedules", "pause", "nightly"]).await;
+    assert_eq!(paused.code, 0, "{}", paused.stderr);
+    assert_eq!(paused.json()["paused"], true);
+    let table = surge(url, Some(KEY), &["schedules", "list"]).await;
+    assert!(
+        table.stdout.lines().nth(1).unwrap().contains("paused"),
+        "{}",
+        table.stdout
+    );
+    let resumed = surge(url, Some(KEY), &["schedules", "resume", "nightly"]).await;
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert_eq!(resumed.json()["paused"], false);
+
+    // trigger: a job now, which runs.
+    let triggered = surge(url, Some(KEY), &["schedules", "trigger", "nightly"]).await;
+    assert_eq!(triggered.code, 0, "{}", triggered.stderr);
+    let id = triggered.json()["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let shown = surge(url, Some(KEY), &["jobs", "show", &id]).await;
+        if shown.code == 0 && shown.json()["status"] == "succeeded" {
+            assert_eq!(shown.json()["result"], json!({"report": "all"}));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", shown.stdout);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let table = surge(url, Some(KEY), &["schedules", "list"]).await;
+    assert!(table.stdout.contains(&id), "the last job: {}", table.stdout);
+
+    // An unknown schedule: 404 → 4, named; a bad name: 2, nothing sent.
+    for action in ["pause", "resume", "trigger"] {
+        let unknown = surge(url, Some(KEY), &["schedules", action, "nope"]).await;
+        assert_eq!(unknown.code, 4, "{action}: {}", unknown.stderr);
+        assert!(
+            unknown.stderr.contains("not_found (name)") && unknown.stderr.contains("\"nope\""),
+            "{}",
+            unknown.stderr
+        );
+    }
+    assert_eq!(
+        surge(url, Some(KEY), &["schedules", "trigger", "../jobs"])
+            .await
+            .code,
+        2
+    );
+    running.stop().await;
+    let _ = std::fs::remove_file(config);
 }
 
 #[tokio::test]

@@ -260,6 +260,32 @@ impl KindsArgs {
         }
     }
 
+    /// The file's recurring jobs (`[schedules.NAME]`), each one's kind known to `kinds` and
+    /// its payload valid for it; an error names the key at fault
+    /// (`schedules.nightly.kind`, `schedules.nightly.payload.scope`).
+    pub fn schedules(
+        &self,
+        kinds: &crate::kinds::KindRegistry,
+    ) -> Result<Vec<crate::recurring::Schedule>, KindsError> {
+        let Some(path) = &self.config else {
+            return Ok(Vec::new());
+        };
+        let invalid = |key: String, message: String| {
+            KindsError::File(crate::kinds::file::ConfigFileError::Invalid {
+                path: path.display().to_string(),
+                error: crate::kinds::file::ConfigError::new(key, message),
+            })
+        };
+        let schedules = self.load()?.schedules;
+        for schedule in &schedules {
+            let key = format!("schedules.{}", schedule.name);
+            if let Err(e) = kinds.validate(&schedule.kind, &schedule.payload) {
+                return Err(invalid(format!("{key}.{}", e.field), e.message));
+            }
+        }
+        Ok(schedules)
+    }
+
     /// Whether the built-in example kinds are on: `--builtin-kinds`, else the file's
     /// `builtin_kinds`, else only with the memory broker.
     pub fn builtins_on(&self, file: &crate::kinds::file::SurgeConfig, broker: BrokerKind) -> bool {

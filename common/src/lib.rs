@@ -9,6 +9,8 @@
 //!   [`broker::connect`].
 //! - [`storage`]: the results table (SQLite by default, PostgreSQL by URL), keyed by job id
 //!   so a redelivered job never writes a second row.
+//! - [`recurring`]: recurring jobs (`[schedules.NAME]` in the config file) and when they
+//!   tick (cron patterns in a time zone, `@every`).
 //! - [`config`]: clap argument groups with `SURGE_*` environment fallbacks.
 //! - [`telemetry`]: `tracing` set-up, text or JSON.
 //! - [`metrics`]: the Prometheus series Surge exports, and the recorder.
@@ -31,6 +33,7 @@ pub mod kinds;
 pub mod metrics;
 pub mod netpolicy;
 pub mod otlp;
+pub mod recurring;
 pub mod retry;
 pub mod shutdown;
 pub mod storage;

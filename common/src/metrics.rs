@@ -41,6 +41,9 @@ pub const JOBS_DUPLICATE: &str = "surge_jobs_duplicate_total";
 pub const JOB_SECONDS: &str = "surge_job_seconds";
 /// From acceptance at the ingress to the result's commit (histogram, seconds).
 pub const END_TO_END_SECONDS: &str = "surge_end_to_end_seconds";
+/// Jobs of recurring schedules recorded by this ingress, by `schedule` and `trigger`
+/// (`tick` or `manual`) (counter).
+pub const SCHEDULE_JOBS: &str = "surge_schedule_jobs_total";
 /// Worker replicas the backlog and drain rate call for (gauge; see the worker's autoscale).
 pub const DESIRED_WORKERS: &str = "surge_desired_workers";
 /// Rows deleted by the retention pruner, by what they were (counter).
@@ -104,6 +107,10 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(JOBS_ACCEPTED, "Jobs answered 202 Accepted.");
     describe_counter!(JOBS_REJECTED, "Requests refused, by reason.");
+    describe_counter!(
+        SCHEDULE_JOBS,
+        "Jobs of recurring schedules recorded by this ingress, by schedule and trigger."
+    );
     describe_histogram!(
         PUBLISH_SECONDS,
         Unit::Seconds,

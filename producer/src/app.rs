@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use crate::dashboard;
 use crate::error::ApiError;
-use crate::routes::{health, jobs, metrics, operations};
+use crate::routes::{health, jobs, metrics, operations, schedules};
 use crate::state::AppState;
 
 /// The request id header, set when the client did not send one and echoed back.
@@ -73,6 +73,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(operations::list))
         .routes(routes!(operations::replay_many))
         .routes(routes!(operations::cancel))
+        .routes(routes!(schedules::list))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
+        .routes(routes!(schedules::trigger))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))

@@ -51,6 +51,14 @@ pub enum ApiError {
     /// Nothing stored under this id: 404.
     #[error("{0}")]
     NotFound(String),
+    /// No schedule by this name in the config file: 404, naming the path's `name`.
+    #[error("no schedule {name:?}; configured: {configured}")]
+    UnknownSchedule {
+        /// The name asked for.
+        name: String,
+        /// The configured names, comma-separated (`none` when there is none).
+        configured: String,
+    },
     /// A header is malformed: 400, naming it.
     #[error("{field}: {message}")]
     BadHeader {
@@ -139,7 +147,9 @@ impl ApiError {
             }
             ApiError::BadPath { .. } => (StatusCode::BAD_REQUEST, "bad_path"),
             ApiError::TooManyWaiters(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_waiters"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotFound(_) | ApiError::UnknownSchedule { .. } => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
             ApiError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -172,6 +182,7 @@ impl ApiError {
                 Some((*field).to_owned())
             }
             ApiError::BadQuery { field, .. } => Some(field.clone()),
+            ApiError::UnknownSchedule { .. } => Some("name".to_owned()),
             ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyInProgress => {
                 Some("Idempotency-Key".to_owned())
             }

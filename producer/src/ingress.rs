@@ -88,7 +88,8 @@ impl Ingress {
         let kinds = args
             .kinds
             .registry(own, &storage, args.broker.broker, &args.callbacks)?;
-        let mut ingress = Ingress::assemble(args, broker, storage, kinds).await?;
+        let schedules = args.kinds.schedules(&kinds)?;
+        let mut ingress = Ingress::assemble(args, broker, storage, kinds, schedules).await?;
         ingress.owns_broker = true;
         Ok(ingress)
     }
@@ -109,7 +110,8 @@ impl Ingress {
             args.broker.broker,
             &args.callbacks,
         )?;
-        Ingress::assemble(args, broker, storage, kinds).await
+        let schedules = args.kinds.schedules(&kinds)?;
+        Ingress::assemble(args, broker, storage, kinds, schedules).await
     }
 
     async fn assemble(
@@ -117,6 +119,7 @@ impl Ingress {
         broker: Arc<dyn Broker>,
         storage: Storage,
         kinds: KindRegistry,
+        schedules: Vec<surge_common::recurring::Schedule>,
     ) -> Result<Ingress, IngressError> {
         let api_keys = args.api_keys().map_err(IngressError::ApiKeys)?;
         if api_keys.enabled() {
@@ -142,7 +145,8 @@ impl Ingress {
             .with_api_keys(api_keys)
             .with_trusted_proxies(args.trusted_proxies.clone().unwrap_or_default())
             .with_idle_timeout(args.serve_options().idle_timeout)
-            .with_kinds(kinds);
+            .with_kinds(kinds)
+            .with_schedules(schedules);
         let listener = crate::server::bind(args.listen).map_err(|source| IngressError::Bind {
             address: args.listen,
             source,
@@ -221,6 +225,10 @@ impl Ingress {
                 let _ = pruner_stopped.wait_for(|s| *s).await;
             },
         ));
+        let mut recurring_stopped = workers_stopped.clone();
+        let recurring = tokio::spawn(crate::recurring::run(state.clone(), async move {
+            let _ = recurring_stopped.wait_for(|s| *s).await;
+        }));
         let draining = state.draining.clone();
         let drain = async move {
             shutdown.await;
@@ -231,6 +239,7 @@ impl Ingress {
         };
         server::serve(listener, crate::app(state), serve, drain).await;
         let _ = stop_workers.send(true);
+        let _ = recurring.await;
         let _ = scheduler.await;
         let _ = pruner.await;
         let workers = match embedded {

@@ -20,6 +20,8 @@
 //! - [`state`]: what handlers share (broker, storage, limits).
 //! - [`retention`]: prunes finished jobs past their window (one replica at a time).
 //! - [`scheduler`]: publishes scheduled jobs (`delay_ms` / `run_at`) when due.
+//! - [`recurring`]: records the ticks of the config file's recurring jobs (`[schedules.*]`),
+//!   one job per tick across replicas, for the scheduler to publish.
 //! - [`waiters`]: `GET /jobs/{id}?wait=N` without per-request database polling.
 //! - [`config`]: the binary's command line.
 
@@ -35,6 +37,7 @@ pub mod dashboard;
 pub mod error;
 pub mod ingress;
 pub mod openapi;
+pub mod recurring;
 pub mod retention;
 pub mod routes;
 pub mod scheduler;

@@ -77,6 +77,8 @@ pub struct AppState {
     pub openapi: Arc<std::sync::OnceLock<utoipa::openapi::OpenApi>>,
     /// The dashboard's jobs per kind and status, shared by viewers for a few seconds.
     pub kind_counts: Arc<crate::dashboard::kinds::KindCountsCache>,
+    /// The recurring jobs of the config file (`[schedules.NAME]`), by name.
+    pub schedules: Arc<Vec<surge_common::recurring::Schedule>>,
 }
 
 impl AppState {
@@ -102,7 +104,19 @@ impl AppState {
             ),
             openapi: Arc::default(),
             kind_counts: Arc::default(),
+            schedules: Arc::default(),
         }
+    }
+
+    /// The same state running `schedules` (their kinds must be among its kinds).
+    pub fn with_schedules(mut self, schedules: Vec<surge_common::recurring::Schedule>) -> AppState {
+        self.schedules = Arc::new(schedules);
+        self
+    }
+
+    /// The schedule called `name`.
+    pub fn schedule(&self, name: &str) -> Option<&surge_common::recurring::Schedule> {
+        self.schedules.iter().find(|s| s.name == name)
     }
 
     /// The same state accepting the kinds in `kinds`.

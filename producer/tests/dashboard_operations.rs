@@ -10,6 +10,9 @@
 //! answers 401, refuses a wrong one with a clear note, and with the right one lists and
 //! replays as without keys.
 //!
+//! The recurring jobs card lists the config file's schedules and pauses, resumes and
+//! triggers one (screenshot `target/artifacts/dashboard-schedules.png`).
+//!
 //! Needs Debian's `chromium` (`scripts/chromium.sh` installs it). Without it the test fails
 //! when `CI=true` and is skipped loudly otherwise.
 
@@ -438,6 +441,144 @@ async fn asks_for_a_key_and_sends_it(flags: &[&str]) -> anyhow::Result<()> {
     }
     .await;
     finish(browser, stop_server, server, outcome).await
+}
+
+/// One schedule row as shown.
+#[derive(Debug, Clone, Deserialize)]
+struct ScheduleRow {
+    paused: bool,
+    cells: Vec<String>,
+    toggle: String,
+}
+
+const READ_SCHEDULES: &str = r##"(() => Object.fromEntries(
+  [...document.querySelectorAll("#schedules-body tr[data-schedule]")].map((row) => [
+    row.dataset.schedule,
+    {
+      paused: row.dataset.paused === "true",
+      cells: [...row.cells].slice(0, 6).map((cell) => cell.textContent.trim()),
+      toggle: row.querySelector("button[data-action=pause], button[data-action=resume]").dataset.action,
+    },
+  ])))()"##;
+
+/// The recurring jobs card: each schedule with its pattern, zone, kind, next tick and last
+/// job; its pause button pauses it (for the API too), resume resumes it, "run now" runs a
+/// job that the card then shows as its last, triggered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_listed_paused_and_triggered_from_the_dashboard() -> anyhow::Result<()> {
+    let Some(chromium) = chromium() else {
+        return Ok(());
+    };
+    let config = std::env::temp_dir().join(format!("{}.toml", testing::unique_name("dash")));
+    std::fs::write(
+        &config,
+        "[schedules.every_second]\ncron = \"@every 1s\"\nkind = \"echo\"\n\n\
+         [schedules.nightly]\ncron = \"0 3 * * *\"\ntimezone = \"Europe/Berlin\"\nkind = \"echo\"\n",
+    )?;
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await?;
+    let path = config.display().to_string();
+    let (base, stop_server, server) = start_ingress(storage, &["--config", &path]).await?;
+    let browser = Browser::launch(&chromium).await?;
+    let outcome = drive_schedules(&browser, &reqwest::Client::new(), &base).await;
+    let _ = std::fs::remove_file(&config);
+    finish(browser, stop_server, server, outcome).await
+}
+
+async fn drive_schedules(
+    browser: &Browser,
+    client: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<()> {
+    let tab = browser.tab(1280, 1300).await?;
+    tab.navigate(&format!("{base}/")).await?;
+    let patience = Duration::from_secs(30);
+    type Rows = BTreeMap<String, ScheduleRow>;
+    let wait = |what: &'static str, done: Box<dyn Fn(&Rows) -> bool>| {
+        let tab = &tab;
+        async move {
+            tab.wait_for(
+                READ_SCHEDULES,
+                what,
+                patience,
+                |_| {},
+                |rows: &Rows| done(rows),
+            )
+            .await
+        }
+    };
+    let rows = wait(
+        "both schedules, every_second with a succeeded job",
+        Box::new(|rows| {
+            rows.contains_key("nightly")
+                && rows
+                    .get("every_second")
+                    .is_some_and(|r| r.cells[5].starts_with("succeeded"))
+        }),
+    )
+    .await?;
+    let nightly = &rows["nightly"];
+    assert_eq!(
+        nightly.cells[..4],
+        ["nightly", "0 3 * * *", "Europe/Berlin", "echo"]
+    );
+    assert!(
+        nightly.cells[4].ends_with(":00:00 UTC"),
+        "next tick: {nightly:?}"
+    );
+    assert_eq!(nightly.cells[5], "–", "no job yet: {nightly:?}");
+    assert_eq!(nightly.toggle, "pause");
+
+    // Pause: the card and the API agree.
+    tab.eval(r#"document.querySelector('#schedules-body tr[data-schedule="nightly"] button[data-action=pause]').click()"#)
+        .await?;
+    wait(
+        "nightly paused",
+        Box::new(|rows| {
+            rows["nightly"].paused
+                && rows["nightly"].cells[4] == "paused"
+                && rows["nightly"].toggle == "resume"
+        }),
+    )
+    .await?;
+    let listed: Value = client
+        .get(format!("{base}/schedules"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let paused = listed["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "nightly")
+        .unwrap();
+    assert_eq!(paused["paused"], true, "{listed}");
+
+    // Run now: its job runs and is shown as the last, triggered.
+    tab.eval(r#"document.querySelector('#schedules-body tr[data-schedule="nightly"] button[data-action=trigger]').click()"#)
+        .await?;
+    wait(
+        "the triggered job succeeded",
+        Box::new(|rows| {
+            rows["nightly"].cells[5].starts_with("succeeded")
+                && rows["nightly"].cells[5].ends_with("(triggered)")
+        }),
+    )
+    .await?;
+
+    // Resume.
+    tab.eval(r#"document.querySelector('#schedules-body tr[data-schedule="nightly"] button[data-action=resume]').click()"#)
+        .await?;
+    wait(
+        "nightly running again",
+        Box::new(|rows| !rows["nightly"].paused && rows["nightly"].toggle == "pause"),
+    )
+    .await?;
+    let shot = tab.screenshot().await?;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("dashboard-schedules.png"), shot)?;
+    Ok(())
 }
 
 /// Closes the browser and stops the ingress, then fails on the scenario's error (with

@@ -89,7 +89,9 @@ async fn the_document_and_the_router_agree() {
     for (path, operations) in doc["paths"].as_object().expect("paths") {
         for method in operations.as_object().unwrap().keys() {
             documented.insert(format!("{} {path}", method.to_uppercase()));
-            let concrete = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
+            let concrete = path
+                .replace("{id}", &uuid::Uuid::now_v7().to_string())
+                .replace("{name}", "no_such_schedule");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (status, body) = send(&state, method.clone(), &concrete).await;
             let fallback = body["error"]["message"]
@@ -118,11 +120,22 @@ async fn the_document_and_the_router_agree() {
         "GET /",
         "GET /api/dashboard",
         "GET /api/dashboard/kinds",
+        "GET /schedules",
+        "POST /schedules/{name}/pause",
+        "POST /schedules/{name}/resume",
+        "POST /schedules/{name}/trigger",
     ];
     for route in served {
         assert!(
             documented.contains(route),
             "{route} is served but not documented: {documented:?}"
+        );
+    }
+    // The schedules' answers are described, not just named.
+    for schema in ["ScheduleList", "ScheduleView", "LastJobView", "Triggered"] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} is not in the document's components"
         );
     }
     // And an operation that does not exist is refused by the router, so the check above bites.
@@ -542,8 +555,9 @@ async fn every_parameter_and_header_takes_what_the_document_allows() {
                 let place = parameter["in"].as_str().unwrap();
                 let schema = &parameter["schema"];
                 let with = |value: &str| -> Request<Body> {
-                    let mut target =
-                        path.replace("{id}", if place == "path" { value } else { &id });
+                    let mut target = path
+                        .replace("{id}", if place == "path" { value } else { &id })
+                        .replace("{name}", if place == "path" { value } else { "s" });
                     if place == "query" {
                         let encoded: String =
                             form_urlencoded::byte_serialize(value.as_bytes()).collect();

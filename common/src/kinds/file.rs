@@ -17,6 +17,11 @@
 //! [kinds.thumbnail.schema]
 //! type = "object"
 //! required = ["image"]
+//!
+//! [schedules.nightly_report]   # a recurring job (see crate::recurring)
+//! cron = "0 3 * * *"
+//! timezone = "Europe/Berlin"
+//! kind = "report"
 //! ```
 //!
 //! Every error names the key at fault (`kinds.thumbnail.concurrency: …`), and is reported
@@ -82,6 +87,8 @@ struct FileShape {
     callback_allow: Vec<String>,
     #[serde(default)]
     kinds: BTreeMap<String, HttpKindFile>,
+    #[serde(default)]
+    schedules: BTreeMap<String, crate::recurring::ScheduleFile>,
 }
 
 /// What the configuration file says.
@@ -97,6 +104,10 @@ pub struct SurgeConfig {
     /// Internal receivers outcome callbacks may reach, next to public addresses (added to
     /// `--callback-allow`; see [`crate::netpolicy`]).
     pub callback_allow: Vec<AllowEntry>,
+    /// Recurring jobs (`[schedules.NAME]`, see [`crate::recurring`]): their patterns,
+    /// zones and windows checked; their kinds are checked against the registry by the
+    /// ingress ([`crate::config::KindsArgs::schedules`]).
+    pub schedules: Vec<crate::recurring::Schedule>,
 }
 
 impl SurgeConfig {
@@ -155,10 +166,16 @@ impl SurgeConfig {
                     .map_err(|e| ConfigError::new(format!("callback_allow[{i}]"), e))
             })
             .collect::<Result<_, _>>()?;
+        let schedules = shape
+            .schedules
+            .into_iter()
+            .map(|(name, file)| crate::recurring::Schedule::check(&name, file))
+            .collect::<Result<_, _>>()?;
         Ok(SurgeConfig {
             builtin_kinds: shape.builtin_kinds,
             http_kinds,
             callback_allow,
+            schedules,
         })
     }
 }

@@ -610,7 +610,7 @@ pub(crate) async fn publish_within(
 }
 
 /// Counts accepted jobs for admission control, metrics and the dashboard.
-fn record_accepted(state: &AppState, jobs: &[Job], publish_time: std::time::Duration) {
+pub(crate) fn record_accepted(state: &AppState, jobs: &[Job], publish_time: std::time::Duration) {
     state.admission.accepted(jobs.len() as u64);
     metrics::histogram!(m::PUBLISH_SECONDS).record(publish_time.as_secs_f64());
     metrics::counter!(m::JOBS_ACCEPTED).increment(jobs.len() as u64);

@@ -6,8 +6,11 @@
 //! - [`metrics`]: `GET /metrics` (Prometheus).
 //! - [`operations`]: `GET /jobs` (list), `POST /jobs/replay` (bulk replay of dead jobs),
 //!   `DELETE /jobs/{id}` (cancel).
+//! - [`schedules`]: `GET /schedules`, `POST /schedules/{name}/pause|resume|trigger`
+//!   (the config file's recurring jobs).
 
 pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod operations;
+pub mod schedules;
