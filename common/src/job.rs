@@ -73,7 +73,16 @@ pub struct JobRequest {
     /// runs now).
     #[serde(default)]
     pub run_at: Option<String>,
+    /// 1 (lowest) to 5 (highest); [`DEFAULT_PRIORITY`] when absent. With a backlog, a
+    /// worker runs higher priorities first, aged so a low one is never starved.
+    #[serde(default)]
+    pub priority: Option<i64>,
 }
+
+/// The priority of a job that names none.
+pub const DEFAULT_PRIORITY: u8 = 3;
+/// The highest priority (the lowest is 1).
+pub const MAX_PRIORITY: u8 = 5;
 
 fn empty_object() -> Value {
     Value::Object(Default::default())
@@ -95,6 +104,17 @@ impl JobRequest {
         if let Some(url) = &self.callback_url {
             kinds.callback_policy().check(url)?;
         }
+        let priority = match self.priority {
+            None => None,
+            Some(p) => Some(
+                u8::try_from(p)
+                    .ok()
+                    .filter(|p| (1..=MAX_PRIORITY).contains(p))
+                    .ok_or_else(|| {
+                        InvalidJob::new("priority", format!("must be 1 to {MAX_PRIORITY}"))
+                    })?,
+            ),
+        };
         let run_at_us = self.run_at_us()?;
         let callback_url = self
             .callback_url
@@ -103,6 +123,7 @@ impl JobRequest {
         let mut job = Job::new(self.kind, self.payload, self.key);
         job.callback_url = callback_url;
         job.run_at_us = run_at_us.filter(|at| *at > job.enqueued_at_us);
+        job.priority = priority;
         Ok(job)
     }
 
@@ -225,6 +246,9 @@ pub struct Job {
     /// Where the outcome is POSTed when the job succeeds or dies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// 1 to [`MAX_PRIORITY`]; absent means [`DEFAULT_PRIORITY`] (see [`Job::priority`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
 }
 
 impl Job {
@@ -240,6 +264,23 @@ impl Job {
             awaits_acceptance: false,
             run_at_us: None,
             callback_url: None,
+            priority: None,
+        }
+    }
+
+    /// The job's priority, 1 to [`MAX_PRIORITY`] (out-of-range values from a message are
+    /// clamped: a message may carry anything).
+    pub fn priority(&self) -> u8 {
+        self.priority
+            .unwrap_or(DEFAULT_PRIORITY)
+            .clamp(1, MAX_PRIORITY)
+    }
+
+    /// The job's fairness group: its key, or, without one, the job itself.
+    pub fn fairness_key(&self) -> std::borrow::Cow<'_, str> {
+        match &self.key {
+            Some(key) => std::borrow::Cow::Borrowed(key),
+            None => std::borrow::Cow::Owned(self.id.to_string()),
         }
     }
 
@@ -281,7 +322,34 @@ mod tests {
             delay_ms: None,
             run_at: None,
             callback_url: None,
+            priority: None,
         }
+    }
+
+    #[test]
+    fn priorities_are_1_to_5_and_travel_with_the_job() {
+        let kinds = KindRegistry::builtin();
+        let mut with = request("echo", json!({}));
+        with.priority = Some(5);
+        let job = with.into_job(&kinds).unwrap();
+        assert_eq!(job.priority(), 5);
+        assert_eq!(Job::decode(&job.encode()).unwrap().priority(), 5);
+        assert_eq!(
+            request("echo", json!({}))
+                .into_job(&kinds)
+                .unwrap()
+                .priority(),
+            DEFAULT_PRIORITY
+        );
+        for bad in [0, 6, -1, 300, i64::MAX] {
+            let mut r = request("echo", json!({}));
+            r.priority = Some(bad);
+            let e = r.into_job(&kinds).unwrap_err();
+            assert_eq!(e.field, "priority", "{bad}");
+        }
+        // A message may carry anything: out of range is clamped, never a panic.
+        let odd = br#"{"id":"0190a6b4-0000-7000-8000-000000000000","kind":"echo","payload":{},"enqueued_at_us":1,"priority":9}"#;
+        assert_eq!(Job::decode(odd).unwrap().priority(), MAX_PRIORITY);
     }
 
     #[test]

@@ -92,6 +92,10 @@ async fn queues_declared_without_a_type_open_as_classic() {
             .expect("legacy declare");
     }
     let opened = RabbitMqBroker::connect_with(&url, &queue, QueueType::Classic).await;
+    if let Ok(broker) = &opened {
+        // Also the lanes it declared.
+        let _ = broker.delete_topology().await;
+    }
     for name in [&queue, &retry, &dead] {
         let _ = channel
             .queue_delete(name.as_str().into(), QueueDeleteOptions::default())

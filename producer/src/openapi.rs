@@ -50,6 +50,13 @@ impl PartialSchema for JobRequestDoc {
                 ObjectBuilder::new().schema_type(SchemaType::AnyValue),
             )
             .property("key", key_schema())
+            .property(
+                "priority",
+                ObjectBuilder::new()
+                    .schema_type(or_null(Type::Integer))
+                    .minimum(Some(1))
+                    .maximum(Some(f64::from(surge_common::job::MAX_PRIORITY))),
+            )
             .into()
     }
 }
@@ -78,8 +85,10 @@ fn key_schema() -> ObjectBuilder {
         // The server counts bytes; 4-byte characters at most make 64 always fit.
         .max_length(Some(MAX_KEY_LEN / 4))
         .description(Some(format!(
-            "Partition / ordering key, 1 to {MAX_KEY_LEN} bytes of UTF-8 (any 64 \
-             characters fit); defaults to the job id."
+            "Fairness group (a tenant, a customer): with a backlog, jobs of different \
+             keys are served in turn. Also the Kafka partition key. 1 to {MAX_KEY_LEN} \
+             bytes of UTF-8 (any 64 characters fit); defaults to the job id (each job a \
+             group of its own)."
         )))
 }
 
@@ -151,6 +160,18 @@ fn kind_request(name: &str, kind: &dyn Kind) -> RefOr<Schema> {
                 .description(Some(
                     "Run no earlier than this RFC 3339 time (at most 7 days ahead; a past \
                      time runs now); with `delay_ms` too, the later one counts.",
+                )),
+        )
+        .property(
+            "priority",
+            ObjectBuilder::new()
+                .schema_type(or_null(Type::Integer))
+                .minimum(Some(1))
+                .maximum(Some(f64::from(surge_common::job::MAX_PRIORITY)))
+                .description(Some(
+                    "1 (lowest) to 5 (highest), default 3. With a backlog a worker runs \
+                     higher priorities first among the jobs it holds; a waiting job gains a \
+                     level every few seconds, so a low priority is never starved.",
                 )),
         );
     if let Some(payload) = kind.example() {

@@ -159,6 +159,7 @@ pub async fn fire(
         delay_ms: None,
         callback_url: None,
         run_at: None,
+        priority: None,
     };
     let mut job = request.into_job(&state.kinds)?;
     job.id = if manual {

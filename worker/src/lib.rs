@@ -7,6 +7,7 @@
 //!
 //! - [`runner`]: the consume loop — capacity bound, result commit, settle, reconnects,
 //!   graceful shutdown.
+//! - [`fair`]: the order held jobs start in: round robin over keys, priorities with aging.
 //! - [`callbacks`]: delivers signed outcome callbacks from the database outbox.
 //! - [`autoscale`]: the `surge_desired_workers` signal from backlog and drain rate.
 //! - [`precheck`]: before an attempt, whether the job is already settled (cancelled, or a
@@ -26,6 +27,7 @@
 pub mod autoscale;
 pub mod callbacks;
 pub mod config;
+pub mod fair;
 pub mod heartbeat;
 pub mod precheck;
 pub mod runner;

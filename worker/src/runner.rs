@@ -1,7 +1,9 @@
 //! The consume loop.
 //!
-//! For each delivery: take one of `capacity` permits (so at most `capacity` jobs run at
-//! once in this process, whatever the broker sends), run the handler, then
+//! Deliveries are held as they arrive (at most the broker's prefetch) and started in the
+//! order of [`crate::fair`] (round robin over keys, priorities with aging) whenever one of
+//! `capacity` permits is free (so at most `capacity` jobs run at once in this process,
+//! whatever the broker sends). Each runs its handler, then
 //! - success → commit the result row, then ack;
 //! - retryable failure with attempts left → schedule a retry after a backoff delay;
 //! - permanent failure or attempts exhausted → commit a `dead` row, then dead-letter.
@@ -29,12 +31,17 @@ use surge_common::storage::{JobResult, JobStatus, PendingResult, Recorded, Stora
 use surge_common::trace::TraceContext;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::autoscale::desired_replicas;
+use crate::fair::FairQueue;
 use crate::precheck::SettledCheck;
 use crate::stats::WorkerStats;
 use surge_common::kinds::{JobError, Kind, KindRegistry};
+
+/// Most deliveries a worker holds, not yet started, whatever the broker's prefetch.
+pub const MAX_HELD: usize = 65_536;
 
 /// A job still running this long after it started is recorded `running` (a stage row);
 /// one that finishes sooner goes from `queued` straight to its result, with no write in
@@ -208,6 +215,8 @@ impl Worker {
                 },
             };
             let mut stopping = false;
+            // Deliveries held until a slot frees up, started in fair order (crate::fair).
+            let mut held: FairQueue<Delivery> = FairQueue::default();
             loop {
                 while let Some(joined) = tasks.try_join_next() {
                     if let Err(e) = joined {
@@ -215,39 +224,41 @@ impl Worker {
                         tracing::error!(error = %e, "job task failed; its delivery was released");
                     }
                 }
-                let permit = tokio::select! {
+                tokio::select! {
+                    biased;
                     _ = &mut shutdown => {
                         stopping = true;
                         break;
                     }
-                    permit = permits.clone().acquire_owned() => {
-                        permit.expect("the capacity semaphore is never closed")
+                    permit = permits.clone().acquire_owned(), if !held.is_empty() => {
+                        let permit = permit.expect("the capacity semaphore is never closed");
+                        if let Some(delivery) = held.pop(Instant::now()) {
+                            tasks.spawn(process(delivery, permit, context.clone()));
+                        }
                     }
-                };
-                let next = tokio::select! {
-                    _ = &mut shutdown => {
-                        stopping = true;
-                        break;
-                    }
-                    next = deliveries.next() => next,
-                };
-                match next {
-                    Some(Ok(delivery)) => {
-                        failures = 0;
-                        tasks.spawn(process(delivery, permit, context.clone()));
-                    }
-                    Some(Err(e)) => {
-                        failures += 1;
-                        tracing::warn!(error = %e, "delivery stream broke; reconnecting");
-                        break;
-                    }
-                    None => {
-                        failures += 1;
-                        tracing::warn!("delivery stream ended; reconnecting");
-                        break;
-                    }
+                    next = deliveries.next(), if held.len() < MAX_HELD => match next {
+                        Some(Ok(delivery)) => {
+                            failures = 0;
+                            let key = delivery.job.fairness_key().into_owned();
+                            let priority = delivery.job.priority();
+                            held.push(&key, priority, Instant::now(), delivery);
+                        }
+                        Some(Err(e)) => {
+                            failures += 1;
+                            tracing::warn!(error = %e, "delivery stream broke; reconnecting");
+                            break;
+                        }
+                        None => {
+                            failures += 1;
+                            tracing::warn!("delivery stream ended; reconnecting");
+                            break;
+                        }
+                    },
                 }
             }
+            // Held, never started: back to the broker (released) while the stream that
+            // delivered them is still open.
+            drop(held.drain());
             if stopping {
                 // Keep the stream, and with it the channel the in-flight jobs ack on, open
                 // until they are drained: closing it now would requeue them after their

@@ -312,8 +312,9 @@ fn request_hash(request: &JobRequest) -> String {
         delay_ms,
         callback_url,
         run_at,
+        priority,
     } = request;
-    let canonical = json!({
+    let mut canonical = json!({
         "kind": kind,
         "payload": payload,
         "key": key,
@@ -321,6 +322,10 @@ fn request_hash(request: &JobRequest) -> String {
         "callback_url": callback_url,
         "run_at": run_at,
     });
+    // Only when given: keys stored before priorities existed keep their hash.
+    if let Some(priority) = priority {
+        canonical["priority"] = json!(priority);
+    }
     format!(
         "{HASH_VERSION}{}",
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))

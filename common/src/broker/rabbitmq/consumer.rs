@@ -1,4 +1,5 @@
-//! Consuming: a channel per consumer with `basic_qos(prefetch)` and manual acks, and how
+//! Consuming: one channel per stream with `basic_qos(prefetch)`, one consumer on it per
+//! queue (`Q` and each fairness lane, so each has its own window), manual acks, and how
 //! one delivery is settled (ack, retry through `Q.retry`, dead-letter to `Q.dead`, release
 //! by a requeueing nack).
 
@@ -15,7 +16,7 @@ use lapin::types::FieldTable;
 use super::connection::unavailable;
 use super::publish::{attempt_headers, header_u32};
 use super::topology::text;
-use super::{headers, BrokerError, ConsumeOptions, Deliveries, Delivery, Inner, Settle};
+use super::{headers, BrokerError, ConsumeOptions, Deliveries, Delivery, Inner, Settle, LANES};
 use crate::job::Job;
 
 /// Starts a consumer on the main queue of `inner`.
@@ -36,17 +37,23 @@ pub(super) async fn consume(
         .basic_qos(options.prefetch, BasicQosOptions::default())
         .await
         .map_err(unavailable)?;
-    let consumer = channel
-        .basic_consume(
-            inner.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(unavailable)?;
+    // One consumer per queue (`Q` and each lane), each with its own prefetch window
+    // (`basic_qos` without `global` is per consumer), merged into one stream.
+    let mut consumers = Vec::with_capacity(LANES + 1);
+    for queue in inner.consumed_queues() {
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        consumers.push(consumer);
+    }
     // The channel must live as long as the stream: it is moved into the closure.
-    let stream = consumer.filter_map(move |item| {
+    let stream = futures::stream::select_all(consumers).filter_map(move |item| {
         let inner = inner.clone();
         let _channel = channel.clone();
         async move {
@@ -108,7 +115,7 @@ impl Settle for RabbitSettle {
         let inner = &self.inner;
         inner
             .publish_to(
-                &inner.retry_queue,
+                |_| inner.retry_queue.as_str(),
                 std::slice::from_ref(job),
                 |job| attempt_headers(job, next_attempt),
                 Some(after),
@@ -121,7 +128,7 @@ impl Settle for RabbitSettle {
         let inner = &self.inner;
         inner
             .publish_to(
-                &inner.dead_queue,
+                |_| inner.dead_queue.as_str(),
                 std::slice::from_ref(job),
                 |job| {
                     let mut table = attempt_headers(job, 0);

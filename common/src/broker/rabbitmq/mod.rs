@@ -7,6 +7,12 @@
 //!   Classic queues expire messages at the head only, so a long delay ahead of a short one
 //!   can postpone it: retries may come late, never early.
 //! - `Q.dead`: durable dead letters, with the reason in the `x-surge-dead-reason` header.
+//! - `Q.lane0` … `Q.lane7`: the [`LANES`] fairness lanes. A new job goes to the lane its
+//!   key hashes to ([`lane_of`]); `Q` itself still receives retries (through `Q.retry`)
+//!   and the jobs of ingresses from before lanes. Every worker consumes `Q` and all lanes,
+//!   each with its own prefetch window, so a key with a huge backlog fills one lane's
+//!   window while the other lanes' jobs reach the worker at once; the worker then starts
+//!   them fairly (`surge_worker::fair`). Two keys hashing to one lane share its order.
 //!
 //! The queue type is a choice ([`QueueType`]): classic, or quorum (replicated over a
 //! cluster by Raft; dead-lettering at-least-once, which needs `x-overflow=reject-publish`).
@@ -25,7 +31,8 @@
 //! requests keep many publishes in flight on the one channel. `Ok` means every message was
 //! confirmed (and, being `mandatory`, routed to a queue).
 //!
-//! Consuming: a channel per consumer with `basic_qos(prefetch)`, manual acks. Retry and
+//! Consuming: a channel per consumer with `basic_qos(prefetch)` per queue (so a worker
+//! holds up to `prefetch` deliveries from `Q` and from each lane), manual acks. Retry and
 //! dead-letter publish the job to the holding queue, await the confirm, then ack the
 //! original: a crash between the two yields a duplicate, never a loss.
 //!
@@ -71,7 +78,31 @@ struct Inner {
     queue: String,
     retry_queue: String,
     dead_queue: String,
+    /// The fairness lanes `Q.lane0` … (see the module docs).
+    lanes: Vec<String>,
     link: Mutex<Option<connection::Link>>,
+}
+
+/// Number of fairness lanes per queue: a key shares its lane with 1/8 of the others.
+/// Fixed, so that every ingress and worker agree without a setting to get wrong.
+pub const LANES: usize = 8;
+
+/// The lane of a job whose fairness key is `key`: FNV-1a, stable across processes and
+/// releases (a changed mapping would only change which keys share a lane).
+pub fn lane_of(key: &str) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % LANES as u64) as usize
+}
+
+impl Inner {
+    /// The queues a worker consumes: `Q` and every lane.
+    fn consumed_queues(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.queue).chain(self.lanes.iter())
+    }
 }
 
 /// The RabbitMQ broker. Cheap to clone; clones share the connection.
@@ -118,6 +149,7 @@ impl RabbitMqBroker {
                 queue: queue.to_owned(),
                 retry_queue: format!("{queue}.retry"),
                 dead_queue: format!("{queue}.dead"),
+                lanes: (0..LANES).map(|i| format!("{queue}.lane{i}")).collect(),
                 link: Mutex::new(None),
             }),
         };
@@ -137,7 +169,7 @@ impl Broker for RabbitMqBroker {
         let inner = &self.inner;
         inner
             .publish_to(
-                &inner.queue,
+                |job| inner.lanes[lane_of(&job.fairness_key())].as_str(),
                 jobs,
                 |job| publish::attempt_headers(job, 1),
                 None,
@@ -157,7 +189,10 @@ impl Broker for RabbitMqBroker {
             .create_channel()
             .await
             .map_err(connection::unavailable)?;
-        let (backlog, consumers) = self.inner.queue_depth(&channel, &self.inner.queue).await?;
+        let (mut backlog, consumers) = self.inner.queue_depth(&channel, &self.inner.queue).await?;
+        for lane in &self.inner.lanes {
+            backlog += self.inner.queue_depth(&channel, lane).await?.0;
+        }
         let (dead, _) = self
             .inner
             .queue_depth(&channel, &self.inner.dead_queue)

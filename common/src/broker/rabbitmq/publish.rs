@@ -17,10 +17,10 @@ use crate::job::Job;
 const PERSISTENT: u8 = 2;
 
 impl Inner {
-    /// Publishes `jobs` to `routing_key` and waits for every confirm.
-    pub(super) async fn publish_to(
+    /// Publishes each job to the queue `queue_of` names for it and waits for every confirm.
+    pub(super) async fn publish_to<'q>(
         &self,
-        routing_key: &str,
+        queue_of: impl Fn(&Job) -> &'q str,
         jobs: &[Job],
         headers: impl Fn(&Job) -> FieldTable,
         expiration: Option<Duration>,
@@ -32,6 +32,7 @@ impl Inner {
                 .with_delivery_mode(PERSISTENT)
                 .with_content_type("application/json".into())
                 .with_message_id(job.id.to_string().into())
+                .with_priority(job.priority())
                 .with_headers(headers(job));
             if let Some(ttl) = expiration {
                 properties = properties.with_expiration(ttl.as_millis().to_string().into());
@@ -40,7 +41,7 @@ impl Inner {
                 .publisher
                 .basic_publish(
                     "".into(),
-                    routing_key.into(),
+                    queue_of(job).into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()

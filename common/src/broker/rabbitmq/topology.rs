@@ -16,6 +16,10 @@ pub(super) fn text(s: &str) -> AMQPValue {
 
 /// The declare arguments of a queue of type `queue_type` whose dead letters (rejected or
 /// expired messages) go to `dead_letter_to`, if any.
+/// RabbitMQ's priority levels on a classic lane (`x-max-priority`): the job's 1 to 5.
+/// Quorum queues of RabbitMQ 3.x take no priorities (4.x orders two levels by itself).
+const LANE_PRIORITIES: u8 = crate::job::MAX_PRIORITY;
+
 fn queue_arguments(queue_type: QueueType, dead_letter_to: Option<&str>) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), text(queue_type.as_str()));
@@ -112,17 +116,27 @@ impl Inner {
         channel: &Channel,
     ) -> Result<(), BrokerError> {
         let kind = self.queue_type;
-        for (name, dead_letter_to) in [
-            (&self.queue, Some(self.dead_queue.as_str())),
-            (&self.retry_queue, Some(self.queue.as_str())),
-            (&self.dead_queue, None),
-        ] {
+        let lanes = self
+            .lanes
+            .iter()
+            .map(|lane| (lane, Some(self.dead_queue.as_str()), true));
+        for (name, dead_letter_to, lane) in [
+            (&self.queue, Some(self.dead_queue.as_str()), false),
+            (&self.retry_queue, Some(self.queue.as_str()), false),
+            (&self.dead_queue, None, false),
+        ]
+        .into_iter()
+        .chain(lanes)
+        {
+            let mut args = queue_arguments(kind, dead_letter_to);
+            if lane && kind == QueueType::Classic {
+                args.insert(
+                    "x-max-priority".into(),
+                    AMQPValue::ShortShortUInt(LANE_PRIORITIES),
+                );
+            }
             let declared = channel
-                .queue_declare(
-                    name.as_str().into(),
-                    QueueDeclareOptions::durable(),
-                    queue_arguments(kind, dead_letter_to),
-                )
+                .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
                 .await;
             if let Err(e) = declared {
                 let existing = if is_precondition_failed(&e) {
@@ -160,7 +174,8 @@ impl Inner {
     /// Deletes the three queues with everything in them.
     pub(super) async fn delete_queues(&self) -> Result<(), BrokerError> {
         let link = self.link().await?;
-        for name in [&self.queue, &self.retry_queue, &self.dead_queue] {
+        let all = [&self.queue, &self.retry_queue, &self.dead_queue];
+        for name in all.into_iter().chain(self.lanes.iter()) {
             link.publisher
                 .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
                 .await
