@@ -643,7 +643,21 @@ def check_rabbitmq(c: Checker, fname: str, md: dict, auth: dict, ctx: dict) -> N
             f"got {md.get('protocol')!r}")
     c.check(md.get("mode") == "QueueLength", f"{fname}: mode QueueLength", f"got {md.get('mode')!r}")
     c.check(str(md.get("excludeUnacknowledged", "false")).lower() != "true", f"{fname}: unacked messages are counted")
-    c.check(md.get("queueName") == ctx["queue"], f"{fname}: queueName {md.get('queueName')!r} = SURGE_QUEUE {ctx['queue']!r}")
+    # Jobs wait in SURGE_QUEUE and its 8 fairness lanes (SURGE_QUEUE.lane0-7): the trigger
+    # must sum all nine, so the queue name is a regex matching exactly those.
+    queue_name = md.get("queueName") or ""
+    wanted = [ctx["queue"]] + [f"{ctx['queue']}.lane{i}" for i in range(8)]
+    unwanted = [f"{ctx['queue']}.retry", f"{ctx['queue']}.dead", f"{ctx['queue']}.lane8", f"x{ctx['queue']}"]
+    if str(md.get("useRegex", "false")).lower() == "true":
+        try:
+            pattern = re.compile(queue_name)
+            matches = all(pattern.fullmatch(q) for q in wanted) and not any(pattern.fullmatch(q) for q in unwanted)
+        except re.error:
+            matches = False
+        c.check(matches, f"{fname}: queueName {queue_name!r} matches SURGE_QUEUE {ctx['queue']!r} and its lanes, nothing else")
+        c.check(md.get("operation") == "sum", f"{fname}: the queues' lengths are summed (operation sum)", f"got {md.get('operation')!r}")
+    else:
+        c.check(False, f"{fname}: queueName covers SURGE_QUEUE {ctx['queue']!r} and its fairness lanes (useRegex)", f"got {queue_name!r} without useRegex")
     v = number(md.get("value"))
     c.check(v == ctx["capacity"], f"{fname}: value {md.get('value')!r} = worker capacity {ctx['capacity']} per replica")
     host = auth.get("host") or md.get("host")
