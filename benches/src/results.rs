@@ -223,6 +223,35 @@ pub struct ScalingRow {
     pub cost: Cost,
 }
 
+/// Scenario 8: one fairness run.
+#[derive(Debug, Clone, Serialize)]
+pub struct FairnessRow {
+    /// Backend.
+    pub backend: String,
+    /// `a-then-b` (one key's backlog, then 10 jobs of another) or `many-keys`.
+    pub case: String,
+    /// Worker processes (memory: capacity × workers inside the ingress).
+    pub workers: u16,
+    /// Capacity per worker.
+    pub capacity: u16,
+    /// Job duration (`sleep`).
+    pub job_ms: u64,
+    /// Jobs of the big key.
+    pub big: u64,
+    /// Jobs of the small keys, posted after the big key's.
+    pub small: u64,
+    /// Distinct small keys.
+    pub small_keys: u64,
+    /// Small keys' wait from their batch's 202 to the result, median.
+    pub small_wait_p50_ms: f64,
+    /// Small keys' longest wait.
+    pub small_wait_max_ms: f64,
+    /// The big key's drain (first post to last result) over `big × job / capacity`.
+    pub big_drain_vs_ideal: f64,
+    /// Accepted jobs without a result.
+    pub lost: u64,
+}
+
 /// Scenario 4: one ceiling.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CeilingRow {
@@ -317,6 +346,8 @@ pub struct Results {
     pub dispatch: Vec<DispatchRow>,
     /// Scenario 7 (Kafka only).
     pub rebalance: Vec<crate::scenarios::RebalanceRow>,
+    /// Scenario 8.
+    pub fairness: Vec<FairnessRow>,
     /// The targets.
     pub targets: Vec<TargetRow>,
     /// Scenarios that could not run, with why.
@@ -432,6 +463,18 @@ impl Results {
                     "| {} | {} × {} | sleep {} ms | {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} |",
                     s.backend, s.replicas, s.capacity, s.job_ms, s.jobs, s.throughput, s.ideal,
                     s.throughput / s.ideal.max(1e-9), per.join("+"), s.lost, cost_cpu(&s.cost), cost_rss(&s.cost)
+                );
+            }
+        }
+        if !self.fairness.is_empty() {
+            let _ = writeln!(md, "\n## 8. Fairness (one key's backlog, then other keys)\n\n| backend | case | workers × capacity | job | big key | small keys × jobs | small wait p50 ms | small wait max ms | big drain ÷ ideal | lost |\n|---|---|---|---|---|---|---|---|---|---|");
+            for f in &self.fairness {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} × {} | sleep {} ms | {} | {} × {} | {:.0} | {:.0} | {:.2} | {} |",
+                    f.backend, f.case, f.workers, f.capacity, f.job_ms, f.big, f.small_keys,
+                    f.small / f.small_keys.max(1), f.small_wait_p50_ms, f.small_wait_max_ms,
+                    f.big_drain_vs_ideal, f.lost
                 );
             }
         }

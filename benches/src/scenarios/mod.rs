@@ -20,10 +20,13 @@
 //!    `echo`, alternately on the same setup: the cost of the hop as a ratio.
 //! 7. [`rebalance`] (Kafka only): workers joining a consumer group mid-burst under each
 //!    `--kafka-assignment` value: pauses, reruns, drain against three from the start.
+//! 8. [`fairness`]: one key's backlog, then another key's few jobs (1 and 3 workers), and
+//!    many one-job keys behind one big key: the small keys' wait and the big one's drain.
 
 mod burst;
 mod ceilings;
 mod dispatch;
+mod fairness;
 pub mod inproc;
 mod rate;
 pub mod rebalance;
@@ -41,6 +44,7 @@ use crate::deploy::{Deployment, Env, Spec};
 pub use burst::{burst, peak_overlap};
 pub use ceilings::{broker_ceiling, db_ceiling, http_ceiling, ingress_ceiling};
 pub use dispatch::{dispatch, Target};
+pub use fairness::fairness;
 pub use inproc::{ceiling_here, connect_broker, CeilingArgs, CeilingKind};
 pub use rate::rate;
 pub use rebalance::{rebalance, RebalanceRow};
@@ -108,6 +112,16 @@ pub struct Sizes {
     pub rebalance_rounds: u32,
     /// Rebalance: longest wait for a run's results.
     pub rebalance_timeout: Duration,
+    /// Fairness: capacity of each worker.
+    pub fair_capacity: u16,
+    /// Fairness: job duration.
+    pub fair_job_ms: u64,
+    /// Fairness: key A's backlog per worker.
+    pub fair_big: usize,
+    /// Fairness, many keys: the big key's backlog.
+    pub fair_many_big: usize,
+    /// Fairness, many keys: keys of one job each.
+    pub fair_many_keys: usize,
 }
 
 impl Sizes {
@@ -143,6 +157,11 @@ impl Sizes {
             rebalance_capacity: 10,
             rebalance_rounds: 2,
             rebalance_timeout: Duration::from_secs(120),
+            fair_capacity: 20,
+            fair_job_ms: 20,
+            fair_big: 5_000,
+            fair_many_big: 50_000,
+            fair_many_keys: 10_000,
         }
     }
 
@@ -178,6 +197,11 @@ impl Sizes {
             rebalance_capacity: 5,
             rebalance_rounds: 1,
             rebalance_timeout: Duration::from_secs(60),
+            fair_capacity: 5,
+            fair_job_ms: 20,
+            fair_big: 100,
+            fair_many_big: 200,
+            fair_many_keys: 50,
         }
     }
 }

@@ -23,6 +23,9 @@ pub enum Scenario {
     /// 7 (Kafka only, not in the default list): workers joining a consumer group
     /// mid-burst under each `--kafka-assignment` value.
     Rebalance,
+    /// 8 (not in the default list): one key's backlog, then other keys' jobs: their wait,
+    /// the big key's drain.
+    Fairness,
 }
 
 /// Surge's benchmark: burst, max sustainable rate, scaling, ceilings and soak for the

@@ -329,6 +329,18 @@ async fn run(args: Args, argv: Vec<String>) -> anyhow::Result<()> {
             }
         }
     }
+    if wants(Scenario::Fairness) {
+        eprintln!(
+            "\n== 8. fairness: key A {} sleep {} ms jobs per worker then key B 10 (1 and 3 workers × {}), then {} one-job keys behind {} of one key",
+            sizes.fair_big, sizes.fair_job_ms, sizes.fair_capacity, sizes.fair_many_keys, sizes.fair_many_big
+        );
+        for &backend in &args.backends {
+            match scenarios::fairness(&env, &sizes, backend).await {
+                Ok(rows) => results.fairness.extend(rows),
+                Err(e) => record(&mut results, format!("fairness on {}", backend.name()), e),
+            }
+        }
+    }
     results.meta.load_after = loadavg();
     results.meta.duration_s = started.elapsed().as_secs_f64();
     results.targets = evaluate_targets(&results, env.engine.name());
