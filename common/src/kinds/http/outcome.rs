@@ -24,6 +24,9 @@ pub struct Verdict {
     pub signal: Signal,
     /// For the breaker: a retryable failure.
     pub failed: bool,
+    /// The target asked to pause the kind this long: a `429` or `503` with a
+    /// `Retry-After` above zero.
+    pub pause: Option<Duration>,
 }
 
 /// Judges an answer. `max_wait` bounds a `Retry-After`.
@@ -36,6 +39,7 @@ pub fn from_answer(answer: Answer, max_wait: Duration) -> Verdict {
             class: "2xx",
             signal: Signal::Success,
             failed: false,
+            pause: None,
         };
     }
     let excerpt = excerpt(&answer.body, answer.truncated);
@@ -55,6 +59,7 @@ pub fn from_answer(answer: Answer, max_wait: Duration) -> Verdict {
             503 => ("5xx", Signal::Overload),
             _ => ("5xx", Signal::Neutral),
         };
+        let pause = retry_after.filter(|wait| (code == 429 || code == 503) && !wait.is_zero());
         return Verdict {
             result: Err(JobError::Retryable {
                 message: what,
@@ -63,6 +68,7 @@ pub fn from_answer(answer: Answer, max_wait: Duration) -> Verdict {
             class,
             signal,
             failed: true,
+            pause,
         };
     }
     let (class, what) = if status.is_redirection() {
@@ -79,6 +85,7 @@ pub fn from_answer(answer: Answer, max_wait: Duration) -> Verdict {
         class,
         signal: Signal::Success,
         failed: false,
+        pause: None,
     }
 }
 
@@ -109,6 +116,7 @@ pub fn from_error(error: &reqwest::Error) -> Verdict {
         class,
         signal,
         failed: true,
+        pause: None,
     }
 }
 
