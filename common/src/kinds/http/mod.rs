@@ -7,11 +7,12 @@
 //! | Target's answer | Job outcome | Notes |
 //! |---|---|---|
 //! | 2xx | `succeeded` | Result = the body: JSON if it parses, else a string (lossy UTF-8); empty → `null`. A body over `max_result_bytes` is not read further: the result is `{"truncated": true, "bytes": N, "content_length": …, "body": "<first N bytes>"}` |
+//! | 429, 503 with `Retry-After` > 0 | kind paused | With [`HttpKind::with_pauses`] (as every worker has): the kind pauses until then for every replica ([`crate::kinds::pause`]; clamped like a `Retry-After`) and the job is deferred, no attempt consumed |
 //! | 408, 429, 5xx | retried | After `Retry-After` (seconds or an HTTP-date, clamped to `max_backoff_ms`, else 1 h) when sent, else the kind's backoff. Dead after `max_attempts` |
 //! | timeout, connection refused/reset | retried | `timeout_ms` covers the whole exchange, body included |
 //! | 3xx | `dead` | Redirects are not followed (a redirected POST loses its body on 301/302/303, and the headers — secrets too — would go to another address): point `url` at the final address |
 //! | other 4xx | `dead` | The error names the status and quotes ≤ 200 characters of the body (never a header) |
-//! | circuit open, cap or rate full | deferred | No request sent, no attempt consumed: the job goes back to the broker for a while |
+//! | kind paused, circuit open, cap or rate full | deferred | No request sent, no attempt consumed: the job goes back to the broker for a while |
 //!
 //! Every request carries `Content-Type: application/json`, `Idempotency-Key: <job id>`
 //! (the same on every attempt: the target can drop repeats), `Surge-Attempt: <n>`
