@@ -144,6 +144,14 @@ async fn start() -> Server {
                 }
             }),
         )
+        .route(
+            "/slow-busy",
+            post(|State(seen): State<Arc<Seen>>| async move {
+                seen.requests.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "5")], "").into_response()
+            }),
+        )
         .route("/hang", post(std::future::pending::<&'static str>))
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -881,4 +889,34 @@ async fn a_retry_after_pauses_the_kind_without_consuming_attempts() {
     assert_eq!(result, Ok(json!({"done": true})));
     assert!(started.elapsed() >= Duration::from_secs(5));
     assert_eq!(server.seen.requests.load(Ordering::SeqCst), 2);
+}
+
+/// Jobs already waiting for the kind's only slot when its target asks for a pause are
+/// deferred when their turn comes, not sent: one request in all.
+#[tokio::test]
+async fn jobs_waiting_for_their_turn_heed_a_pause_learned_meanwhile() {
+    let server = start().await;
+    let storage = sqlite().await;
+    let pauses = KindPauses::new(storage.clone());
+    let http = HttpKind::new(
+        config(
+            "target",
+            &format!("{}/slow-busy", server.base),
+            "concurrency = 1",
+        ),
+        storage,
+    )
+    .unwrap()
+    .with_pauses(pauses.clone());
+    let kind = Arc::new(PausableKind::new("target".into(), Arc::new(http), pauses));
+    let runs: Vec<_> = (0..5)
+        .map(|_| {
+            let kind = kind.clone();
+            tokio::spawn(async move { kind.run(&job(), 1).await })
+        })
+        .collect();
+    for run in runs {
+        deferred(run.await.unwrap());
+    }
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 1);
 }

@@ -66,6 +66,10 @@ impl KindPauses {
     /// process knows is older than [`REFRESH`]).
     pub async fn current(&self, kind: &str) -> Option<KindPause> {
         self.refresh_if_stale().await;
+        self.known(kind)
+    }
+
+    fn known(&self, kind: &str) -> Option<KindPause> {
         let now = now_micros();
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.pauses.get(kind).filter(|p| p.holds_at(now)).cloned()
@@ -74,7 +78,15 @@ impl KindPauses {
     /// How long a job of `kind` should wait in the broker, and why; `None` when the kind
     /// is not paused.
     pub async fn deferral(&self, kind: &str) -> Option<(Duration, String)> {
-        let pause = self.current(kind).await?;
+        self.refresh_if_stale().await;
+        self.deferral_known(kind)
+    }
+
+    /// [`KindPauses::deferral`] from what this process knows now, without reading the
+    /// database: for a job about to be sent after waiting for its turn (a pause learned
+    /// meanwhile stops it).
+    pub fn deferral_known(&self, kind: &str) -> Option<(Duration, String)> {
+        let pause = self.known(kind)?;
         let after = match pause.until_us {
             Some(until) => {
                 let left = u64::try_from(until - now_micros()).unwrap_or(0);

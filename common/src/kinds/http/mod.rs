@@ -282,6 +282,15 @@ impl Kind for HttpKind {
                 return Err(self.defer(reason, refusal.to_string(), after));
             }
         };
+        // A pause learned while this job waited for its turn (another job's 429) holds it.
+        if let Some((after, reason)) = self
+            .pauses
+            .as_ref()
+            .and_then(|p| p.deferral_known(&self.config.name))
+        {
+            lease.release().await;
+            return Err(self.defer("paused", reason, after));
+        }
         let started = Instant::now();
         let verdict = {
             let _counted = InFlight::new(&self.in_flight);

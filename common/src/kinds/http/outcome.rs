@@ -209,6 +209,27 @@ mod tests {
     }
 
     #[test]
+    fn only_429_and_503_with_a_retry_after_pause_the_kind() {
+        let judge = |status: u16, retry_after: Option<&'static str>| {
+            let mut a = answer(status, b"", false);
+            a.retry_after = retry_after.map(reqwest::header::HeaderValue::from_static);
+            from_answer(a, Duration::from_secs(60)).pause
+        };
+        assert_eq!(judge(429, Some("5")), Some(Duration::from_secs(5)));
+        assert_eq!(
+            judge(503, Some("600")),
+            Some(Duration::from_secs(60)),
+            "clamped"
+        );
+        assert_eq!(judge(429, Some("0")), None, "zero: retried as before");
+        assert_eq!(judge(429, None), None);
+        assert_eq!(judge(429, Some("soon")), None);
+        assert_eq!(judge(500, Some("5")), None);
+        assert_eq!(judge(408, Some("5")), None);
+        assert_eq!(judge(200, Some("5")), None);
+    }
+
+    #[test]
     fn excerpts_are_short_and_clean() {
         let long = "x".repeat(1000);
         let e = excerpt(long.as_bytes(), false);
