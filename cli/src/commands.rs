@@ -27,6 +27,9 @@ pub enum Command {
     /// List the config file's recurring jobs; pause, resume or trigger one.
     #[command(subcommand)]
     Schedules(crate::schedules::SchedulesCommand),
+    /// List the job kinds and their pauses; pause or resume one for every worker.
+    #[command(subcommand)]
+    Kinds(crate::kinds::KindsCommand),
     /// Print a completion script for SHELL (bash, zsh, fish, powershell, elvish).
     Completions {
         /// The shell.
@@ -124,6 +127,7 @@ pub async fn run(client: &Client, command: Command, out: &mut dyn Write) -> Resu
             one_job(client, Method::DELETE, &id, out).await
         }
         Command::Schedules(command) => crate::schedules::run(client, command, out).await,
+        Command::Kinds(command) => crate::kinds::run(client, command, out).await,
         Command::Completions { .. } => Ok(()),
     }
 }

@@ -1,6 +1,6 @@
 //! `surge`: the operator's command line. It talks to an ingress's HTTP API (`SURGE_URL`,
 //! `SURGE_API_KEY`): submit a job, list, show, replay and cancel jobs, list, pause, resume
-//! and trigger recurring jobs, print shell completions. Errors are the ingress's JSON error, and the exit code tells their class.
+//! and trigger recurring jobs, list, pause and resume job kinds, print shell completions. Errors are the ingress's JSON error, and the exit code tells their class.
 
 use std::io::Write;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser};
 
 mod client;
 mod commands;
+mod kinds;
 mod schedules;
 
 use client::{CliError, Client};
@@ -26,6 +27,9 @@ Examples:
   surge jobs cancel 0193…
   surge schedules list
   surge schedules pause nightly_report      # also: resume, trigger
+  surge kinds list                          # paused kinds: until when, by whom, why
+  surge kinds pause thumbnail --for 15m --reason 'target deploy'
+  surge kinds resume thumbnail
   surge completions bash > /etc/bash_completion.d/surge
 
 Exit codes:

@@ -337,6 +337,115 @@ async fn schedules_subcommands_against_a_real_ingress_with_an_api_key() {
     let _ = std::fs::remove_file(config);
 }
 
+/// `surge kinds list|pause|resume`: a paused kind's job waits (the embedded workers hold
+/// it), and runs once resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinds_subcommands_against_a_real_ingress_with_an_api_key() {
+    let running = ingress(&["--api-keys", KEY]).await;
+    let url_owned = running.url.clone();
+    let url = url_owned.as_str();
+
+    let refused = surge(url, None, &["kinds", "list"]).await;
+    assert_eq!(refused.code, 5, "{}", refused.stderr);
+    let table = surge(url, Some(KEY), &["kinds", "list"]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(table.stdout.starts_with("NAME"), "{}", table.stdout);
+    let echo = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("echo "))
+        .unwrap_or_else(|| panic!("{}", table.stdout));
+    assert!(
+        echo.contains("builtin") && echo.contains("running"),
+        "{echo}"
+    );
+
+    let paused = surge(
+        url,
+        Some(KEY),
+        &[
+            "kinds",
+            "pause",
+            "echo",
+            "--for",
+            "15m",
+            "--reason",
+            "target deploy",
+        ],
+    )
+    .await;
+    assert_eq!(paused.code, 0, "{}", paused.stderr);
+    let shown = paused.json();
+    assert_eq!(shown["paused"]["source"], "operator", "{shown}");
+    assert_eq!(shown["paused"]["reason"], "target deploy", "{shown}");
+    assert!(shown["paused"]["until"].is_string(), "{shown}");
+    let listed = surge(url, Some(KEY), &["kinds", "list", "--json"]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let echo: Value = listed
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|k| k["name"] == "echo")
+        .unwrap();
+    assert_eq!(echo["paused"]["reason"], "target deploy", "{echo}");
+
+    // Its job waits; resumed, it runs.
+    tokio::time::sleep(surge_common::kinds::pause::REFRESH * 2).await;
+    let submitted = surge(url, Some(KEY), &["submit", "echo", "{\"n\": 7}"]).await;
+    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
+    let id = submitted.stdout.trim().to_owned();
+    let status = |id: String| async move {
+        let shown = surge(url, Some(KEY), &["jobs", "show", &id]).await;
+        assert_eq!(shown.code, 0, "{}", shown.stderr);
+        shown.json()["status"].as_str().unwrap_or("").to_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = status(id.clone()).await;
+        assert_ne!(now, "succeeded", "a paused kind's job ran");
+        if now == "waiting" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{now}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let resumed = surge(url, Some(KEY), &["kinds", "resume", "echo"]).await;
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert_eq!(resumed.json()["paused"], Value::Null);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while status(id.clone()).await != "succeeded" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ran after the resume"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // Errors by class: a bad duration or name is 2 (nothing sent), a refused one 3 naming
+    // the field, an unknown kind 4 naming it.
+    for bad in [
+        &["kinds", "pause", "echo", "--for", "soon"][..],
+        &["kinds", "pause", "../jobs"],
+        &["kinds", "resume", "Echo"],
+    ] {
+        let out = surge(url, Some(KEY), bad).await;
+        assert_eq!(out.code, 2, "{bad:?}: {}", out.stderr);
+    }
+    let long = surge(url, Some(KEY), &["kinds", "pause", "echo", "--for", "31d"]).await;
+    assert_eq!(long.code, 3, "{}", long.stderr);
+    assert!(long.stderr.contains("(for_s)"), "{}", long.stderr);
+    let unknown = surge(url, Some(KEY), &["kinds", "pause", "nope"]).await;
+    assert_eq!(unknown.code, 4, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("not_found (name)") && unknown.stderr.contains("\"nope\""),
+        "{}",
+        unknown.stderr
+    );
+    let help = surge(url, None, &["--help"]).await;
+    assert!(help.stdout.contains("surge kinds pause"), "{}", help.stdout);
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn completions_are_generated() {
     for shell in ["bash", "zsh", "fish"] {

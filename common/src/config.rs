@@ -319,6 +319,7 @@ impl KindsArgs {
             signed: callbacks.callback_secret.is_some(),
         };
         let registry = own
+            .with_pauses(crate::kinds::pause::KindPauses::new(storage.clone()))
             .with_config(&config, storage)?
             .with_callback_policy(policy.clone())
             .try_build()?;

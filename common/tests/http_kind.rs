@@ -18,8 +18,10 @@ use serde_json::{json, Value};
 use surge_common::job::Job;
 use surge_common::kinds::http::config::{HttpKindConfig, HttpKindFile};
 use surge_common::kinds::http::HttpKind;
+use surge_common::kinds::pause::{KindPauses, PausableKind};
 use surge_common::kinds::{JobError, Kind};
 use surge_common::storage::flow::SlotsSetup;
+use surge_common::storage::pauses::PauseSource;
 use surge_common::storage::Storage;
 use surge_common::testing::{self, POSTGRES_URL_VAR};
 
@@ -125,6 +127,30 @@ async fn start() -> Server {
         .route(
             "/retry-garbage",
             post(|| async { (StatusCode::BAD_GATEWAY, [("retry-after", "soon-ish")], "") }),
+        )
+        .route(
+            "/busy-once",
+            post(|State(seen): State<Arc<Seen>>| async move {
+                // The first request is told to come back in 5 s; the others succeed.
+                if seen.requests.fetch_add(1, Ordering::SeqCst) == 0 {
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "5")],
+                        "busy",
+                    )
+                        .into_response()
+                } else {
+                    axum::Json(json!({"done": true})).into_response()
+                }
+            }),
+        )
+        .route(
+            "/slow-busy",
+            post(|State(seen): State<Arc<Seen>>| async move {
+                seen.requests.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "5")], "").into_response()
+            }),
         )
         .route("/hang", post(std::future::pending::<&'static str>))
         .with_state(seen.clone());
@@ -814,4 +840,83 @@ async fn a_default_description_never_shows_the_url() {
     )
     .unwrap();
     assert_eq!(described.description(), "Thumbnails");
+}
+
+/// A `429` with `Retry-After: 5` pauses the kind: this job and the next are deferred (no
+/// attempt consumed, no request sent) until the pause ends, the pause is stored for the
+/// other replicas, and then the job succeeds.
+#[tokio::test]
+async fn a_retry_after_pauses_the_kind_without_consuming_attempts() {
+    let server = start().await;
+    let storage = sqlite().await;
+    let pauses = KindPauses::new(storage.clone());
+    let http = HttpKind::new(
+        config("target", &format!("{}/busy-once", server.base), ""),
+        storage.clone(),
+    )
+    .unwrap()
+    .with_pauses(pauses.clone());
+    let kind = PausableKind::new("target".into(), Arc::new(http), pauses.clone());
+    let started = tokio::time::Instant::now();
+    let (reason, after) = deferred(kind.run(&job(), 1).await);
+    assert!(reason.contains("429"), "{reason}");
+    assert!(
+        after <= Duration::from_secs(5) && after >= Duration::from_secs(4),
+        "{after:?}"
+    );
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 1);
+    let stored = storage
+        .kind_pauses(surge_common::clock::now_micros())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].source, PauseSource::Target);
+    // While paused: deferred again, no request sent; then it runs (the same attempt:
+    // none was consumed).
+    let deadline = started + Duration::from_secs(10);
+    let mut deferrals = 0;
+    let result = loop {
+        match kind.run(&job(), 1).await {
+            Err(JobError::Deferred { .. }) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(server.seen.requests.load(Ordering::SeqCst), 1);
+                deferrals += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => break other,
+        }
+    };
+    assert!(deferrals > 10, "{deferrals}");
+    assert_eq!(result, Ok(json!({"done": true})));
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 2);
+}
+
+/// Jobs already waiting for the kind's only slot when its target asks for a pause are
+/// deferred when their turn comes, not sent: one request in all.
+#[tokio::test]
+async fn jobs_waiting_for_their_turn_heed_a_pause_learned_meanwhile() {
+    let server = start().await;
+    let storage = sqlite().await;
+    let pauses = KindPauses::new(storage.clone());
+    let http = HttpKind::new(
+        config(
+            "target",
+            &format!("{}/slow-busy", server.base),
+            "concurrency = 1",
+        ),
+        storage,
+    )
+    .unwrap()
+    .with_pauses(pauses.clone());
+    let kind = Arc::new(PausableKind::new("target".into(), Arc::new(http), pauses));
+    let runs: Vec<_> = (0..5)
+        .map(|_| {
+            let kind = kind.clone();
+            tokio::spawn(async move { kind.run(&job(), 1).await })
+        })
+        .collect();
+    for run in runs {
+        deferred(run.await.unwrap());
+    }
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 1);
 }

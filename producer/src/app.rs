@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use crate::dashboard;
 use crate::error::ApiError;
-use crate::routes::{health, jobs, metrics, operations, schedules};
+use crate::routes::{health, jobs, kinds, metrics, operations, schedules};
 use crate::state::AppState;
 
 /// The request id header, set when the client did not send one and echoed back.
@@ -77,6 +77,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(schedules::pause))
         .routes(routes!(schedules::resume))
         .routes(routes!(schedules::trigger))
+        .routes(routes!(kinds::list))
+        .routes(routes!(kinds::pause))
+        .routes(routes!(kinds::resume))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))

@@ -15,7 +15,8 @@ use surge_common::job::InvalidJob;
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
-fn is_json(content_type: &str) -> bool {
+/// Whether `content_type` declares JSON (`application/json` or `application/…+json`).
+pub(crate) fn is_json(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()

@@ -59,6 +59,18 @@ pub enum ApiError {
         /// The configured names, comma-separated (`none` when there is none).
         configured: String,
     },
+    /// No kind by this name: 404, naming the path's `name`.
+    #[error("no kind {name:?}; known: {known}")]
+    UnknownKind {
+        /// The name asked for.
+        name: String,
+        /// The known names, comma-separated (`none` when there is none).
+        known: String,
+    },
+    /// A well-formed request body (not a job) with a field out of range, mistyped or
+    /// unknown: 422, naming the field.
+    #[error("{}", .0.message)]
+    InvalidRequest(InvalidJob),
     /// A header is malformed: 400, naming it.
     #[error("{field}: {message}")]
     BadHeader {
@@ -147,9 +159,10 @@ impl ApiError {
             }
             ApiError::BadPath { .. } => (StatusCode::BAD_REQUEST, "bad_path"),
             ApiError::TooManyWaiters(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_waiters"),
-            ApiError::NotFound(_) | ApiError::UnknownSchedule { .. } => {
-                (StatusCode::NOT_FOUND, "not_found")
-            }
+            ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::NotFound(_)
+            | ApiError::UnknownSchedule { .. }
+            | ApiError::UnknownKind { .. } => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -177,12 +190,14 @@ impl ApiError {
 
     fn field(&self) -> Option<String> {
         match self {
-            ApiError::Invalid(e) => Some(e.field.clone()),
+            ApiError::Invalid(e) | ApiError::InvalidRequest(e) => Some(e.field.clone()),
             ApiError::BadPath { field, .. } | ApiError::BadHeader { field, .. } => {
                 Some((*field).to_owned())
             }
             ApiError::BadQuery { field, .. } => Some(field.clone()),
-            ApiError::UnknownSchedule { .. } => Some("name".to_owned()),
+            ApiError::UnknownSchedule { .. } | ApiError::UnknownKind { .. } => {
+                Some("name".to_owned())
+            }
             ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyInProgress => {
                 Some("Idempotency-Key".to_owned())
             }

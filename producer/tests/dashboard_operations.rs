@@ -13,6 +13,10 @@
 //! The recurring jobs card lists the config file's schedules and pauses, resumes and
 //! triggers one (screenshot `target/artifacts/dashboard-schedules.png`).
 //!
+//! The kinds card lists every kind with its pause: one the target paused shows until when,
+//! by whom and why; its pause and resume buttons pause and resume a kind for the API too
+//! (screenshot `target/artifacts/dashboard-pauses.png`).
+//!
 //! Needs Debian's `chromium` (`scripts/chromium.sh` installs it). Without it the test fails
 //! when `CI=true` and is skipped loudly otherwise.
 
@@ -578,6 +582,147 @@ async fn drive_schedules(
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("dashboard-schedules.png"), shot)?;
+    Ok(())
+}
+
+/// One kind row of the kinds card as shown.
+#[derive(Debug, Clone, Deserialize)]
+struct PauseRow {
+    paused: bool,
+    cells: Vec<String>,
+    toggle: String,
+}
+
+const READ_PAUSES: &str = r##"(() => Object.fromEntries(
+  [...document.querySelectorAll("#pauses-body tr[data-kind]")].map((row) => [
+    row.dataset.kind,
+    {
+      paused: row.dataset.paused === "true",
+      cells: [...row.cells].slice(0, 6).map((cell) => cell.textContent.trim()),
+      toggle: row.querySelector("button[data-action]").dataset.action,
+    },
+  ])))()"##;
+
+/// The kinds card: a pause the target set (a stored row, as a worker writes it) is shown
+/// with its end, source and reason; the pause button pauses a kind until resumed (the API
+/// agrees), resume resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinds_are_shown_paused_and_resumed_from_the_dashboard() -> anyhow::Result<()> {
+    use surge_common::storage::pauses::{KindPause, PauseSource};
+    let Some(chromium) = chromium() else {
+        return Ok(());
+    };
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await?;
+    let now = surge_common::clock::now_micros();
+    storage
+        .pause_kind(&KindPause {
+            kind: "hash".into(),
+            until_us: Some(now + 3_600_000_000),
+            reason: "target answered 429 Too Many Requests (Retry-After)".into(),
+            source: PauseSource::Target,
+            set_at_us: now,
+        })
+        .await?;
+    let (base, stop_server, server) = start_ingress(storage, &[]).await?;
+    let browser = Browser::launch(&chromium).await?;
+    let outcome = drive_pauses(&browser, &reqwest::Client::new(), &base).await;
+    finish(browser, stop_server, server, outcome).await
+}
+
+async fn drive_pauses(
+    browser: &Browser,
+    client: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<()> {
+    let tab = browser.tab(1280, 1500).await?;
+    tab.navigate(&format!("{base}/")).await?;
+    let patience = Duration::from_secs(30);
+    type Rows = BTreeMap<String, PauseRow>;
+    let wait = |what: &'static str, done: Box<dyn Fn(&Rows) -> bool>| {
+        let tab = &tab;
+        async move {
+            tab.wait_for(
+                READ_PAUSES,
+                what,
+                patience,
+                |_| {},
+                |rows: &Rows| done(rows),
+            )
+            .await
+        }
+    };
+    let rows = wait(
+        "the kinds, hash paused",
+        Box::new(|rows| rows.contains_key("echo") && rows.get("hash").is_some_and(|r| r.paused)),
+    )
+    .await?;
+    let hash = &rows["hash"];
+    assert_eq!(hash.cells[..3], ["hash", "builtin", "paused"], "{hash:?}");
+    assert!(hash.cells[3].ends_with(" UTC"), "until: {hash:?}");
+    assert_eq!(hash.cells[4], "target", "{hash:?}");
+    assert!(hash.cells[5].contains("429"), "{hash:?}");
+    assert_eq!(hash.toggle, "resume");
+    let echo = &rows["echo"];
+    assert_eq!(echo.cells[2], "running", "{echo:?}");
+    assert_eq!(echo.toggle, "pause");
+
+    // Pause echo from the page: until resumed, by the operator; the API agrees.
+    tab.eval(r#"document.querySelector('#pauses-body tr[data-kind="echo"] button[data-action=pause]').click()"#)
+        .await?;
+    wait(
+        "echo paused",
+        Box::new(|rows| {
+            rows["echo"].paused
+                && rows["echo"].cells[3] == "until resumed"
+                && rows["echo"].cells[4] == "operator"
+                && rows["echo"].toggle == "resume"
+        }),
+    )
+    .await?;
+    let listed: Value = client
+        .get(format!("{base}/kinds"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let echo = listed["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "echo")
+        .unwrap();
+    assert_eq!(echo["paused"]["source"], "operator", "{listed}");
+    let shot = tab.screenshot().await?;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("dashboard-pauses.png"), shot)?;
+
+    // Resume both from the page.
+    for kind in ["echo", "hash"] {
+        tab.eval(&format!(
+            r#"document.querySelector('#pauses-body tr[data-kind="{kind}"] button[data-action=resume]').click()"#
+        ))
+        .await?;
+    }
+    wait(
+        "both running",
+        Box::new(|rows| !rows["echo"].paused && !rows["hash"].paused),
+    )
+    .await?;
+    let listed: Value = client
+        .get(format!("{base}/kinds"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(
+        listed["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["paused"].is_null()),
+        "{listed}"
+    );
     Ok(())
 }
 

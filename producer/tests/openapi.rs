@@ -124,6 +124,9 @@ async fn the_document_and_the_router_agree() {
         "POST /schedules/{name}/pause",
         "POST /schedules/{name}/resume",
         "POST /schedules/{name}/trigger",
+        "GET /kinds",
+        "POST /kinds/{name}/pause",
+        "POST /kinds/{name}/resume",
     ];
     for route in served {
         assert!(
@@ -132,7 +135,16 @@ async fn the_document_and_the_router_agree() {
         );
     }
     // The schedules' answers are described, not just named.
-    for schema in ["ScheduleList", "ScheduleView", "LastJobView", "Triggered"] {
+    for schema in [
+        "ScheduleList",
+        "ScheduleView",
+        "LastJobView",
+        "Triggered",
+        "KindList",
+        "KindView",
+        "PauseView",
+        "PauseRequest",
+    ] {
         assert!(
             doc["components"]["schemas"][schema].is_object(),
             "{schema} is not in the document's components"

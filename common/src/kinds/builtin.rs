@@ -202,6 +202,10 @@ impl Kind for Builtin {
         }
     }
 
+    fn kind_type(&self) -> &'static str {
+        "builtin"
+    }
+
     fn description(&self) -> String {
         match self.0 {
             BuiltinKind::Sleep => "Simulated I/O: waits `ms` milliseconds.",

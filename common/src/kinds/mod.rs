@@ -16,6 +16,7 @@
 pub mod builtin;
 pub mod file;
 pub mod http;
+pub mod pause;
 pub mod schema;
 
 use std::collections::BTreeMap;
@@ -121,6 +122,12 @@ pub trait Kind: Send + Sync + 'static {
         worker
     }
 
+    /// What sort of kind this is, for `GET /kinds`: `http` (declared in the configuration
+    /// file), `builtin` (the examples) or `code` (registered in Rust, the default).
+    fn kind_type(&self) -> &'static str {
+        "code"
+    }
+
     /// Sets up what the kind shares with other replicas before a worker takes its first
     /// job (HTTP kinds: record `concurrency` and write the slot rows, refused when other
     /// replicas use another value). Nothing by default.
@@ -160,6 +167,7 @@ pub fn is_valid_kind_name(name: &str) -> bool {
 pub struct KindRegistry {
     kinds: Arc<BTreeMap<String, Arc<dyn Kind>>>,
     callbacks: crate::job::CallbackPolicy,
+    pauses: Option<Arc<pause::KindPauses>>,
 }
 
 impl std::fmt::Debug for KindRegistry {
@@ -183,6 +191,12 @@ impl KindRegistry {
     /// default: none while callbacks cannot be signed, public addresses only).
     pub fn callback_policy(&self) -> &crate::job::CallbackPolicy {
         &self.callbacks
+    }
+
+    /// This process's cache of paused kinds, when its kinds are pausable
+    /// ([`KindRegistryBuilder::with_pauses`]).
+    pub fn pauses(&self) -> Option<&Arc<pause::KindPauses>> {
+        self.pauses.as_ref()
     }
 
     /// The kind called `name`.
@@ -255,6 +269,7 @@ pub struct KindRegistryBuilder {
     kinds: BTreeMap<String, Arc<dyn Kind>>,
     errors: Vec<RegistryError>,
     callbacks: crate::job::CallbackPolicy,
+    pauses: Option<Arc<pause::KindPauses>>,
 }
 
 impl KindRegistryBuilder {
@@ -287,10 +302,21 @@ impl KindRegistryBuilder {
         }
         for kind in &config.http_kinds {
             let name = kind.name.clone();
-            let http = http::HttpKind::new(kind.clone(), storage.clone())?;
+            let mut http = http::HttpKind::new(kind.clone(), storage.clone())?;
+            if let Some(pauses) = &self.pauses {
+                http = http.with_pauses(pauses.clone());
+            }
             self.insert(name, Arc::new(http));
         }
         Ok(self)
+    }
+
+    /// Makes every kind pausable (see [`pause`]): a paused kind's jobs are deferred, and
+    /// HTTP kinds added after this call record the pauses their targets ask for. Call it
+    /// before [`KindRegistryBuilder::with_config`].
+    pub fn with_pauses(mut self, pauses: Arc<pause::KindPauses>) -> Self {
+        self.pauses = Some(pauses);
+        self
     }
 
     /// Sets which `callback_url`s the registry's jobs may carry (see
@@ -325,13 +351,10 @@ impl KindRegistryBuilder {
     }
 
     /// The registry, or the first problem met while registering.
-    pub fn try_build(self) -> Result<KindRegistry, RegistryError> {
-        match self.errors.into_iter().next() {
+    pub fn try_build(mut self) -> Result<KindRegistry, RegistryError> {
+        match std::mem::take(&mut self.errors).into_iter().next() {
             Some(error) => Err(error),
-            None => Ok(KindRegistry {
-                kinds: Arc::new(self.kinds),
-                callbacks: self.callbacks,
-            }),
+            None => Ok(self.finish()),
         }
     }
 
@@ -340,9 +363,25 @@ impl KindRegistryBuilder {
         for error in &self.errors {
             tracing::error!(%error, "job kind not registered");
         }
+        self.finish()
+    }
+
+    fn finish(self) -> KindRegistry {
+        let kinds = match &self.pauses {
+            None => self.kinds,
+            Some(pauses) => self
+                .kinds
+                .into_iter()
+                .map(|(name, kind)| {
+                    let pausable = pause::PausableKind::new(name.clone(), kind, pauses.clone());
+                    (name, Arc::new(pausable) as Arc<dyn Kind>)
+                })
+                .collect(),
+        };
         KindRegistry {
-            kinds: Arc::new(self.kinds),
+            kinds: Arc::new(kinds),
             callbacks: self.callbacks,
+            pauses: self.pauses,
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod heartbeat;
 pub mod idempotency;
 pub mod lifecycle;
 pub mod listing;
+pub mod pauses;
 pub mod recurring;
 pub mod replay;
 pub mod retention;

@@ -7,11 +7,12 @@
 //! | Target's answer | Job outcome | Notes |
 //! |---|---|---|
 //! | 2xx | `succeeded` | Result = the body: JSON if it parses, else a string (lossy UTF-8); empty → `null`. A body over `max_result_bytes` is not read further: the result is `{"truncated": true, "bytes": N, "content_length": …, "body": "<first N bytes>"}` |
+//! | 429, 503 with `Retry-After` > 0 | kind paused | With [`HttpKind::with_pauses`] (as every worker has): the kind pauses until then for every replica ([`crate::kinds::pause`]; clamped like a `Retry-After`) and the job is deferred, no attempt consumed |
 //! | 408, 429, 5xx | retried | After `Retry-After` (seconds or an HTTP-date, clamped to `max_backoff_ms`, else 1 h) when sent, else the kind's backoff. Dead after `max_attempts` |
 //! | timeout, connection refused/reset | retried | `timeout_ms` covers the whole exchange, body included |
 //! | 3xx | `dead` | Redirects are not followed (a redirected POST loses its body on 301/302/303, and the headers — secrets too — would go to another address): point `url` at the final address |
 //! | other 4xx | `dead` | The error names the status and quotes ≤ 200 characters of the body (never a header) |
-//! | circuit open, cap or rate full | deferred | No request sent, no attempt consumed: the job goes back to the broker for a while |
+//! | kind paused, circuit open, cap or rate full | deferred | No request sent, no attempt consumed: the job goes back to the broker for a while |
 //!
 //! Every request carries `Content-Type: application/json`, `Idempotency-Key: <job id>`
 //! (the same on every attempt: the target can drop repeats), `Surge-Attempt: <n>`
@@ -41,6 +42,7 @@ pub mod retry_after;
 pub mod shared;
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,9 +53,12 @@ use self::aimd::AdaptiveLimit;
 use self::breaker::{Admission, Breaker};
 use self::config::HttpKindConfig;
 use self::shared::{Refusal, SharedLimits};
+use crate::clock::now_micros;
 use crate::job::{InvalidJob, Job};
+use crate::kinds::pause::{KindPauses, MAX_DEFER, MIN_DEFER};
 use crate::kinds::{JobError, Kind};
 use crate::retry::RetryPolicy;
+use crate::storage::pauses::{KindPause, PauseSource};
 use crate::storage::Storage;
 
 /// How long a job deferred because the flow-control database failed waits in the broker.
@@ -69,6 +74,7 @@ pub struct HttpKind {
     limit: AdaptiveLimit,
     shared: SharedLimits,
     in_flight: AtomicU32,
+    pauses: Option<Arc<KindPauses>>,
 }
 
 /// An HTTP kind could not be set up.
@@ -114,8 +120,18 @@ impl HttpKind {
             limit: AdaptiveLimit::new(config.concurrency, config.adaptive),
             shared,
             in_flight: AtomicU32::new(0),
+            pauses: None,
             config,
         })
+    }
+
+    /// Records in `pauses` the pause a target asks for (a `429` or `503` with a
+    /// `Retry-After` above zero, up to `max_backoff_ms`, else 1 h): the kind is paused for
+    /// every replica until then and the job is deferred, no attempt consumed. Without it
+    /// such an answer is a retryable failure retried after the `Retry-After`.
+    pub fn with_pauses(mut self, pauses: Arc<KindPauses>) -> HttpKind {
+        self.pauses = Some(pauses);
+        self
     }
 
     /// Records the kind's concurrency and writes its slot rows in the shared database;
@@ -157,6 +173,37 @@ impl HttpKind {
             reason: message,
             after,
         }
+    }
+
+    /// The target asked for `wait` (a 429/503 with `Retry-After`): pause the kind that long
+    /// for every replica, and defer this job (no attempt consumed).
+    async fn pause(
+        &self,
+        pauses: &KindPauses,
+        wait: Duration,
+        result: Result<Value, JobError>,
+    ) -> JobError {
+        let answer = match result {
+            Err(JobError::Retryable { message, .. }) => message,
+            _ => "the target asked to wait".to_owned(),
+        };
+        let now = now_micros();
+        let until = now.saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX));
+        tracing::warn!(kind = %self.config.name, ?wait, "the target asked to wait: kind paused");
+        pauses
+            .record(KindPause {
+                kind: self.config.name.clone(),
+                until_us: Some(until),
+                reason: format!("{answer} (Retry-After)"),
+                source: PauseSource::Target,
+                set_at_us: now,
+            })
+            .await;
+        self.defer(
+            "paused",
+            format!("{answer}; kind paused for {} s", wait.as_secs_f64().ceil()),
+            wait.clamp(MIN_DEFER, MAX_DEFER),
+        )
     }
 
     fn max_retry_after(&self) -> Duration {
@@ -235,6 +282,15 @@ impl Kind for HttpKind {
                 return Err(self.defer(reason, refusal.to_string(), after));
             }
         };
+        // A pause learned while this job waited for its turn (another job's 429) holds it.
+        if let Some((after, reason)) = self
+            .pauses
+            .as_ref()
+            .and_then(|p| p.deferral_known(&self.config.name))
+        {
+            lease.release().await;
+            return Err(self.defer("paused", reason, after));
+        }
         let started = Instant::now();
         let verdict = {
             let _counted = InFlight::new(&self.in_flight);
@@ -258,7 +314,14 @@ impl Kind for HttpKind {
         }
         metrics::response(&self.config.name, verdict.class, took);
         self.publish_gauges();
-        verdict.result
+        match (verdict.pause, &self.pauses) {
+            (Some(wait), Some(pauses)) => Err(self.pause(pauses, wait, verdict.result).await),
+            _ => verdict.result,
+        }
+    }
+
+    fn kind_type(&self) -> &'static str {
+        "http"
     }
 
     async fn prepare(&self) -> Result<(), HttpKindError> {

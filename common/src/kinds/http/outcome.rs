@@ -24,6 +24,9 @@ pub struct Verdict {
     pub signal: Signal,
     /// For the breaker: a retryable failure.
     pub failed: bool,
+    /// The target asked to pause the kind this long: a `429` or `503` with a
+    /// `Retry-After` above zero.
+    pub pause: Option<Duration>,
 }
 
 /// Judges an answer. `max_wait` bounds a `Retry-After`.
@@ -36,6 +39,7 @@ pub fn from_answer(answer: Answer, max_wait: Duration) -> Verdict {
             class: "2xx",
             signal: Signal::Success,
             failed: false,
+            pause: None,
         };
     }
     let excerpt = excerpt(&answer.body, answer.truncated);
@@ -55,6 +59,7 @@ pub fn from_answer(answer: Answer, max_wait: Duration) -> Verdict {
             503 => ("5xx", Signal::Overload),
             _ => ("5xx", Signal::Neutral),
         };
+        let pause = retry_after.filter(|wait| (code == 429 || code == 503) && !wait.is_zero());
         return Verdict {
             result: Err(JobError::Retryable {
                 message: what,
@@ -63,6 +68,7 @@ pub fn from_answer(answer: Answer, max_wait: Duration) -> Verdict {
             class,
             signal,
             failed: true,
+            pause,
         };
     }
     let (class, what) = if status.is_redirection() {
@@ -79,6 +85,7 @@ pub fn from_answer(answer: Answer, max_wait: Duration) -> Verdict {
         class,
         signal: Signal::Success,
         failed: false,
+        pause: None,
     }
 }
 
@@ -109,6 +116,7 @@ pub fn from_error(error: &reqwest::Error) -> Verdict {
         class,
         signal,
         failed: true,
+        pause: None,
     }
 }
 
@@ -198,6 +206,27 @@ mod tests {
         let cut = judge(answer(200, b"\xff\xff\xffabc", true));
         assert_eq!(cut["truncated"], json!(true));
         assert!(cut["body"].as_str().unwrap().len() <= 6);
+    }
+
+    #[test]
+    fn only_429_and_503_with_a_retry_after_pause_the_kind() {
+        let judge = |status: u16, retry_after: Option<&'static str>| {
+            let mut a = answer(status, b"", false);
+            a.retry_after = retry_after.map(reqwest::header::HeaderValue::from_static);
+            from_answer(a, Duration::from_secs(60)).pause
+        };
+        assert_eq!(judge(429, Some("5")), Some(Duration::from_secs(5)));
+        assert_eq!(
+            judge(503, Some("600")),
+            Some(Duration::from_secs(60)),
+            "clamped"
+        );
+        assert_eq!(judge(429, Some("0")), None, "zero: retried as before");
+        assert_eq!(judge(429, None), None);
+        assert_eq!(judge(429, Some("soon")), None);
+        assert_eq!(judge(500, Some("5")), None);
+        assert_eq!(judge(408, Some("5")), None);
+        assert_eq!(judge(200, Some("5")), None);
     }
 
     #[test]
