@@ -79,6 +79,56 @@ pub struct JobRequest {
     pub priority: Option<i64>,
 }
 
+/// Where a kind takes a job's fairness key from when the request names none (`key_from`
+/// in the configuration file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JSON pointer into the payload (`/tenant_id`, `/customer/id`): a string is the key,
+    /// a number its decimal text; anything else, or nothing there, leaves the job keyless.
+    Payload(String),
+    /// A request header (`header:X-Tenant-Id`): its value, when it is text.
+    Header(String),
+}
+
+impl KeySource {
+    /// Reads `"/json/pointer"` or `"header:Name"`.
+    pub fn parse(text: &str) -> Result<KeySource, String> {
+        if let Some(name) = text.strip_prefix("header:") {
+            let name = name.trim();
+            let valid = !name.is_empty()
+                && name.len() <= 100
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !valid {
+                return Err(format!(
+                    "{name:?} is not a header name (letters, digits, '-' and '_')"
+                ));
+            }
+            return Ok(KeySource::Header(name.to_ascii_lowercase()));
+        }
+        if text.starts_with('/') && text.len() <= 200 {
+            return Ok(KeySource::Payload(text.to_owned()));
+        }
+        Err(
+            "must be a JSON pointer into the payload (\"/tenant_id\") or \"header:<Name>\""
+                .to_owned(),
+        )
+    }
+
+    /// The key `payload` gives, for [`KeySource::Payload`].
+    fn from_payload(&self, payload: &Value) -> Option<String> {
+        let KeySource::Payload(pointer) = self else {
+            return None;
+        };
+        match payload.pointer(pointer)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
 /// The priority of a job that names none.
 pub const DEFAULT_PRIORITY: u8 = 3;
 /// The highest priority (the lowest is 1).
@@ -89,15 +139,39 @@ fn empty_object() -> Value {
 }
 
 impl JobRequest {
+    /// For a request that names no `key`, of a kind whose `key_from` is a request header:
+    /// takes the key from `header(name)` (the ingress passes its request's headers).
+    pub fn take_key_from_header<'h>(
+        &mut self,
+        kinds: &KindRegistry,
+        header: impl Fn(&str) -> Option<&'h str>,
+    ) {
+        if self.key.is_some() {
+            return;
+        }
+        if let Some(KeySource::Header(name)) = kinds.get(&self.kind).and_then(|k| k.key_from()) {
+            self.key = header(name).map(str::to_owned);
+        }
+    }
+
     /// Validates the request against the kinds in `kinds` and turns it into a [`Job`]
     /// with a fresh id.
-    pub fn into_job(self, kinds: &KindRegistry) -> Result<Job, InvalidJob> {
+    pub fn into_job(mut self, kinds: &KindRegistry) -> Result<Job, InvalidJob> {
         kinds.validate(&self.kind, &self.payload)?;
+        let mut key_field = "key".to_owned();
+        if self.key.is_none() {
+            if let Some(source @ KeySource::Payload(pointer)) =
+                kinds.get(&self.kind).and_then(|k| k.key_from())
+            {
+                self.key = source.from_payload(&self.payload);
+                key_field = format!("payload{pointer}");
+            }
+        }
         if let Some(key) = &self.key {
             if key.is_empty() || key.len() > MAX_KEY_LEN {
                 return Err(InvalidJob::new(
-                    "key",
-                    format!("must be 1 to {MAX_KEY_LEN} bytes long"),
+                    key_field,
+                    format!("must be 1 to {MAX_KEY_LEN} bytes long (a fairness key)"),
                 ));
             }
         }

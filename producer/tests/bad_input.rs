@@ -155,7 +155,13 @@ fn corpus() -> Vec<Case> {
         case("kind empty", "{\"kind\": \"\"}", invalid, Some("kind")),
         case(
             "unknown top-level field",
-            "{\"kind\": \"echo\", \"priority\": 9}",
+            "{\"kind\": \"echo\", \"urgency\": 9}",
+            invalid,
+            Some("urgency"),
+        ),
+        case(
+            "priority out of range",
+            "{\"kind\": \"echo\", \"priority\": 0}",
             invalid,
             Some("priority"),
         ),

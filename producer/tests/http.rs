@@ -160,7 +160,13 @@ fn bad_requests() -> Vec<(
         ),
         (
             "unknown field",
-            post_json("/jobs", &json!({"kind": "echo", "priority": 1})),
+            post_json("/jobs", &json!({"kind": "echo", "urgency": 1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("urgency"),
+        ),
+        (
+            "priority out of range",
+            post_json("/jobs", &json!({"kind": "echo", "priority": 9})),
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("priority"),
         ),

@@ -110,6 +110,12 @@ pub trait Kind: Send + Sync + 'static {
         None
     }
 
+    /// Where a job's fairness key comes from when its request names none (HTTP kinds:
+    /// `key_from` in the configuration file); `None`: the job is a group of its own.
+    fn key_from(&self) -> Option<&crate::job::KeySource> {
+        None
+    }
+
     /// This process's flow-control state for the kind, for the dashboard (HTTP kinds:
     /// adaptive limit, requests in flight, circuit); `None` for kinds without any.
     fn flow(&self) -> Option<Value> {

@@ -225,6 +225,10 @@ impl Kind for PausableKind {
         self.inner.callback_url()
     }
 
+    fn key_from(&self) -> Option<&crate::job::KeySource> {
+        self.inner.key_from()
+    }
+
     fn flow(&self) -> Option<Value> {
         self.inner.flow()
     }

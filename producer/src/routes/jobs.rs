@@ -85,8 +85,9 @@ pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    JsonBody(request): JsonBody<JobRequest>,
+    JsonBody(mut request): JsonBody<JobRequest>,
 ) -> Result<Response, ApiError> {
+    key_from_header(&mut request, &state, &headers);
     let idempotency_key = idempotency_key(&headers)?;
     let request_span = request_span(&headers, "POST /jobs");
     let hashes = idempotency_key
@@ -163,6 +164,14 @@ pub async fn submit(
     accepted_response(job.id)
 }
 
+/// A request that names no `key`, of a kind whose `key_from` is a header: the key is
+/// that header's value (when it is text; otherwise the job stays keyless).
+fn key_from_header(request: &mut JobRequest, state: &AppState, headers: &HeaderMap) {
+    request.take_key_from_header(&state.kinds, |name| {
+        headers.get(name).and_then(|v| v.to_str().ok())
+    });
+}
+
 /// `202 Accepted` with the job's id, status URL and `Location`.
 fn accepted_response(id: Uuid) -> Result<Response, ApiError> {
     let accepted = Accepted {
@@ -209,7 +218,8 @@ pub async fn submit_batch(
     let jobs = requests
         .into_iter()
         .enumerate()
-        .map(|(i, request)| {
+        .map(|(i, mut request)| {
+            key_from_header(&mut request, &state, &headers);
             let mut job = request
                 .into_job(&state.kinds)
                 .map_err(|e| e.under(&format!("[{i}]")))?;

@@ -76,6 +76,10 @@ pub struct HttpKindFile {
     /// unless a job names its own `callback_url`.
     #[serde(default)]
     pub callback_url: Option<String>,
+    /// Where a job's fairness key comes from when its request names none: a JSON pointer
+    /// into the payload (`"/tenant_id"`) or a request header (`"header:X-Tenant-Id"`).
+    #[serde(default)]
+    pub key_from: Option<String>,
     /// JSON Schema of the payload, checked at the ingress (422 naming the failing field).
     #[serde(default)]
     pub schema: Option<Value>,
@@ -144,6 +148,8 @@ pub struct HttpKindConfig {
     pub description: Option<String>,
     /// The kind's default outcome callback.
     pub callback_url: Option<String>,
+    /// Where a job's fairness key comes from when its request names none.
+    pub key_from: Option<crate::job::KeySource>,
     /// The payload schema, compiled.
     pub schema: Option<PayloadSchema>,
 }
@@ -222,6 +228,12 @@ impl HttpKindConfig {
         if let Some(callback) = &file.callback_url {
             crate::job::parse_http_url(callback).map_err(|e| bad("callback_url", e))?;
         }
+        let key_from = file
+            .key_from
+            .as_deref()
+            .map(crate::job::KeySource::parse)
+            .transpose()
+            .map_err(|e| bad("key_from", e))?;
         let schema = match file.schema {
             Some(document) => Some(
                 PayloadSchema::compile(&key("schema"), document)
@@ -245,6 +257,7 @@ impl HttpKindConfig {
             breaker_cooldown: Duration::from_millis(file.breaker_cooldown_ms),
             description: file.description,
             callback_url: file.callback_url,
+            key_from,
             schema,
         })
     }

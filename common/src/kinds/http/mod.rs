@@ -345,6 +345,10 @@ impl Kind for HttpKind {
         self.config.callback_url.clone()
     }
 
+    fn key_from(&self) -> Option<&crate::job::KeySource> {
+        self.config.key_from.as_ref()
+    }
+
     fn description(&self) -> String {
         self.config
             .description
