@@ -117,7 +117,7 @@ impl KeySource {
     }
 
     /// The key `payload` gives, for [`KeySource::Payload`].
-    fn from_payload(&self, payload: &Value) -> Option<String> {
+    fn key_in(&self, payload: &Value) -> Option<String> {
         let KeySource::Payload(pointer) = self else {
             return None;
         };
@@ -163,7 +163,7 @@ impl JobRequest {
             if let Some(source @ KeySource::Payload(pointer)) =
                 kinds.get(&self.kind).and_then(|k| k.key_from())
             {
-                self.key = source.from_payload(&self.payload);
+                self.key = source.key_in(&self.payload);
                 key_field = format!("payload{pointer}");
             }
         }
