@@ -9,9 +9,10 @@
 //! 4. a held retry became due ([`schedule`]) → queue it and resume its paused `T.retry`
 //!    partition;
 //! 5. every [`COMMIT_INTERVAL`] → commit the watermarks that moved (asynchronously);
-//! 6. nothing is queued → poll Kafka for the next message. Polling also runs librdkafka's
-//!    rebalance and commit callbacks ([`rebalance`]), so the task keeps polling while all
-//!    permits are out (at most one message is read ahead).
+//! 6. nothing is queued → read the next message: from the main topic's partitions in turn
+//!    ([`turns`]), or from the consumer queue (retries, events). Polling the consumer queue
+//!    also runs librdkafka's rebalance and commit callbacks ([`rebalance`]), so the task
+//!    keeps polling while all permits are out (at most one message is read ahead).
 //!
 //! When the stream is dropped the task stops reading (pauses its partitions) but keeps the
 //! group membership until every delivery it handed out is settled or released (bounded by
@@ -25,6 +26,7 @@ mod schedule;
 mod settle;
 mod state;
 mod task;
+mod turns;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,20 +89,31 @@ pub(super) async fn consume(
         .map_err(|e| broker_error(&e))?;
     // Fail here, not in the stream, when the broker is out of reach.
     let main = inner.topics.main.clone();
-    let consumer = tokio::task::spawn_blocking(move || {
-        consumer
-            .fetch_metadata(Some(&main), SETUP_TIMEOUT)
-            .map(|_| consumer)
+    let (consumer, partitions) = tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(Some(&main), SETUP_TIMEOUT)?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == main)
+            .map_or(0, |t| t.partitions().len());
+        Ok::<_, rdkafka::error::KafkaError>((consumer, partitions))
     })
     .await
     .map_err(|e| BrokerError::Unavailable(format!("kafka consumer set-up failed: {e}")))?
     .map_err(|e| broker_error(&e))?;
+    let consumer = Arc::new(consumer);
+    let turns = turns::PartitionTurns::split(
+        &consumer,
+        &inner.topics.main,
+        i32::try_from(partitions).unwrap_or(i32::MAX),
+    );
     consumer
         .subscribe(&[&inner.topics.main, &inner.topics.retry])
         .map_err(|e| broker_error(&e))?;
     inner.stats.use_group(&options.group);
     tracing::info!(
         group = %options.group, topic = %inner.topics.main, prefetch = options.prefetch,
+        partitions_in_turn = turns.len(),
         assignment = %inner.tuning.assignment, fetch_wait_ms = inner.tuning.fetch_wait_ms,
         "kafka consumer started"
     );
@@ -115,7 +128,7 @@ pub(super) async fn consume(
         prefetch,
         tx,
     };
-    let handle = tokio::spawn(task.run(consumer));
+    let handle = tokio::spawn(task.run(consumer, turns));
     let mut running = super::lock(&tasks.consumers);
     running.retain(|task| !task.is_finished());
     running.push(handle);

@@ -16,6 +16,7 @@ use super::super::Inner;
 use super::schedule::retry_wait;
 use super::settle::KafkaSettle;
 use super::state::{commit_offsets, list, Held, InFlight, Position, Ready, Shared};
+use super::turns::PartitionTurns;
 use super::{KafkaConsumer, COMMIT_INTERVAL, DEAD_LETTER_BACKOFF, DRAIN_TIMEOUT};
 use crate::broker::{headers, BrokerError, Delivery};
 use crate::job::Job;
@@ -37,7 +38,7 @@ enum Read {
 }
 
 impl Task {
-    pub(super) async fn run(self, consumer: KafkaConsumer) {
+    pub(super) async fn run(self, consumer: Arc<KafkaConsumer>, mut turns: PartitionTurns) {
         let (release_tx, mut release_rx) = mpsc::unbounded_channel::<Ready>();
         let mut ready: VecDeque<Ready> = VecDeque::new();
         let mut held: Vec<Held> = Vec::new();
@@ -67,24 +68,46 @@ impl Task {
                     self.release_due(&consumer, &mut held, &mut ready);
                 }
                 _ = commit_tick.tick() => self.commit(&consumer, CommitMode::Async),
-                message = consumer.recv(), if ready.is_empty() => match message {
-                    Ok(message) => match self.read(&consumer, &message) {
-                        Read::Ready(item) => ready.push_back(item),
-                        Read::Hold(h) => held.push(h),
-                        Read::Skip => {}
-                    },
-                    Err(KafkaError::MessageConsumptionFatal(code)) => {
-                        let e = BrokerError::Unavailable(format!("fatal kafka consumer error: {code}"));
-                        tracing::error!(error = %e, "kafka consumer stopped");
-                        let _ = self.tx.send(Err(e)).await;
+                (index, message) = turns.recv(), if ready.is_empty() => {
+                    let read = message.map(|m| self.read(&consumer, &m));
+                    turns.served(index);
+                    if !self.take(read, &mut ready, &mut held).await {
                         break;
                     }
-                    Err(KafkaError::PartitionEOF(_)) => {}
-                    Err(e) => tracing::warn!(error = %e, "kafka consume error; librdkafka retries"),
-                },
+                }
+                message = consumer.recv(), if ready.is_empty() => {
+                    let read = message.map(|m| self.read(&consumer, &m));
+                    if !self.take(read, &mut ready, &mut held).await {
+                        break;
+                    }
+                }
             }
         }
+        // The partition queues hold the consumer: let them go before it is closed.
+        drop(turns);
         self.drain(consumer, release_rx).await;
+    }
+
+    /// Files what reading one message gave; `false` when the consumer must stop.
+    async fn take(
+        &self,
+        read: Result<Read, KafkaError>,
+        ready: &mut VecDeque<Ready>,
+        held: &mut Vec<Held>,
+    ) -> bool {
+        match read {
+            Ok(Read::Ready(item)) => ready.push_back(item),
+            Ok(Read::Hold(h)) => held.push(h),
+            Ok(Read::Skip) | Err(KafkaError::PartitionEOF(_)) => {}
+            Err(KafkaError::MessageConsumptionFatal(code)) => {
+                let e = BrokerError::Unavailable(format!("fatal kafka consumer error: {code}"));
+                tracing::error!(error = %e, "kafka consumer stopped");
+                let _ = self.tx.send(Err(e)).await;
+                return false;
+            }
+            Err(e) => tracing::warn!(error = %e, "kafka consume error; librdkafka retries"),
+        }
+        true
     }
 
     /// Turns one message into a ready job, a held retry, or nothing (undecodable: sent to
@@ -238,7 +261,11 @@ impl Task {
 
     /// The stream is gone: stop reading, let handed-out deliveries settle (bounded), commit,
     /// and leave the group.
-    async fn drain(self, consumer: KafkaConsumer, mut releases: mpsc::UnboundedReceiver<Ready>) {
+    async fn drain(
+        self,
+        consumer: Arc<KafkaConsumer>,
+        mut releases: mpsc::UnboundedReceiver<Ready>,
+    ) {
         if let Ok(assignment) = consumer.assignment() {
             if let Err(e) = consumer.pause(&assignment) {
                 tracing::debug!(error = %e, "pausing for shutdown failed");
@@ -269,7 +296,7 @@ impl Task {
         let shared = self.shared.clone();
         let closing = tokio::task::spawn_blocking(move || {
             let commits = shared.lock().tracker.take_commits();
-            commit_offsets(&consumer, &shared, commits, CommitMode::Sync);
+            commit_offsets(consumer.as_ref(), &shared, commits, CommitMode::Sync);
             drop(consumer);
         });
         if let Err(e) = closing.await {
