@@ -311,6 +311,10 @@ async fn heartbeats_and_live_figures(storage: Storage) {
         started_at_us: 1_000,
         last_seen_us,
         kinds: serde_json::Value::Null,
+        busy_keys: vec![surge_common::storage::heartbeat::KeyLoad {
+            key: format!("tenant-of-{id}"),
+            started: in_flight,
+        }],
     };
     storage
         .upsert_heartbeat(&beat("a", 3, 10_000))

@@ -45,6 +45,8 @@ struct Shown {
     e2e_p99: String,
     errors: String,
     workers: Vec<Vec<String>>,
+    /// Busiest keys as shown: key → jobs started.
+    keys: std::collections::BTreeMap<String, String>,
 }
 
 const READ_PAGE: &str = r##"(() => {
@@ -64,6 +66,8 @@ const READ_PAGE: &str = r##"(() => {
     errors: t("errors"),
     workers: [...document.querySelectorAll("#workers-body tr[data-worker]")]
       .map((row) => [...row.cells].map((cell) => cell.textContent.trim())),
+    keys: Object.fromEntries([...document.querySelectorAll("#keys-body tr[data-key]")]
+      .map((row) => [row.dataset.key, row.cells[1].textContent.trim()])),
   };
 })()"##;
 
@@ -199,10 +203,12 @@ async fn drive(browser: &Browser, client: &reqwest::Client, base: &str) -> anyho
         let client = client.clone();
         let url = format!("{base}/jobs");
         tokio::spawn(async move {
-            let posts = (0..JOBS).map(|_| {
+            // Three in four jobs are tenant A's: the busiest keys must say so.
+            let posts = (0..JOBS).map(|i| {
+                let key = if i % 4 == 0 { "tenant-b" } else { "tenant-a" };
                 client
                     .post(&url)
-                    .json(&json!({ "kind": "sleep", "payload": { "ms": JOB_MS } }))
+                    .json(&json!({ "kind": "sleep", "payload": { "ms": JOB_MS }, "key": key }))
                     .send()
             });
             futures::future::join_all(posts).await
@@ -213,6 +219,7 @@ async fn drive(browser: &Browser, client: &reqwest::Client, base: &str) -> anyho
     let (mut peak_in_flight, mut peak_backlog) = (0u64, 0u64);
     let mut accepted_seen = Vec::new();
     let mut during: Option<Vec<u8>> = None;
+    let mut keys_seen = std::collections::BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     let after = loop {
         let s = read(&tab).await?;
@@ -222,6 +229,9 @@ async fn drive(browser: &Browser, client: &reqwest::Client, base: &str) -> anyho
             if accepted_seen.last() != Some(&n) {
                 accepted_seen.push(n);
             }
+        }
+        if !s.keys.is_empty() {
+            keys_seen = s.keys.clone();
         }
         if during.is_none() && count(&s.in_flight).unwrap_or(0) > 0 {
             during = Some(tab.screenshot().await?);
@@ -246,6 +256,11 @@ async fn drive(browser: &Browser, client: &reqwest::Client, base: &str) -> anyho
         "the page never showed the burst in progress (backlog or in flight above 0)"
     );
     assert!(peak_in_flight <= u64::from(CAPACITY));
+    let started = |key: &str| keys_seen.get(key).and_then(|n: &String| count(n));
+    assert!(
+        started("tenant-a") > started("tenant-b") && started("tenant-b") > Some(0),
+        "the busiest keys showed {keys_seen:?}"
+    );
     assert_ne!(after.accept_p50, "–", "accept latency after the burst");
     assert_ne!(after.accepted_rate, "–");
     assert_ne!(after.e2e_p50, "–", "end-to-end latency after the burst");

@@ -34,6 +34,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use surge_common::broker::memory::MemoryBroker;
 use surge_common::job::Job;
+use surge_common::storage::heartbeat::KeyLoad;
 use surge_common::storage::{JobResult, JobStatus, Storage};
 use surge_common::testing;
 use surge_producer::config::ProducerArgs;
@@ -63,6 +64,8 @@ struct Shown {
     replay_all: String,
     kinds: BTreeMap<String, BTreeMap<String, String>>,
     flows: BTreeMap<String, BTreeMap<String, String>>,
+    /// Busiest keys: key → jobs started.
+    keys: BTreeMap<String, String>,
 }
 
 const READ_PAGE: &str = r##"(() => {
@@ -87,6 +90,8 @@ const READ_PAGE: &str = r##"(() => {
     flows: Object.fromEntries([...document.querySelectorAll("#kinds-body tr[data-kind]")].map((row) =>
       [row.dataset.kind, Object.fromEntries([...row.querySelectorAll("td[data-flow]")]
         .map((td) => [td.dataset.flow, td.textContent.trim()]))])),
+    keys: Object.fromEntries([...document.querySelectorAll("#keys-body tr[data-key]")]
+      .map((row) => [row.dataset.key, row.cells[1].textContent.trim()])),
   };
 })()"##;
 
@@ -163,6 +168,16 @@ async fn dead_jobs_are_listed_and_replayed_from_the_dashboard() -> anyhow::Resul
                 kinds: serde_json::json!({"thumbnail": {
                     "limit": 12.0, "in_flight": 3, "breaker_open": true, "concurrency": 20
                 }}),
+                busy_keys: vec![
+                    KeyLoad {
+                        key: "tenant-<b>".into(),
+                        started: 1200,
+                    },
+                    KeyLoad {
+                        key: "tenant-b".into(),
+                        started: 40,
+                    },
+                ],
             };
             let _ = heartbeats.upsert_heartbeat(&beat).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -234,6 +249,20 @@ async fn drive(
     assert_eq!(flow["in_flight"], "3 / 20", "{flow:?}");
     assert_eq!(flow["limit"], "12", "{flow:?}");
     assert_eq!(flow["circuit"], "open on 1 of 1", "{flow:?}");
+    // The busiest keys, summed over live workers, busiest first; a key is text, not markup.
+    let keys = wait_for(&tab, "the busiest keys", patience, |s| s.keys.len() >= 2)
+        .await?
+        .keys;
+    assert_eq!(
+        keys.get("tenant-<b>").map(String::as_str),
+        Some("1,200"),
+        "{keys:?}"
+    );
+    assert_eq!(
+        keys.get("tenant-b").map(String::as_str),
+        Some("40"),
+        "{keys:?}"
+    );
 
     // One job's replay button: that job leaves the table and runs to a result.
     let one = echo[0].to_string();

@@ -1,7 +1,7 @@
 //! The worker's heartbeat: once a second it upserts this worker's row in
 //! `worker_heartbeats` (capacity, in flight, succeeded, dead, last seen) from
-//! [`WorkerStats::snapshot`], so the ingress dashboard can list the workers of every
-//! process. A failing database is logged once per outage and retried on the next tick; it
+//! [`WorkerStats::snapshot`], with the keys it started most jobs of lately, so the ingress
+//! dashboard can list the workers and the busiest keys of every process. A failing database is logged once per outage and retried on the next tick; it
 //! never stops the worker.
 
 use std::sync::Arc;
@@ -78,6 +78,7 @@ pub async fn beat(
             started_at_us,
             last_seen_us: now_micros(),
             kinds: kinds.flows(),
+            busy_keys: stats.keys().rotate(),
         };
         let sent = tokio::time::timeout(5 * EVERY, storage.upsert_heartbeat(&heartbeat)).await;
         match sent {

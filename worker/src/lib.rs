@@ -7,6 +7,7 @@
 //!
 //! - [`runner`]: the consume loop — capacity bound, result commit, settle, reconnects,
 //!   graceful shutdown.
+//! - [`busy_keys`]: jobs started per fairness key lately, for the dashboard's busiest keys.
 //! - [`fair`]: the order held jobs start in: round robin over keys, priorities with aging.
 //! - [`callbacks`]: delivers signed outcome callbacks from the database outbox.
 //! - [`autoscale`]: the `surge_desired_workers` signal from backlog and drain rate.
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod autoscale;
+pub mod busy_keys;
 pub mod callbacks;
 pub mod config;
 pub mod fair;

@@ -40,6 +40,10 @@ use crate::precheck::SettledCheck;
 use crate::stats::WorkerStats;
 use surge_common::kinds::{JobError, Kind, KindRegistry};
 
+/// What jobs without a key are counted under in the busiest keys (each is a fairness
+/// group of its own).
+pub const NO_KEY: &str = "(no key)";
+
 /// Most deliveries a worker holds, not yet started, whatever the broker's prefetch.
 pub const MAX_HELD: usize = 65_536;
 
@@ -233,6 +237,8 @@ impl Worker {
                     permit = permits.clone().acquire_owned(), if !held.is_empty() => {
                         let permit = permit.expect("the capacity semaphore is never closed");
                         if let Some(delivery) = held.pop(Instant::now()) {
+                            let key = delivery.job.key.as_deref().unwrap_or(NO_KEY);
+                            context.stats.keys().started(key);
                             tasks.spawn(process(delivery, permit, context.clone()));
                         }
                     }

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use surge_common::metrics as m;
 
+use crate::busy_keys::BusyKeys;
+
 /// Counters updated by the runner as jobs move through it.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -16,6 +18,7 @@ pub struct WorkerStats {
     duplicates: AtomicU64,
     deferred: AtomicU64,
     cancelled: AtomicU64,
+    keys: BusyKeys,
 }
 
 /// A point-in-time copy of [`WorkerStats`].
@@ -49,6 +52,11 @@ impl Drop for InFlight<'_> {
 }
 
 impl WorkerStats {
+    /// Jobs started per fairness key lately (for the heartbeat's busiest keys).
+    pub fn keys(&self) -> &BusyKeys {
+        &self.keys
+    }
+
     /// Counts a job as in flight for as long as the guard lives.
     pub fn start(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;

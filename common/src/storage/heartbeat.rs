@@ -8,7 +8,7 @@
 //! Same portable SQL as the rest of the storage layer (`$n` placeholders, `ON CONFLICT`),
 //! on SQLite and PostgreSQL.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{Storage, StorageError};
@@ -33,6 +33,18 @@ pub struct Heartbeat {
     /// Flow-control state per HTTP kind (`{"kind": {"limit", "in_flight",
     /// "breaker_open", "concurrency"}}`), `null` when it has none.
     pub kinds: serde_json::Value,
+    /// The fairness keys it started most jobs of lately, busiest first (a handful; see
+    /// `surge-worker`'s `busy_keys`).
+    pub busy_keys: Vec<KeyLoad>,
+}
+
+/// Jobs of one fairness key a worker started lately.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLoad {
+    /// The key (a job's `key`, or what its kind's `key_from` took).
+    pub key: String,
+    /// Jobs of it started in the window.
+    pub started: u64,
 }
 
 /// Stored results, counted by outcome.
@@ -80,13 +92,13 @@ impl Storage {
         sqlx::query(
             "INSERT INTO worker_heartbeats \
                (worker_id, capacity, in_flight, succeeded, dead, started_at_us, last_seen_us, \
-                kinds) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                kinds, busy_keys) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (worker_id) DO UPDATE SET \
                capacity = excluded.capacity, in_flight = excluded.in_flight, \
                succeeded = excluded.succeeded, dead = excluded.dead, \
                started_at_us = excluded.started_at_us, last_seen_us = excluded.last_seen_us, \
-               kinds = excluded.kinds",
+               kinds = excluded.kinds, busy_keys = excluded.busy_keys",
         )
         .bind(beat.worker_id.clone())
         .bind(to_db(beat.capacity))
@@ -96,6 +108,11 @@ impl Storage {
         .bind(beat.started_at_us)
         .bind(beat.last_seen_us)
         .bind((!beat.kinds.is_null()).then(|| beat.kinds.to_string()))
+        .bind(
+            (!beat.busy_keys.is_empty())
+                .then(|| serde_json::to_string(&beat.busy_keys).ok())
+                .flatten(),
+        )
         .execute(self.pool())
         .await?;
         Ok(())
@@ -109,7 +126,7 @@ impl Storage {
     ) -> Result<Vec<Heartbeat>, StorageError> {
         let rows = sqlx::query(
             "SELECT worker_id, capacity, in_flight, succeeded, dead, started_at_us, last_seen_us, \
-             kinds FROM worker_heartbeats WHERE last_seen_us >= $1 \
+             kinds, busy_keys FROM worker_heartbeats WHERE last_seen_us >= $1 \
              ORDER BY last_seen_us DESC, worker_id LIMIT $2",
         )
         .bind(since_us)
@@ -130,6 +147,10 @@ impl Storage {
                         .try_get::<Option<String>, _>("kinds")?
                         .and_then(|text| serde_json::from_str(&text).ok())
                         .unwrap_or(serde_json::Value::Null),
+                    busy_keys: row
+                        .try_get::<Option<String>, _>("busy_keys")?
+                        .and_then(|text| serde_json::from_str(&text).ok())
+                        .unwrap_or_default(),
                 })
             })
             .collect()

@@ -176,6 +176,7 @@ mod tests {
             started_at_us: 0,
             last_seen_us: 0,
             kinds,
+            busy_keys: Vec::new(),
         }
     }
 

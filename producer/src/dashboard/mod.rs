@@ -27,7 +27,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
 use surge_common::clock::now_micros;
-use surge_common::storage::heartbeat::{Heartbeat, RecentLatency, ResultTotals};
+use surge_common::storage::heartbeat::{Heartbeat, KeyLoad, RecentLatency, ResultTotals};
 use tokio::sync::Mutex;
 
 use crate::state::AppState;
@@ -44,6 +44,8 @@ pub const STALE_AFTER: Duration = Duration::from_secs(5);
 pub const LIST_WORKERS_SEEN_WITHIN: Duration = Duration::from_secs(10 * 60);
 /// Most workers listed.
 pub const MAX_WORKERS: u32 = 200;
+/// Most keys in the busiest keys.
+pub const MAX_BUSIEST_KEYS: usize = 10;
 /// End-to-end latency and the processed rate look at results finished this recently…
 pub const RESULT_WINDOW: Duration = Duration::from_secs(60);
 /// …and the percentiles at no more than this many of them (the latest).
@@ -99,6 +101,7 @@ pub async fn api(State(state): State<AppState>) -> impl IntoResponse {
         in_flight: observed.in_flight,
         capacity: observed.capacity,
         workers: observed.workers.clone(),
+        busiest_keys: observed.busiest_keys.clone(),
         history: live.history,
         errors: observed.errors.clone(),
     };
@@ -126,6 +129,9 @@ pub struct Dashboard {
     pub capacity: Option<u64>,
     /// Workers seen in the last ten minutes, most recently seen first.
     pub workers: Option<Vec<WorkerView>>,
+    /// The fairness keys live workers started most jobs of in the last 10 s, summed over
+    /// them, busiest first (at most [`MAX_BUSIEST_KEYS`]).
+    pub busiest_keys: Option<Vec<KeyLoad>>,
     /// Per-second samples of the last minute, oldest first.
     pub history: Vec<Sample>,
     /// What could not be read just now (e.g. `database did not answer`).
@@ -229,6 +235,7 @@ pub(crate) struct Observed {
     processed_per_second: Option<f64>,
     end_to_end: Option<RecentLatency>,
     workers: Option<Vec<WorkerView>>,
+    busiest_keys: Option<Vec<KeyLoad>>,
     errors: Vec<String>,
 }
 
@@ -295,6 +302,7 @@ async fn refresh(state: &AppState) -> Observed {
     }
     match beats {
         Ok(beats) => {
+            observed.busiest_keys = Some(busiest_keys(&beats, now_us));
             let workers: Vec<WorkerView> = beats
                 .into_iter()
                 .map(|b| WorkerView::of(b, now_us))
@@ -310,6 +318,30 @@ async fn refresh(state: &AppState) -> Observed {
         observed.errors.push("database did not answer".into());
     }
     observed
+}
+
+/// The keys live workers (heartbeat within [`STALE_AFTER`]) started most jobs of, summed
+/// over them, busiest first, at most [`MAX_BUSIEST_KEYS`].
+fn busiest_keys(beats: &[Heartbeat], now_us: i64) -> Vec<KeyLoad> {
+    let mut totals: std::collections::HashMap<&str, u64> = Default::default();
+    let live = beats
+        .iter()
+        .filter(|b| now_us.saturating_sub(b.last_seen_us) <= micros(STALE_AFTER));
+    for beat in live {
+        for load in &beat.busy_keys {
+            *totals.entry(&load.key).or_default() += load.started;
+        }
+    }
+    let mut keys: Vec<KeyLoad> = totals
+        .into_iter()
+        .map(|(key, started)| KeyLoad {
+            key: key.to_owned(),
+            started,
+        })
+        .collect();
+    keys.sort_by(|a, b| b.started.cmp(&a.started).then_with(|| a.key.cmp(&b.key)));
+    keys.truncate(MAX_BUSIEST_KEYS);
+    keys
 }
 
 /// Runs a storage query with [`DATABASE_TIMEOUT`]; the error as text.
