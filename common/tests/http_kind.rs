@@ -920,3 +920,66 @@ async fn jobs_waiting_for_their_turn_heed_a_pause_learned_meanwhile() {
     }
     assert_eq!(server.seen.requests.load(Ordering::SeqCst), 1);
 }
+
+fn keyed(key: &str) -> Job {
+    Job::new("target", json!({"n": 1}), Some(key.to_owned()))
+}
+
+/// A key whose `concurrency_per_key` slots are all held (by another replica) is deferred
+/// with reason `key_concurrency`, no request sent and no kind slot kept; jobs of other
+/// keys, and keyless jobs, go through meanwhile.
+#[tokio::test]
+async fn a_key_at_its_cap_is_deferred_without_holding_up_other_keys() {
+    use surge_common::storage::dispatch_keys::key_hash;
+    let server = start().await;
+    let storage = sqlite().await;
+    let url = format!("{}/json", server.base);
+    let kind = HttpKind::new(
+        config("target", &url, "concurrency = 1\nconcurrency_per_key = 1"),
+        storage.clone(),
+    )
+    .unwrap();
+    kind.prepare().await.unwrap();
+    let held = storage
+        .acquire_key_slot(
+            "target",
+            &key_hash("busy"),
+            "other-replica",
+            1,
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, Some(0));
+    let (reason, after) = deferred(kind.run(&keyed("busy"), 1).await);
+    assert!(reason.contains("key"), "{reason}");
+    assert!(after >= Duration::from_millis(100), "{after:?}");
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 0);
+    // The kind's only slot was never taken for it: other keys and keyless jobs run.
+    kind.run(&keyed("quiet"), 1).await.unwrap();
+    kind.run(&job(), 1).await.unwrap();
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 2);
+    // The other replica lets go: the busy key runs, and its slot row goes with it.
+    assert!(storage
+        .release_key_slot("target", &key_hash("busy"), 0, "other-replica")
+        .await
+        .unwrap());
+    kind.run(&keyed("busy"), 1).await.unwrap();
+    assert_eq!(storage.dispatch_key_rows().await.unwrap(), (0, 0));
+}
+
+/// `rate_per_key`: a key's second request within the interval is deferred (reason
+/// `key_rate`) until its next turn; another key is not held back.
+#[tokio::test]
+async fn over_its_key_rate_a_job_is_deferred_and_other_keys_are_not() {
+    let server = start().await;
+    let kind = kind(&format!("{}/json", server.base), "rate_per_key = 0.01").await;
+    kind.run(&keyed("a"), 1).await.unwrap();
+    let (reason, after) = deferred(kind.run(&keyed("a"), 1).await);
+    assert!(reason.contains("key"), "{reason}");
+    assert!(after > Duration::from_secs(60), "{after:?}");
+    kind.run(&keyed("b"), 1).await.unwrap();
+    kind.run(&job(), 1).await.unwrap();
+    kind.run(&job(), 1).await.unwrap();
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 4);
+}
