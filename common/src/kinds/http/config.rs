@@ -356,6 +356,32 @@ mod tests {
         assert!(!format!("{config:?}").contains("s3cret"));
     }
 
+    /// The README's example kinds pass the checks (their per-key lines included).
+    #[test]
+    fn the_readme_examples_are_valid() {
+        let readme = include_str!("../../../../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .collect();
+        for (name, per_key) in [
+            ("thumbnail", (Some(20), Some(50.0))),
+            ("report", (Some(5), Some(2.5))),
+        ] {
+            let header = format!("[kinds.{name}]");
+            let block = blocks
+                .iter()
+                .find(|b| b.contains(&header))
+                .unwrap_or_else(|| panic!("no README block with {header}"));
+            let table: toml::Table = toml::from_str(block).unwrap();
+            let kind = table["kinds"][name].clone();
+            let file: HttpKindFile = kind.try_into().unwrap();
+            let config = HttpKindConfig::check(name, file, &|_| Some("x".into())).unwrap();
+            assert_eq!((config.concurrency_per_key, config.rate_per_key), per_key);
+        }
+    }
+
     #[test]
     fn each_error_names_its_key() {
         let cases = [
