@@ -29,3 +29,15 @@ CREATE TABLE IF NOT EXISTS dispatch_key_rate (
 );
 CREATE INDEX IF NOT EXISTS dispatch_key_rate_tat
     ON dispatch_key_rate (tat_us);
+
+-- Paused keys: a 429/503 with Retry-After on a kind with per-key limits pauses only the key
+-- of the job that drew it, until `until_us`. A row per key while its pause runs; an ended
+-- one is deleted like the others.
+CREATE TABLE IF NOT EXISTS dispatch_key_pauses (
+    kind            TEXT NOT NULL,
+    key_hash        TEXT NOT NULL,
+    until_us        BIGINT NOT NULL,        -- µs since the epoch (database clock)
+    PRIMARY KEY (kind, key_hash)
+);
+CREATE INDEX IF NOT EXISTS dispatch_key_pauses_until
+    ON dispatch_key_pauses (until_us);

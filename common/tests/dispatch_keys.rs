@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use surge_common::storage::dispatch_keys::{key_hash, KeySweep};
+use surge_common::storage::dispatch_keys::{key_hash, KeyRows, KeySweep};
 use surge_common::storage::flow::RateReservation;
 use surge_common::storage::retention::RetentionPolicy;
 use surge_common::storage::Storage;
@@ -99,7 +99,14 @@ async fn the_cap_holds_under_concurrent_claimers(url: &str) {
     let peak = peak.load(Ordering::SeqCst);
     assert!(peak <= PER_KEY, "{peak} holders at once");
     assert_eq!(peak, PER_KEY, "the claimers never filled the cap");
-    assert_eq!(storage.dispatch_key_rows().await.unwrap(), (0, 0));
+    assert_eq!(
+        storage.dispatch_key_rows().await.unwrap(),
+        KeyRows {
+            slots: 0,
+            rates: 0,
+            pauses: 0
+        }
+    );
 }
 
 #[tokio::test]
@@ -195,12 +202,29 @@ async fn key_slot_leases(storage: Storage) {
         async move { storage.key_slots_held("kind", &gone).await.unwrap() == 0 }
     })
     .await;
-    assert_eq!(storage.dispatch_key_rows().await.unwrap(), (4, 0));
+    assert_eq!(
+        storage.dispatch_key_rows().await.unwrap(),
+        KeyRows {
+            slots: 4,
+            rates: 0,
+            pauses: 0
+        }
+    );
     assert_eq!(
         storage.sweep_dispatch_keys(100).await.unwrap(),
-        KeySweep { slots: 1, rates: 0 }
+        KeySweep {
+            slots: 1,
+            ..KeySweep::default()
+        }
     );
-    assert_eq!(storage.dispatch_key_rows().await.unwrap(), (3, 0));
+    assert_eq!(
+        storage.dispatch_key_rows().await.unwrap(),
+        KeyRows {
+            slots: 3,
+            rates: 0,
+            pauses: 0
+        }
+    );
     assert!(!storage
         .release_key_slot("kind", &gone, 0, "crashed")
         .await
@@ -210,7 +234,14 @@ async fn key_slot_leases(storage: Storage) {
     assert!(storage.release_key_slot("kind", &k, 0, "e").await.unwrap());
     assert!(storage.release_key_slot("kind", &k, 1, "b").await.unwrap());
     assert!(storage.release_key_slot("other", &k, 0, "x").await.unwrap());
-    assert_eq!(storage.dispatch_key_rows().await.unwrap(), (0, 0));
+    assert_eq!(
+        storage.dispatch_key_rows().await.unwrap(),
+        KeyRows {
+            slots: 0,
+            rates: 0,
+            pauses: 0
+        }
+    );
 }
 
 #[tokio::test]
@@ -267,7 +298,14 @@ async fn key_rates(storage: Storage) {
         reserve(b.clone(), Duration::ZERO).await,
         RateReservation::StartAfter(Duration::ZERO)
     );
-    assert_eq!(storage.dispatch_key_rows().await.unwrap(), (0, 2));
+    assert_eq!(
+        storage.dispatch_key_rows().await.unwrap(),
+        KeyRows {
+            slots: 0,
+            rates: 2,
+            pauses: 0
+        }
+    );
     // Nothing to sweep while the times are ahead.
     assert_eq!(
         storage.sweep_dispatch_keys(100).await.unwrap(),
@@ -281,7 +319,10 @@ async fn key_rates(storage: Storage) {
     .await;
     assert_eq!(
         storage.sweep_dispatch_keys(1).await.unwrap(),
-        KeySweep { slots: 0, rates: 1 },
+        KeySweep {
+            rates: 1,
+            ..KeySweep::default()
+        },
         "a sweep deletes at most its limit"
     );
     let report = storage
@@ -292,7 +333,14 @@ async fn key_rates(storage: Storage) {
         report.dispatch_keys, 1,
         "the retention pass deletes the rest"
     );
-    assert_eq!(storage.dispatch_key_rows().await.unwrap(), (0, 0));
+    assert_eq!(
+        storage.dispatch_key_rows().await.unwrap(),
+        KeyRows {
+            slots: 0,
+            rates: 0,
+            pauses: 0
+        }
+    );
     // Starting again after the row went: at once.
     assert_eq!(
         reserve(a.clone(), Duration::ZERO).await,
@@ -319,4 +367,71 @@ async fn key_rates_on_postgres() {
         return;
     };
     key_rates(Storage::connect(&url).await.unwrap()).await;
+}
+
+/// Key pauses: a later, shorter pause never cuts one short; other keys and kinds are not
+/// paused; an ended pause is swept.
+async fn key_pauses(storage: Storage) {
+    let a = key_hash("a");
+    let b = key_hash("b");
+    assert_eq!(storage.key_paused_for("kind", &a).await.unwrap(), None);
+    storage
+        .pause_key("kind", &a, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let left = storage.key_paused_for("kind", &a).await.unwrap().unwrap();
+    assert!(
+        left > Duration::from_secs(55) && left <= Duration::from_secs(60),
+        "{left:?}"
+    );
+    storage
+        .pause_key("kind", &a, Duration::from_millis(1))
+        .await
+        .unwrap();
+    let left = storage.key_paused_for("kind", &a).await.unwrap().unwrap();
+    assert!(left > Duration::from_secs(55), "{left:?}");
+    assert_eq!(storage.key_paused_for("kind", &b).await.unwrap(), None);
+    assert_eq!(storage.key_paused_for("other", &a).await.unwrap(), None);
+    storage
+        .pause_key("kind", &b, Duration::from_millis(1))
+        .await
+        .unwrap();
+    until("b's pause to end", || {
+        let (storage, b) = (storage.clone(), b.clone());
+        async move { storage.key_paused_for("kind", &b).await.unwrap().is_none() }
+    })
+    .await;
+    assert_eq!(
+        storage.sweep_dispatch_keys(100).await.unwrap(),
+        KeySweep {
+            pauses: 1,
+            ..KeySweep::default()
+        }
+    );
+    assert_eq!(
+        storage.dispatch_key_rows().await.unwrap(),
+        KeyRows {
+            slots: 0,
+            rates: 0,
+            pauses: 1
+        },
+        "a's pause, still running, is kept"
+    );
+}
+
+#[tokio::test]
+async fn key_pauses_on_sqlite() {
+    key_pauses(Storage::connect(&testing::temp_sqlite_url()).await.unwrap()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn key_pauses_on_postgres() {
+    let Some(url) = postgres().await else {
+        return;
+    };
+    key_pauses(Storage::connect(&url).await.unwrap()).await;
 }

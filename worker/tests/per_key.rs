@@ -159,7 +159,7 @@ async fn per_key_cap_holds(broker: &dyn Broker, database: &str, args: &[&str]) {
     // Every key slot is freed: no row left behind.
     eventually("every per-key row to go", || {
         let storage = storage.clone();
-        async move { (storage.dispatch_key_rows().await.ok()? == (0, 0)).then_some(()) }
+        async move { (storage.dispatch_key_rows().await.ok()? == Default::default()).then_some(()) }
     })
     .await;
     for worker in &mut workers {

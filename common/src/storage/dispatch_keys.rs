@@ -21,6 +21,10 @@
 //! ahead. A row whose time has passed means the same as no row (the next reservation starts
 //! at once either way) and is deleted by the sweep: the table holds the keys that started
 //! a request within the last `1 / rate_per_key` seconds, plus those awaiting a sweep.
+//!
+//! **Pauses** (table `dispatch_key_pauses`): a key whose target answered `429`/`503` with
+//! `Retry-After` is paused until then, one row per key while the pause runs (a later
+//! pause only ever extends it); an ended pause is deleted by the sweep.
 
 use std::time::Duration;
 
@@ -47,6 +51,26 @@ pub struct KeySweep {
     pub slots: u64,
     /// Rate rows whose time had passed.
     pub rates: u64,
+    /// Key pauses that had ended.
+    pub pauses: u64,
+}
+
+impl KeySweep {
+    /// Rows deleted in all.
+    pub fn total(&self) -> u64 {
+        self.slots + self.rates + self.pauses
+    }
+}
+
+/// Rows in the per-key tables, live or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyRows {
+    /// `dispatch_key_slots`.
+    pub slots: u64,
+    /// `dispatch_key_rate`.
+    pub rates: u64,
+    /// `dispatch_key_pauses`.
+    pub pauses: u64,
 }
 
 impl Storage {
@@ -201,23 +225,81 @@ impl Storage {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        Ok(KeySweep { slots, rates })
+        let pauses = sqlx::query(&format!(
+            "DELETE FROM dispatch_key_pauses WHERE until_us < {now} \
+             AND (kind, key_hash) IN (SELECT kind, key_hash FROM dispatch_key_pauses \
+               WHERE until_us < {now} ORDER BY until_us LIMIT $1)"
+        ))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(KeySweep {
+            slots,
+            rates,
+            pauses,
+        })
     }
 
-    /// Rows in the per-key tables: (slot rows, rate rows), live or not.
-    pub async fn dispatch_key_rows(&self) -> Result<(u64, u64), StorageError> {
+    /// Pauses `key_hash` in `kind` for `wait` from now (database clock); a pause already
+    /// running longer is kept.
+    pub async fn pause_key(
+        &self,
+        kind: &str,
+        key_hash: &str,
+        wait: Duration,
+    ) -> Result<(), StorageError> {
+        let now = self.now_sql();
+        sqlx::query(&format!(
+            "INSERT INTO dispatch_key_pauses (kind, key_hash, until_us) \
+             VALUES ($1, $2, {now} + $3) \
+             ON CONFLICT (kind, key_hash) DO UPDATE SET until_us = excluded.until_us \
+             WHERE dispatch_key_pauses.until_us < excluded.until_us"
+        ))
+        .bind(kind.to_owned())
+        .bind(key_hash.to_owned())
+        .bind(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 2))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How much longer `key_hash` in `kind` is paused (database clock), if it is.
+    pub async fn key_paused_for(
+        &self,
+        kind: &str,
+        key_hash: &str,
+    ) -> Result<Option<Duration>, StorageError> {
+        let now = self.now_sql();
+        let left: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT until_us - {now} FROM dispatch_key_pauses \
+             WHERE kind = $1 AND key_hash = $2 AND until_us > {now}"
+        ))
+        .bind(kind.to_owned())
+        .bind(key_hash.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(left.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))
+    }
+
+    /// Rows in the per-key tables, live or not.
+    pub async fn dispatch_key_rows(&self) -> Result<KeyRows, StorageError> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM dispatch_key_slots) AS slots, \
-             (SELECT COUNT(*) FROM dispatch_key_rate) AS rates",
+             (SELECT COUNT(*) FROM dispatch_key_rate) AS rates, \
+             (SELECT COUNT(*) FROM dispatch_key_pauses) AS pauses",
         )
         .fetch_one(&self.pool)
         .await?;
-        let slots: i64 = row.try_get("slots")?;
-        let rates: i64 = row.try_get("rates")?;
-        Ok((
-            u64::try_from(slots).unwrap_or(0),
-            u64::try_from(rates).unwrap_or(0),
-        ))
+        let count = |name: &str| -> Result<u64, StorageError> {
+            let n: i64 = row.try_get(name)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        };
+        Ok(KeyRows {
+            slots: count("slots")?,
+            rates: count("rates")?,
+            pauses: count("pauses")?,
+        })
     }
 }
 

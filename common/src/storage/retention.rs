@@ -12,7 +12,7 @@
 //! | delivered callbacks | `succeeded` | `delivered_at_us` |
 //! | given-up callbacks | once their job's result is gone | |
 //! | stage rows left behind by a finished job | [`STALE_STAGE_AFTER`] | `updated_at_us` |
-//! | per-key dispatch slots whose lease ran out, per-key rate rows whose time passed ([`super::dispatch_keys`]) | now (database clock) | `lease_until_us`, `tat_us` |
+//! | per-key dispatch slots whose lease ran out, rate rows whose time passed, ended key pauses ([`super::dispatch_keys`]) | now (database clock) | `lease_until_us`, `tat_us`, `until_us` |
 //!
 //! A result being replayed (`replaying_since_us` set) is kept until the replay ends. A
 //! job's acceptance row goes with its result: a job still running keeps it.
@@ -246,7 +246,7 @@ impl Storage {
         // Expired per-key dispatch rows: no window, they mean nothing once expired (the
         // workers sweep them too; this covers kinds no worker runs any more).
         let swept = self.sweep_dispatch_keys(limit).await?;
-        report.dispatch_keys = swept.slots + swept.rates;
+        report.dispatch_keys = swept.total();
         Ok(report)
     }
 

@@ -7,7 +7,7 @@
 //! | Target's answer | Job outcome | Notes |
 //! |---|---|---|
 //! | 2xx | `succeeded` | Result = the body: JSON if it parses, else a string (lossy UTF-8); empty → `null`. A body over `max_result_bytes` is not read further: the result is `{"truncated": true, "bytes": N, "content_length": …, "body": "<first N bytes>"}` |
-//! | 429, 503 with `Retry-After` > 0 | kind paused | With [`HttpKind::with_pauses`] (as every worker has): the kind pauses until then for every replica ([`crate::kinds::pause`]; clamped like a `Retry-After`) and the job is deferred, no attempt consumed |
+//! | 429, 503 with `Retry-After` > 0 | kind (or key) paused | With [`HttpKind::with_pauses`] (as every worker has): the kind pauses until then for every replica ([`crate::kinds::pause`]; clamped like a `Retry-After`) and the job is deferred, no attempt consumed. On a kind with per-key limits, a job with a key pauses only its key ([`per_key`]) |
 //! | 408, 429, 5xx | retried | After `Retry-After` (seconds or an HTTP-date, clamped to `max_backoff_ms`, else 1 h) when sent, else the kind's backoff. Dead after `max_attempts` |
 //! | timeout, connection refused/reset | retried | `timeout_ms` covers the whole exchange, body included |
 //! | 3xx | `dead` | Redirects are not followed (a redirected POST loses its body on 301/302/303, and the headers — secrets too — would go to another address): point `url` at the final address |
@@ -221,6 +221,24 @@ impl HttpKind {
         )
     }
 
+    /// The target asked this job's key to wait (recorded by [`PerKeyLimits::pause`]):
+    /// defer the job (no attempt consumed); other keys go on.
+    fn key_paused(&self, wait: Duration, result: Result<Value, JobError>) -> JobError {
+        let answer = match result {
+            Err(JobError::Retryable { message, .. }) => message,
+            _ => "the target asked to wait".to_owned(),
+        };
+        tracing::info!(kind = %self.config.name, ?wait, "the target asked a key to wait: key paused");
+        self.defer(
+            "key_paused",
+            format!(
+                "{answer}; this job's key paused for {} s",
+                wait.as_secs_f64().ceil()
+            ),
+            wait.clamp(MIN_DEFER, MAX_DEFER),
+        )
+    }
+
     fn max_retry_after(&self) -> Duration {
         self.config
             .max_backoff
@@ -280,6 +298,7 @@ impl Kind for HttpKind {
                     KeyRefusal::Rate(next) => {
                         ("key_rate", (*next).max(per_key::KEY_DEFER_RATE_MIN))
                     }
+                    KeyRefusal::Paused(left) => ("key_paused", (*left).clamp(MIN_DEFER, MAX_DEFER)),
                     KeyRefusal::Database(error) => {
                         tracing::warn!(kind = %self.config.name, %error, "flow-control database failed; deferring");
                         ("database", DEFER_DATABASE)
@@ -355,6 +374,9 @@ impl Kind for HttpKind {
         metrics::response(&self.config.name, verdict.class, took);
         self.publish_gauges();
         match (verdict.pause, &self.pauses) {
+            (Some(wait), _) if self.per_key.pause(job.key.as_deref(), wait).await => {
+                Err(self.key_paused(wait, verdict.result))
+            }
             (Some(wait), Some(pauses)) => Err(self.pause(pauses, wait, verdict.result).await),
             _ => verdict.result,
         }

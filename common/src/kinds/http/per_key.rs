@@ -27,6 +27,11 @@
 //! deleted by each process at most every [`SWEEP_EVERY`] (after a release, at most
 //! [`SWEEP_LIMIT`] rows of each table per statement) and by the ingress's retention pass.
 //!
+//! **Paused keys.** On a kind with per-key limits, a `429`/`503` with `Retry-After` to a
+//! job with a key pauses that key only (for every replica, a row in the results database,
+//! clamped like a kind's pause), not the kind: [`PerKeyLimits::pause`]. Every attempt of a
+//! key checks for a pause first (one more statement) and is deferred while it runs.
+//!
 //! What it gives up: a rate turn reserved by an attempt that is then refused a kind slot
 //! is spent (the key's next request waits one more interval: never over the rate); a key
 //! slot is freed when the request ends, so under a full kind cap a key may wait on the
@@ -68,6 +73,10 @@ pub enum KeyRefusal {
     /// The key's rate allows its next request only after this long.
     #[error("the rate limit of this job's key allows its next request in {0:?}")]
     Rate(Duration),
+    /// The target asked this job's key to wait (a `429`/`503` with `Retry-After`) this
+    /// much longer.
+    #[error("the target asked this job's key to wait: paused for {0:?} more")]
+    Paused(Duration),
     /// The database did not answer.
     #[error("the flow-control database failed: {0}")]
     Database(#[from] StorageError),
@@ -155,6 +164,14 @@ impl PerKeyLimits {
             return Ok(lease);
         };
         let hash = key_hash(key);
+        if let Some(left) = self
+            .inner
+            .storage
+            .key_paused_for(&self.inner.kind, &hash)
+            .await?
+        {
+            return Err(KeyRefusal::Paused(left));
+        }
         if let Some(per_key) = self.concurrency {
             let holder = format!(
                 "{}-{}",
@@ -206,6 +223,26 @@ impl PerKeyLimits {
     }
 }
 
+impl PerKeyLimits {
+    /// Pauses `key` for `wait` for every replica (when the kind has per-key limits and the
+    /// job a key: whether it did; otherwise the caller pauses the kind). A failed write is
+    /// logged and still counts as done: the job is deferred all the same.
+    pub async fn pause(&self, key: Option<&str>, wait: Duration) -> bool {
+        let Some(key) = key.filter(|_| self.is_active()) else {
+            return false;
+        };
+        if let Err(error) = self
+            .inner
+            .storage
+            .pause_key(&self.inner.kind, &key_hash(key), wait)
+            .await
+        {
+            tracing::warn!(kind = %self.inner.kind, %error, "could not record a key's pause");
+        }
+        true
+    }
+}
+
 impl Inner {
     async fn free(&self, held: Held) {
         if let Err(error) = self
@@ -231,7 +268,7 @@ impl Inner {
             }
         }
         match self.storage.sweep_dispatch_keys(SWEEP_LIMIT).await {
-            Ok(swept) if swept.slots + swept.rates > 0 => {
+            Ok(swept) if swept.total() > 0 => {
                 tracing::debug!(kind = %self.kind, ?swept, "deleted expired per-key rows")
             }
             Ok(_) => {}
