@@ -195,3 +195,40 @@ async fn three_rabbitmq_workers_never_exceed_the_per_key_cap() {
     per_key_cap_holds(&broker, &database, &args).await;
     broker.delete_topology().await.unwrap();
 }
+
+/// On Kafka a key's jobs share a partition, so they reach one worker at a time as a rule:
+/// the per-key cap then holds that worker's many concurrent jobs of the key (and any
+/// overlap while partitions move between workers).
+#[cfg(feature = "kafka")]
+#[tokio::test]
+#[cfg_attr(
+    not(all(surge_kafka, surge_postgres)),
+    ignore = "set SURGE_TEST_KAFKA_BROKERS and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn three_kafka_workers_never_exceed_the_per_key_cap() {
+    use surge_common::broker::kafka::KafkaBroker;
+    use surge_common::testing::KAFKA_BROKERS_VAR;
+    let Some(brokers) = testing::service(KAFKA_BROKERS_VAR, "Kafka (scripts/kafka.sh)") else {
+        return;
+    };
+    let Some(postgres) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+        return;
+    };
+    let database = testing::fresh_postgres_database(&postgres).await.unwrap();
+    let topic = testing::unique_name("per-key");
+    let group = testing::unique_name("group");
+    let broker = KafkaBroker::connect(&brokers, &topic, 6).await.unwrap();
+    let args = [
+        "--broker",
+        "kafka",
+        "--kafka-brokers",
+        &brokers,
+        "--queue",
+        &topic,
+        "--kafka-partitions",
+        "6",
+        "--group",
+        &group,
+    ];
+    per_key_cap_holds(&broker, &database, &args).await;
+}
