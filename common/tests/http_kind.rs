@@ -920,3 +920,144 @@ async fn jobs_waiting_for_their_turn_heed_a_pause_learned_meanwhile() {
     }
     assert_eq!(server.seen.requests.load(Ordering::SeqCst), 1);
 }
+
+fn keyed(key: &str) -> Job {
+    Job::new("target", json!({"n": 1}), Some(key.to_owned()))
+}
+
+/// A key whose `concurrency_per_key` slots are all held (by another replica) is deferred
+/// with reason `key_concurrency`, no request sent and no kind slot kept; jobs of other
+/// keys, and keyless jobs, go through meanwhile.
+#[tokio::test]
+async fn a_key_at_its_cap_is_deferred_without_holding_up_other_keys() {
+    use surge_common::storage::dispatch_keys::{key_hash, KeyRows};
+    let server = start().await;
+    let storage = sqlite().await;
+    let url = format!("{}/json", server.base);
+    let kind = HttpKind::new(
+        config("target", &url, "concurrency = 1\nconcurrency_per_key = 1"),
+        storage.clone(),
+    )
+    .unwrap();
+    kind.prepare().await.unwrap();
+    let held = storage
+        .acquire_key_slot(
+            "target",
+            &key_hash("busy"),
+            "other-replica",
+            1,
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, Some(0));
+    let (reason, after) = deferred(kind.run(&keyed("busy"), 1).await);
+    assert!(reason.contains("key"), "{reason}");
+    assert!(after >= Duration::from_millis(100), "{after:?}");
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 0);
+    // The kind's only slot was never taken for it: other keys and keyless jobs run.
+    kind.run(&keyed("quiet"), 1).await.unwrap();
+    kind.run(&job(), 1).await.unwrap();
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 2);
+    // The other replica lets go: the busy key runs, and its slot row goes with it.
+    assert!(storage
+        .release_key_slot("target", &key_hash("busy"), 0, "other-replica")
+        .await
+        .unwrap());
+    kind.run(&keyed("busy"), 1).await.unwrap();
+    assert_eq!(
+        storage.dispatch_key_rows().await.unwrap(),
+        KeyRows {
+            slots: 0,
+            rates: 0,
+            pauses: 0
+        }
+    );
+}
+
+/// `rate_per_key`: a key's second request within the interval is deferred (reason
+/// `key_rate`) until its next turn; another key is not held back.
+#[tokio::test]
+async fn over_its_key_rate_a_job_is_deferred_and_other_keys_are_not() {
+    let server = start().await;
+    let kind = kind(&format!("{}/json", server.base), "rate_per_key = 0.01").await;
+    kind.run(&keyed("a"), 1).await.unwrap();
+    let (reason, after) = deferred(kind.run(&keyed("a"), 1).await);
+    assert!(reason.contains("key"), "{reason}");
+    assert!(after > Duration::from_secs(60), "{after:?}");
+    kind.run(&keyed("b"), 1).await.unwrap();
+    kind.run(&job(), 1).await.unwrap();
+    kind.run(&job(), 1).await.unwrap();
+    assert_eq!(server.seen.requests.load(Ordering::SeqCst), 4);
+}
+
+/// On a kind with per-key limits, a `429` with `Retry-After: 5` to a job with a key pauses
+/// that key only: its jobs are deferred without a request (no attempt consumed), other
+/// keys' jobs run, and the kind itself is not paused.
+#[tokio::test]
+async fn a_retry_after_pauses_only_the_key_on_a_kind_with_per_key_limits() {
+    let seen = Arc::new(AtomicU32::new(0));
+    let app = Router::new()
+        .route(
+            "/busy-key",
+            post(
+                |State(seen): State<Arc<AtomicU32>>, body: Bytes| async move {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    if payload["tenant"] == "a" {
+                        (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "5")],
+                            "tenant a: slow down",
+                        )
+                            .into_response()
+                    } else {
+                        axum::Json(json!({"done": true})).into_response()
+                    }
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let storage = sqlite().await;
+    let pauses = KindPauses::new(storage.clone());
+    let http = HttpKind::new(
+        config(
+            "target",
+            &format!("http://{addr}/busy-key"),
+            "concurrency_per_key = 4",
+        ),
+        storage.clone(),
+    )
+    .unwrap()
+    .with_pauses(pauses.clone());
+    let kind = PausableKind::new("target".into(), Arc::new(http), pauses);
+    let tenant = |t: &str| Job::new("target", json!({"tenant": t}), Some(t.to_owned()));
+    let (reason, after) = deferred(kind.run(&tenant("a"), 1).await);
+    assert!(reason.contains("429") && reason.contains("key"), "{reason}");
+    assert!(
+        after <= Duration::from_secs(5) && after >= Duration::from_secs(4),
+        "{after:?}"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    // The key waits, no request sent; other keys go on; the kind is not paused.
+    let (reason, after) = deferred(kind.run(&tenant("a"), 1).await);
+    assert!(reason.contains("key"), "{reason}");
+    assert!(after >= Duration::from_secs(3), "{after:?}");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert_eq!(kind.run(&tenant("b"), 1).await, Ok(json!({"done": true})));
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    assert!(storage
+        .kind_pauses(surge_common::clock::now_micros())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        storage.dispatch_key_rows().await.unwrap().pauses,
+        1,
+        "one row: the paused key"
+    );
+}

@@ -64,7 +64,7 @@ pub enum SlotsSetup {
 
 impl Storage {
     /// The database clock as a µs-since-the-epoch SQL expression, stable within a statement.
-    fn now_sql(&self) -> &'static str {
+    pub(crate) fn now_sql(&self) -> &'static str {
         if self.sqlite {
             "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
         } else {

@@ -31,7 +31,8 @@ pub struct Heartbeat {
     /// When it sent this heartbeat (µs since the epoch).
     pub last_seen_us: i64,
     /// Flow-control state per HTTP kind (`{"kind": {"limit", "in_flight",
-    /// "breaker_open", "concurrency"}}`), `null` when it has none.
+    /// "breaker_open", "concurrency", "concurrency_per_key", "rate_per_key"}}`, the last
+    /// two `null` when not set), `null` when it has none.
     pub kinds: serde_json::Value,
     /// The fairness keys it started most jobs of lately, busiest first (a handful; see
     /// `surge-worker`'s `busy_keys`).

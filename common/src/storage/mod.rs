@@ -29,6 +29,7 @@ pub mod acceptance;
 pub mod batch;
 pub mod callbacks;
 pub mod cancel;
+pub mod dispatch_keys;
 pub mod flow;
 pub mod heartbeat;
 pub mod idempotency;

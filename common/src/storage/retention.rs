@@ -12,6 +12,7 @@
 //! | delivered callbacks | `succeeded` | `delivered_at_us` |
 //! | given-up callbacks | once their job's result is gone | |
 //! | stage rows left behind by a finished job | [`STALE_STAGE_AFTER`] | `updated_at_us` |
+//! | per-key dispatch slots whose lease ran out, rate rows whose time passed, ended key pauses ([`super::dispatch_keys`]) | now (database clock) | `lease_until_us`, `tat_us`, `until_us` |
 //!
 //! A result being replayed (`replaying_since_us` set) is kept until the replay ends. A
 //! job's acceptance row goes with its result: a job still running keeps it.
@@ -82,11 +83,13 @@ pub struct PruneReport {
     pub callbacks: u64,
     /// Leftover stage rows.
     pub stages: u64,
+    /// Expired per-key dispatch rows (slots and rate), whatever the policy.
+    pub dispatch_keys: u64,
 }
 
 impl PruneReport {
     /// The counts with their metric label.
-    pub fn by_label(&self) -> [(&'static str, u64); 7] {
+    pub fn by_label(&self) -> [(&'static str, u64); 8] {
         [
             ("succeeded", self.succeeded),
             ("dead", self.dead),
@@ -95,6 +98,7 @@ impl PruneReport {
             ("idempotency_keys", self.idempotency_keys),
             ("callbacks", self.callbacks),
             ("stages", self.stages),
+            ("dispatch_keys", self.dispatch_keys),
         ]
     }
 
@@ -239,6 +243,10 @@ impl Storage {
         .execute(self.pool())
         .await?
         .rows_affected();
+        // Expired per-key dispatch rows: no window, they mean nothing once expired (the
+        // workers sweep them too; this covers kinds no worker runs any more).
+        let swept = self.sweep_dispatch_keys(limit).await?;
+        report.dispatch_keys = swept.total();
         Ok(report)
     }
 

@@ -37,6 +37,14 @@ pub struct HttpKindFile {
     /// Most requests started per second across all replicas (unlimited when absent).
     #[serde(default)]
     pub rate: Option<f64>,
+    /// Most requests of one fairness key in flight across all replicas (1..=`concurrency`;
+    /// unlimited when absent). See [`crate::kinds::http::per_key`].
+    #[serde(default)]
+    pub concurrency_per_key: Option<u32>,
+    /// Most requests of one fairness key started per second across all replicas
+    /// (unlimited when absent).
+    #[serde(default)]
+    pub rate_per_key: Option<f64>,
     /// Per-attempt timeout, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -125,6 +133,10 @@ pub struct HttpKindConfig {
     pub concurrency: u32,
     /// Most requests started per second across all replicas.
     pub rate: Option<f64>,
+    /// Most requests of one fairness key in flight across all replicas (1..=concurrency).
+    pub concurrency_per_key: Option<u32>,
+    /// Most requests of one fairness key started per second across all replicas.
+    pub rate_per_key: Option<f64>,
     /// Per-attempt timeout.
     pub timeout: Duration,
     /// Attempts and backoff, when the file set any of them (missing parts come from the
@@ -181,6 +193,25 @@ impl HttpKindConfig {
             if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
                 return Err(bad(
                     "rate",
+                    "must be a number of requests per second above 0 (at most 1000000)".into(),
+                ));
+            }
+        }
+        if let Some(per_key) = file.concurrency_per_key {
+            if !(1..=file.concurrency).contains(&per_key) {
+                return Err(bad(
+                    "concurrency_per_key",
+                    format!(
+                        "must be between 1 and the kind's concurrency ({})",
+                        file.concurrency
+                    ),
+                ));
+            }
+        }
+        if let Some(rate) = file.rate_per_key {
+            if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
+                return Err(bad(
+                    "rate_per_key",
                     "must be a number of requests per second above 0 (at most 1000000)".into(),
                 ));
             }
@@ -246,6 +277,8 @@ impl HttpKindConfig {
             url,
             concurrency: file.concurrency,
             rate: file.rate,
+            concurrency_per_key: file.concurrency_per_key,
+            rate_per_key: file.rate_per_key,
             timeout: Duration::from_millis(file.timeout_ms),
             max_attempts: file.max_attempts,
             min_backoff: file.min_backoff_ms.map(Duration::from_millis),
@@ -323,11 +356,46 @@ mod tests {
         assert!(!format!("{config:?}").contains("s3cret"));
     }
 
+    /// The README's example kinds pass the checks (their per-key lines included).
+    #[test]
+    fn the_readme_examples_are_valid() {
+        let readme = include_str!("../../../../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .collect();
+        for (name, per_key) in [
+            ("thumbnail", (Some(20), Some(50.0))),
+            ("report", (Some(5), Some(2.5))),
+        ] {
+            let header = format!("[kinds.{name}]");
+            let block = blocks
+                .iter()
+                .find(|b| b.contains(&header))
+                .unwrap_or_else(|| panic!("no README block with {header}"));
+            let table: toml::Table = toml::from_str(block).unwrap();
+            let kind = table["kinds"][name].clone();
+            let file: HttpKindFile = kind.try_into().unwrap();
+            let config = HttpKindConfig::check(name, file, &|_| Some("x".into())).unwrap();
+            assert_eq!((config.concurrency_per_key, config.rate_per_key), per_key);
+        }
+    }
+
     #[test]
     fn each_error_names_its_key() {
         let cases = [
             ("concurrency = 0", "kinds.t.concurrency"),
             ("rate = -1.0", "kinds.t.rate"),
+            ("concurrency_per_key = 0", "kinds.t.concurrency_per_key"),
+            (
+                "concurrency = 4\nconcurrency_per_key = 5",
+                "kinds.t.concurrency_per_key",
+            ),
+            ("rate_per_key = 0.0", "kinds.t.rate_per_key"),
+            ("rate_per_key = -2.5", "kinds.t.rate_per_key"),
+            ("rate_per_key = nan", "kinds.t.rate_per_key"),
+            ("rate_per_key = inf", "kinds.t.rate_per_key"),
             ("timeout_ms = 0", "kinds.t.timeout_ms"),
             ("max_attempts = 0", "kinds.t.max_attempts"),
             (
@@ -346,6 +414,18 @@ mod tests {
             let err = HttpKindConfig::check("t", file(extra), &env).unwrap_err();
             assert_eq!(err.key, key, "{extra}: {err}");
         }
+        let per_key = HttpKindConfig::check(
+            "t",
+            file("concurrency = 4\nconcurrency_per_key = 4\nrate_per_key = 0.5"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            (per_key.concurrency_per_key, per_key.rate_per_key),
+            (Some(4), Some(0.5))
+        );
+        let none = HttpKindConfig::check("t", file(""), &env).unwrap();
+        assert_eq!((none.concurrency_per_key, none.rate_per_key), (None, None));
         let mut ftp = file("");
         ftp.url = "ftp://x/y".into();
         assert_eq!(

@@ -13,7 +13,7 @@ pub const DISPATCH_BREAKER_OPEN: &str = "surge_dispatch_breaker_open";
 /// connection (counter).
 pub const DISPATCH_RESPONSES: &str = "surge_dispatch_responses_total";
 /// Jobs handed back to the broker without an attempt, by `reason` = breaker | concurrency
-/// | rate | database (counter).
+/// | rate | key_concurrency | key_rate | key_paused | paused | database (counter).
 pub const DISPATCH_DEFERRED: &str = "surge_dispatch_deferred_total";
 /// Request time, sent until the body is read (histogram, seconds).
 pub const DISPATCH_SECONDS: &str = "surge_dispatch_seconds";

@@ -7,12 +7,12 @@
 //! | Target's answer | Job outcome | Notes |
 //! |---|---|---|
 //! | 2xx | `succeeded` | Result = the body: JSON if it parses, else a string (lossy UTF-8); empty → `null`. A body over `max_result_bytes` is not read further: the result is `{"truncated": true, "bytes": N, "content_length": …, "body": "<first N bytes>"}` |
-//! | 429, 503 with `Retry-After` > 0 | kind paused | With [`HttpKind::with_pauses`] (as every worker has): the kind pauses until then for every replica ([`crate::kinds::pause`]; clamped like a `Retry-After`) and the job is deferred, no attempt consumed |
+//! | 429, 503 with `Retry-After` > 0 | kind (or key) paused | With [`HttpKind::with_pauses`] (as every worker has): the kind pauses until then for every replica ([`crate::kinds::pause`]; clamped like a `Retry-After`) and the job is deferred, no attempt consumed. On a kind with per-key limits, a job with a key pauses only its key ([`per_key`]) |
 //! | 408, 429, 5xx | retried | After `Retry-After` (seconds or an HTTP-date, clamped to `max_backoff_ms`, else 1 h) when sent, else the kind's backoff. Dead after `max_attempts` |
 //! | timeout, connection refused/reset | retried | `timeout_ms` covers the whole exchange, body included |
 //! | 3xx | `dead` | Redirects are not followed (a redirected POST loses its body on 301/302/303, and the headers — secrets too — would go to another address): point `url` at the final address |
 //! | other 4xx | `dead` | The error names the status and quotes ≤ 200 characters of the body (never a header) |
-//! | kind paused, circuit open, cap or rate full | deferred | No request sent, no attempt consumed: the job goes back to the broker for a while |
+//! | kind paused, circuit open, cap or rate full (the kind's or the key's) | deferred | No request sent, no attempt consumed: the job goes back to the broker for a while |
 //!
 //! Every request carries `Content-Type: application/json`, `Idempotency-Key: <job id>`
 //! (the same on every attempt: the target can drop repeats), `Surge-Attempt: <n>`
@@ -24,19 +24,24 @@
 //! 1. the circuit breaker ([`breaker`], per process): open after `breaker_failures`
 //!    consecutive retryable failures, jobs deferred for `breaker_cooldown_ms`, then one
 //!    probe;
-//! 2. the adaptive limit ([`aimd`], per process): at most `limit` requests in flight,
+//! 2. the per-key limits ([`per_key`], across ALL replicas, in the results database), for
+//!    a job with a key: `concurrency_per_key` leased slots and `rate_per_key` requests
+//!    started per second of that key; waited for at most [`per_key::KEY_WAIT_BOUND`],
+//!    before any kind-wide slot is taken, so a busy key never holds up other keys;
+//! 3. the adaptive limit ([`aimd`], per process): at most `limit` requests in flight,
 //!    `limit` halving on 429/503/timeouts and growing back by one per window of successes,
 //!    never above `concurrency`;
-//! 3. the shared limits ([`shared`], across ALL replicas, in the results database):
+//! 4. the shared limits ([`shared`], across ALL replicas, in the results database):
 //!    `concurrency` leased slots and `rate` requests started per second.
 //!
-//! Waiting for 2 and 3 is bounded ([`shared::WAIT_BOUND`]); past it the job is deferred.
+//! Waiting for 3 and 4 is bounded ([`shared::WAIT_BOUND`]); past it the job is deferred.
 
 pub mod aimd;
 pub mod breaker;
 pub mod config;
 pub mod metrics;
 pub mod outcome;
+pub mod per_key;
 pub mod request;
 pub mod retry_after;
 pub mod shared;
@@ -52,6 +57,7 @@ use tokio::time::Instant;
 use self::aimd::AdaptiveLimit;
 use self::breaker::{Admission, Breaker};
 use self::config::HttpKindConfig;
+use self::per_key::{KeyRefusal, PerKeyLimits};
 use self::shared::{Refusal, SharedLimits};
 use crate::clock::now_micros;
 use crate::job::{InvalidJob, Job};
@@ -73,6 +79,7 @@ pub struct HttpKind {
     breaker: Breaker,
     limit: AdaptiveLimit,
     shared: SharedLimits,
+    per_key: PerKeyLimits,
     in_flight: AtomicU32,
     pauses: Option<Arc<KindPauses>>,
 }
@@ -108,13 +115,21 @@ impl HttpKind {
             message: format!("building the HTTP client: {e}"),
         })?;
         let shared = SharedLimits::new(
-            storage,
+            storage.clone(),
             &config.name,
             config.concurrency,
             config.rate,
             config.timeout,
         );
+        let per_key = PerKeyLimits::new(
+            storage.clone(),
+            &config.name,
+            config.concurrency_per_key,
+            config.rate_per_key,
+            config.timeout,
+        );
         Ok(HttpKind {
+            per_key,
             client,
             breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
             limit: AdaptiveLimit::new(config.concurrency, config.adaptive),
@@ -206,6 +221,24 @@ impl HttpKind {
         )
     }
 
+    /// The target asked this job's key to wait (recorded by [`PerKeyLimits::pause`]):
+    /// defer the job (no attempt consumed); other keys go on.
+    fn key_paused(&self, wait: Duration, result: Result<Value, JobError>) -> JobError {
+        let answer = match result {
+            Err(JobError::Retryable { message, .. }) => message,
+            _ => "the target asked to wait".to_owned(),
+        };
+        tracing::info!(kind = %self.config.name, ?wait, "the target asked a key to wait: key paused");
+        self.defer(
+            "key_paused",
+            format!(
+                "{answer}; this job's key paused for {} s",
+                wait.as_secs_f64().ceil()
+            ),
+            wait.clamp(MIN_DEFER, MAX_DEFER),
+        )
+    }
+
     fn max_retry_after(&self) -> Duration {
         self.config
             .max_backoff
@@ -239,7 +272,6 @@ impl Kind for HttpKind {
     }
 
     async fn run(&self, job: &Job, attempt: u32) -> Result<Value, JobError> {
-        let deadline = Instant::now() + shared::WAIT_BOUND;
         let ticket = match self.breaker.admit(Instant::now()) {
             Admission::Go(ticket) => ticket,
             Admission::Wait(after) => {
@@ -253,7 +285,31 @@ impl Kind for HttpKind {
                 ))
             }
         };
+        // The key's turn first: a key at its cap waits holding nothing kind-wide.
+        let key_lease = match self
+            .per_key
+            .acquire(job.key.as_deref(), Instant::now() + per_key::KEY_WAIT_BOUND)
+            .await
+        {
+            Ok(lease) => lease,
+            Err(refusal) => {
+                let (reason, after) = match &refusal {
+                    KeyRefusal::Concurrency(_) => ("key_concurrency", per_key::KEY_DEFER_BUSY),
+                    KeyRefusal::Rate(next) => {
+                        ("key_rate", (*next).max(per_key::KEY_DEFER_RATE_MIN))
+                    }
+                    KeyRefusal::Paused(left) => ("key_paused", (*left).clamp(MIN_DEFER, MAX_DEFER)),
+                    KeyRefusal::Database(error) => {
+                        tracing::warn!(kind = %self.config.name, %error, "flow-control database failed; deferring");
+                        ("database", DEFER_DATABASE)
+                    }
+                };
+                return Err(self.defer(reason, refusal.to_string(), after));
+            }
+        };
+        let deadline = Instant::now() + shared::WAIT_BOUND;
         let Some(permit) = self.limit.acquire(deadline).await else {
+            key_lease.release().await;
             return Err(self.defer(
                 "concurrency",
                 format!(
@@ -279,6 +335,7 @@ impl Kind for HttpKind {
                         ("database", DEFER_DATABASE)
                     }
                 };
+                key_lease.release().await;
                 return Err(self.defer(reason, refusal.to_string(), after));
             }
         };
@@ -289,6 +346,7 @@ impl Kind for HttpKind {
             .and_then(|p| p.deferral_known(&self.config.name))
         {
             lease.release().await;
+            key_lease.release().await;
             return Err(self.defer("paused", reason, after));
         }
         let started = Instant::now();
@@ -302,6 +360,7 @@ impl Kind for HttpKind {
         };
         let took = started.elapsed();
         lease.release().await;
+        key_lease.release().await;
         self.limit.record(&permit, verdict.signal);
         drop(permit);
         if ticket.record(verdict.failed, Instant::now()) {
@@ -315,6 +374,9 @@ impl Kind for HttpKind {
         metrics::response(&self.config.name, verdict.class, took);
         self.publish_gauges();
         match (verdict.pause, &self.pauses) {
+            (Some(wait), _) if self.per_key.pause(job.key.as_deref(), wait).await => {
+                Err(self.key_paused(wait, verdict.result))
+            }
             (Some(wait), Some(pauses)) => Err(self.pause(pauses, wait, verdict.result).await),
             _ => verdict.result,
         }
@@ -338,6 +400,8 @@ impl Kind for HttpKind {
             "in_flight": flow.in_flight,
             "breaker_open": flow.breaker_open,
             "concurrency": self.config.concurrency,
+            "concurrency_per_key": self.config.concurrency_per_key,
+            "rate_per_key": self.config.rate_per_key,
         }))
     }
 
