@@ -12,9 +12,25 @@ use surge_common::clock::now_micros;
 use uuid::Uuid;
 
 use super::{drain, with_deployment, Sizes, WARM_UP};
-use crate::deploy::{Backend, Env, Spec};
+use crate::deploy::{Backend, Env, Spec, KAFKA_PARTITIONS};
 use crate::http::{self, Pool};
 use crate::results::FairnessRow;
+
+/// A tenant key that shares neither `a`'s RabbitMQ fairness lane nor its Kafka partition
+/// (CRC-32 of the key modulo the partitions: librdkafka's default partitioner), so the
+/// a-then-b case measures two tenants that do not collide (one in 8 lanes, one in 6
+/// partitions would); the many-keys case measures collisions.
+fn apart_from(a: &str) -> String {
+    let partition = |key: &str| crc32fast::hash(key.as_bytes()) % KAFKA_PARTITIONS.unsigned_abs();
+    #[cfg(feature = "rabbitmq")]
+    let lane = surge_common::broker::rabbitmq::lane_of;
+    #[cfg(not(feature = "rabbitmq"))]
+    let lane = |_: &str| 0;
+    (0..1_000)
+        .map(|k| format!("tenant-{k}"))
+        .find(|key| lane(key) != lane(a) && partition(key) != partition(a))
+        .unwrap_or_else(|| "tenant-b".to_owned())
+}
 
 /// Posts `jobs` (`sleep` of `job_ms`, the key each one names) in batches of 500; returns
 /// the ids accepted and when the last batch was answered (µs since the epoch).
@@ -80,9 +96,13 @@ async fn run(
         dep.warm_up(WARM_UP).await?;
         let pool = Pool::new(dep.address);
         let a_keys = vec!["tenant-a".to_owned(); big];
-        let b_keys: Vec<String> = (0..small_keys)
-            .flat_map(|k| std::iter::repeat_n(format!("tenant-{k}"), small_each))
-            .collect();
+        let b_keys: Vec<String> = if small_keys == 1 {
+            vec![apart_from("tenant-a"); small_each]
+        } else {
+            (0..small_keys)
+                .flat_map(|k| std::iter::repeat_n(format!("tenant-{k}"), small_each))
+                .collect()
+        };
         let a_started = now_micros();
         let (a_ids, _) = post(&pool, &a_keys, job_ms).await?;
         let (b_ids, b_posted) = post(&pool, &b_keys, job_ms).await?;
