@@ -55,22 +55,11 @@ impl BusyKeys {
         while buckets.past.len() > WINDOW_SECONDS {
             buckets.past.pop_front();
         }
-        let mut totals: HashMap<&str, u64> = HashMap::new();
-        for bucket in &buckets.past {
-            for (key, count) in bucket {
-                *totals.entry(key).or_default() += count;
-            }
-        }
-        let mut loads: Vec<KeyLoad> = totals
-            .into_iter()
-            .map(|(key, started)| KeyLoad {
-                key: key.to_owned(),
-                started,
-            })
-            .collect();
-        loads.sort_by(|a, b| b.started.cmp(&a.started).then_with(|| a.key.cmp(&b.key)));
-        loads.truncate(REPORTED);
-        loads
+        let counts = buckets
+            .past
+            .iter()
+            .flat_map(|bucket| bucket.iter().map(|(key, n)| (key.as_str(), *n)));
+        KeyLoad::busiest(counts, REPORTED)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {

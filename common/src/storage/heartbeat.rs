@@ -48,6 +48,30 @@ pub struct KeyLoad {
     pub started: u64,
 }
 
+impl KeyLoad {
+    /// Sums `counts` (key, jobs started) by key and returns the `most` busiest keys, most
+    /// jobs first, ties by key.
+    pub fn busiest<'a>(
+        counts: impl IntoIterator<Item = (&'a str, u64)>,
+        most: usize,
+    ) -> Vec<KeyLoad> {
+        let mut totals: std::collections::HashMap<&str, u64> = Default::default();
+        for (key, started) in counts {
+            *totals.entry(key).or_default() += started;
+        }
+        let mut loads: Vec<KeyLoad> = totals
+            .into_iter()
+            .map(|(key, started)| KeyLoad {
+                key: key.to_owned(),
+                started,
+            })
+            .collect();
+        loads.sort_by(|a, b| b.started.cmp(&a.started).then_with(|| a.key.cmp(&b.key)));
+        loads.truncate(most);
+        loads
+    }
+}
+
 /// Stored results, counted by outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ResultTotals {

@@ -323,25 +323,11 @@ async fn refresh(state: &AppState) -> Observed {
 /// The keys live workers (heartbeat within [`STALE_AFTER`]) started most jobs of, summed
 /// over them, busiest first, at most [`MAX_BUSIEST_KEYS`].
 fn busiest_keys(beats: &[Heartbeat], now_us: i64) -> Vec<KeyLoad> {
-    let mut totals: std::collections::HashMap<&str, u64> = Default::default();
-    let live = beats
+    let counts = beats
         .iter()
-        .filter(|b| now_us.saturating_sub(b.last_seen_us) <= micros(STALE_AFTER));
-    for beat in live {
-        for load in &beat.busy_keys {
-            *totals.entry(&load.key).or_default() += load.started;
-        }
-    }
-    let mut keys: Vec<KeyLoad> = totals
-        .into_iter()
-        .map(|(key, started)| KeyLoad {
-            key: key.to_owned(),
-            started,
-        })
-        .collect();
-    keys.sort_by(|a, b| b.started.cmp(&a.started).then_with(|| a.key.cmp(&b.key)));
-    keys.truncate(MAX_BUSIEST_KEYS);
-    keys
+        .filter(|b| now_us.saturating_sub(b.last_seen_us) <= micros(STALE_AFTER))
+        .flat_map(|b| b.busy_keys.iter().map(|l| (l.key.as_str(), l.started)));
+    KeyLoad::busiest(counts, MAX_BUSIEST_KEYS)
 }
 
 /// Runs a storage query with [`DATABASE_TIMEOUT`]; the error as text.
