@@ -59,6 +59,17 @@ pub enum StorageError {
     /// The embedded migrations failed.
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// The database was migrated by a newer Surge than this process: its schema may lack
+    /// what this build writes to, so the process does not start (see README, "Upgrades").
+    #[error(
+        "the results database was upgraded by a newer Surge (its migration {version} is not \
+         in this build): run this process's newer version; old and new processes must not \
+         share a database (README, \"Upgrades\")"
+    )]
+    NewerSchema {
+        /// The applied migration this build does not know.
+        version: i64,
+    },
     /// A stored row did not decode.
     #[error("corrupt row for job {job_id}: {message}")]
     Corrupt {
@@ -264,7 +275,15 @@ impl Storage {
                 .execute(&pool)
                 .await?;
         }
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::VersionMissing(version) => {
+                    StorageError::NewerSchema { version }
+                }
+                other => StorageError::Migration(other),
+            })?;
         Ok(Storage {
             pool,
             sqlite: is_sqlite,
