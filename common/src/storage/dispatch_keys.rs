@@ -206,39 +206,44 @@ impl Storage {
     /// Safe beside claimers: each row is re-checked as it is deleted, so a row taken over
     /// or moved on meanwhile stays.
     pub async fn sweep_dispatch_keys(&self, limit: u32) -> Result<KeySweep, StorageError> {
-        let now = self.now_sql();
-        let slots = sqlx::query(&format!(
-            "DELETE FROM dispatch_key_slots WHERE lease_until_us < {now} \
-             AND (kind, key_hash, slot) IN (SELECT kind, key_hash, slot FROM dispatch_key_slots \
-               WHERE lease_until_us < {now} ORDER BY lease_until_us LIMIT $1)"
-        ))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        let rates = sqlx::query(&format!(
-            "DELETE FROM dispatch_key_rate WHERE tat_us < {now} \
-             AND (kind, key_hash) IN (SELECT kind, key_hash FROM dispatch_key_rate \
-               WHERE tat_us < {now} ORDER BY tat_us LIMIT $1)"
-        ))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        let pauses = sqlx::query(&format!(
-            "DELETE FROM dispatch_key_pauses WHERE until_us < {now} \
-             AND (kind, key_hash) IN (SELECT kind, key_hash FROM dispatch_key_pauses \
-               WHERE until_us < {now} ORDER BY until_us LIMIT $1)"
-        ))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
         Ok(KeySweep {
-            slots,
-            rates,
-            pauses,
+            slots: self
+                .sweep_expired(
+                    "dispatch_key_slots",
+                    "kind, key_hash, slot",
+                    "lease_until_us",
+                    limit,
+                )
+                .await?,
+            rates: self
+                .sweep_expired("dispatch_key_rate", "kind, key_hash", "tat_us", limit)
+                .await?,
+            pauses: self
+                .sweep_expired("dispatch_key_pauses", "kind, key_hash", "until_us", limit)
+                .await?,
         })
+    }
+
+    /// Deletes at most `limit` rows of `table` (primary key `key`) whose `until` column is
+    /// past on the database clock, oldest first; each row is re-checked as it is deleted.
+    async fn sweep_expired(
+        &self,
+        table: &str,
+        key: &str,
+        until: &str,
+        limit: u32,
+    ) -> Result<u64, StorageError> {
+        let now = self.now_sql();
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM {table} WHERE {until} < {now} \
+             AND ({key}) IN (SELECT {key} FROM {table} \
+               WHERE {until} < {now} ORDER BY {until} LIMIT $1)"
+        ))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(deleted)
     }
 
     /// Pauses `key_hash` in `kind` for `wait` from now (database clock); a pause already
