@@ -213,7 +213,9 @@ impl Worker {
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(error = %e, "cannot consume yet");
-                        self.pause(failures, &mut shutdown).await;
+                        if self.pause(failures, &mut shutdown).await == Paused::Stopped {
+                            break 'connect;
+                        }
                         continue 'connect;
                     }
                 },
@@ -273,7 +275,9 @@ impl Worker {
                 break 'connect;
             }
             drop(deliveries);
-            self.pause(failures, &mut shutdown).await;
+            if self.pause(failures, &mut shutdown).await == Paused::Stopped {
+                break 'connect;
+            }
         }
         let in_flight = tasks.len();
         tracing::info!(in_flight, "shutting down: draining in-flight jobs");
@@ -305,15 +309,29 @@ impl Worker {
             .await
     }
 
-    /// Waits a growing delay before reconnecting, or until shutdown.
-    async fn pause(&self, failures: usize, shutdown: &mut (impl Future<Output = ()> + Unpin)) {
+    /// Waits a growing delay before reconnecting, or until shutdown. Says which: once
+    /// `shutdown` has completed it must not be polled again.
+    async fn pause(
+        &self,
+        failures: usize,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Paused {
         let exponent = u32::try_from(failures.min(6)).unwrap_or(6);
         let delay = Duration::from_millis(100 * 2u64.pow(exponent)).min(Duration::from_secs(5));
         tokio::select! {
-            _ = shutdown => {},
-            _ = tokio::time::sleep(delay) => {},
+            _ = shutdown => Paused::Stopped,
+            _ = tokio::time::sleep(delay) => Paused::Elapsed,
         }
     }
+}
+
+/// How a reconnect [`Worker::pause`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Paused {
+    /// The delay passed: reconnect.
+    Elapsed,
+    /// Shutdown was requested during the delay: stop.
+    Stopped,
 }
 
 /// Every 5 s: refresh the backlog gauge and the desired-replicas signal.
