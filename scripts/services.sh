@@ -46,7 +46,14 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
 fi
 if ! rabbitmqctl -q status >/dev/null 2>&1; then
   log "starting RabbitMQ"
-  as_root rabbitmq-server -detached || true
+  # Debian's `rabbitmq-server` wrapper starts the node through `su rabbitmq`, which gives it
+  # a soft limit of 1,024 open files. Classic queues hold files open, and once the limit is
+  # reached queue recovery waits for a handle forever: with the ~1,500 queues a test run
+  # leaves, a restart (the fault suite's `start_app`, or this script after a reboot) never
+  # finished. So start it the same way with the soft limit raised to the hard one.
+  as_root su rabbitmq -s /bin/sh -c \
+    'ulimit -S -n "$(ulimit -H -n)"; cd /var/lib/rabbitmq && exec /usr/lib/rabbitmq/bin/rabbitmq-server -detached' \
+    || true
 fi
 # `await_startup` fails at once while the new node has not yet registered with epmd (seen on
 # a fresh machine: the first call returns within a second), so ask again until a deadline.

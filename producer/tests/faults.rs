@@ -34,6 +34,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use support::{child_log_level, free_port, publish_report, worker_binary, Load, Outcome, Verdict};
+use surge_common::broker::kafka::KafkaBroker;
+use surge_common::broker::rabbitmq::RabbitMqBroker;
+use surge_common::broker::Broker;
 use surge_common::storage::Storage;
 use surge_common::testing::{self, AMQP_URL_VAR, KAFKA_BROKERS_VAR, POSTGRES_URL_VAR};
 use tokio::process::{Child, Command};
@@ -533,6 +536,31 @@ impl Stack {
             let _ = ingress.start_kill();
             let _ = ingress.wait().await;
         }
+        self.delete_topology().await;
+    }
+
+    /// Deletes this run's queues (RabbitMQ) or topics (Kafka), so runs do not pile up
+    /// queues a later broker restart has to recover.
+    async fn delete_topology(&self) {
+        let address = &self.broker_args[3];
+        let queue = self.group();
+        let broker: Result<Box<dyn Broker>, _> = match self.backend {
+            Backend::RabbitMq => RabbitMqBroker::connect(address, &queue)
+                .await
+                .map(|b| Box::new(b) as Box<dyn Broker>),
+            Backend::Kafka => {
+                KafkaBroker::connect_with(address, &queue, 1, testing::kafka_tuning())
+                    .await
+                    .map(|b| Box::new(b) as Box<dyn Broker>)
+            }
+        };
+        let deleted = match broker {
+            Ok(broker) => broker.delete_topology().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
+            eprintln!("cleanup of {queue} failed: {e}");
+        }
     }
 }
 
@@ -574,13 +602,21 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
-/// Runs a service-control command, failing the test when it fails.
+/// Longest a service-control command may take (a RabbitMQ `start_app` that waited for
+/// file handles once hung for the rest of a CI run).
+const COMMAND_PATIENCE: Duration = Duration::from_secs(180);
+
+/// Runs a service-control command, failing the test when it fails or takes longer than
+/// [`COMMAND_PATIENCE`] (it is killed then).
 async fn run_command(program: &str, args: &[&str]) {
-    let output = Command::new(program)
+    let running = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(COMMAND_PATIENCE, running)
         .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish within {COMMAND_PATIENCE:?}"))
         .unwrap_or_else(|e| {
             panic!("{program} could not run (it controls the service under test): {e}")
         });
