@@ -2,8 +2,10 @@
 //!
 //! Deliveries are held as they arrive (at most the broker's prefetch) and started in the
 //! order of [`crate::fair`] (round robin over keys, priorities with aging) whenever one of
-//! `capacity` permits is free (so at most `capacity` jobs run at once in this process,
-//! whatever the broker sends). Each runs its handler, then
+//! `capacity` permits is free (so at most `capacity` handlers run at once in this process,
+//! whatever the broker sends; a permit frees when its handler returns, and the broker's
+//! prefetch of [`PREFETCH_PER_SLOT`] × `capacity` bounds the jobs still settling). Each
+//! runs its handler, then
 //! - success → commit the result row, then ack;
 //! - retryable failure with attempts left → schedule a retry after a backoff delay;
 //! - permanent failure or attempts exhausted → commit a `dead` row, then dead-letter.
@@ -44,6 +46,12 @@ use surge_common::kinds::{JobError, Kind, KindRegistry};
 /// group of its own).
 pub const NO_KEY: &str = "(no key)";
 
+/// Deliveries a worker may hold unsettled per unit of capacity (the broker prefetch is
+/// `capacity` × this). A job's slot frees when its handler returns, before its result
+/// commits and its delivery is acked; the extra window keeps the next jobs in hand for
+/// those slots instead of waiting for an ack's round trip to the broker.
+pub const PREFETCH_PER_SLOT: u16 = 2;
+
 /// Most deliveries a worker holds, not yet started, whatever the broker's prefetch.
 pub const MAX_HELD: usize = 65_536;
 
@@ -55,7 +63,8 @@ pub const RUNNING_STAGE_AFTER: Duration = Duration::from_millis(250);
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// Most jobs this worker runs at once (also the broker prefetch).
+    /// Most jobs this worker runs at once (handlers running; the broker prefetch is
+    /// [`PREFETCH_PER_SLOT`] times this).
     pub capacity: u16,
     /// Consumer group (Kafka) / informational (others).
     pub group: String,
@@ -304,7 +313,7 @@ impl Worker {
         self.broker
             .consume(ConsumeOptions {
                 group: self.options.group.clone(),
-                prefetch: capacity,
+                prefetch: capacity.saturating_mul(PREFETCH_PER_SLOT),
             })
             .await
     }
@@ -378,7 +387,7 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
         trace_id = delivery.job.trace_id().unwrap_or_default(),
     );
     async move {
-        let _permit = permit;
+        let permit = permit;
         match context.settled.check(delivery.job.id).await {
             Ok(Some(settled)) => return settle_early(delivery, settled, &context).await,
             Ok(None) => {}
@@ -423,6 +432,9 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                 }
             }
         };
+        // The handler is done: its slot goes to the next job while this result commits
+        // and its delivery settles (held within the prefetch, see `PREFETCH_PER_SLOT`).
+        drop(permit);
         let finished_at_us = now_micros();
         metrics::histogram!(m::JOB_SECONDS)
             .record((finished_at_us - started_at_us) as f64 / 1_000_000.0);

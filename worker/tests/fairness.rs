@@ -35,6 +35,7 @@ async fn stack(
     on: On,
     prefix: &str,
     workers: usize,
+    before_workers: &[Job],
 ) -> Option<(Box<dyn Broker>, Storage, Vec<Child>)> {
     let postgres = testing::service(POSTGRES_URL_VAR, "PostgreSQL")?;
     let queue = testing::unique_name(prefix);
@@ -77,6 +78,7 @@ async fn stack(
     ];
     args.extend(common.map(str::to_owned));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    publish(broker.as_ref(), before_workers).await;
     let children = (0..workers)
         .map(|i| spawn_worker(&format!("{prefix}-{i}"), &database, &args))
         .collect();
@@ -117,9 +119,6 @@ fn exactly_once(rows: &[JobResult], expected: usize) {
 }
 
 async fn a_small_key_overtakes_a_big_backlog(on: On, workers: usize) {
-    let Some((broker, storage, mut children)) = stack(on, "fair", workers).await else {
-        return;
-    };
     // Two tenants in different lanes or partitions (keys that share one are first in,
     // first out between them). On Kafka a key's partition is CRC-32(key) % 6 (librdkafka's
     // `consistent_random`): "tenant-a" → 3, "tenant-d" → 4 ("tenant-b" would be 3 too).
@@ -131,9 +130,13 @@ async fn a_small_key_overtakes_a_big_backlog(on: On, workers: usize) {
         On::Kafka => ("tenant-a", "tenant-d"),
     };
     // A: 20 ms jobs, 3 s of work at 20 × `workers` at once; B: 10 jobs posted just after.
+    // A is all published before the workers start (publishing while they run let them
+    // drain it as fast as it came on a loaded machine, leaving no backlog for B to pass).
     let a = sleeps(3000 * workers, 20, Some(key_a), None);
     let b = sleeps(10, 20, Some(key_b), None);
-    publish(broker.as_ref(), &a).await;
+    let Some((broker, storage, mut children)) = stack(on, "fair", workers, &a).await else {
+        return;
+    };
     // B posts while the workers are busy with A (as in production), not before they start:
     // a consumer that joins with both backlogs waiting reads both in its first fetch.
     let a_ids: Vec<Uuid> = a.iter().map(|j| j.id).collect();
@@ -214,26 +217,37 @@ async fn on_kafka_with_three_workers_a_small_key_overtakes_a_big_backlog() {
     ignore = "set SURGE_TEST_AMQP_URL and SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn on_rabbitmq_priorities_order_a_backlog() {
-    let Some((broker, storage, mut children)) = stack(On::RabbitMq, "prio", 1).await else {
+    let Some((broker, storage, mut children)) = stack(On::RabbitMq, "prio", 1, &[]).await else {
         return;
     };
-    // One tenant's backlog of low-priority work, then urgent jobs of the same tenant.
-    let low = sleeps(1000, 20, Some("tenant"), Some(1));
+    // One tenant's backlog of low-priority work, then urgent jobs of the same tenant. The
+    // worker runs while the backlog is published, so the claim is about the low jobs still
+    // waiting when the urgent ones arrive: few of them finish before the urgent ones.
+    let low = sleeps(2000, 20, Some("tenant"), Some(1));
     let high = sleeps(20, 20, Some("tenant"), Some(5));
     publish(broker.as_ref(), &low).await;
+    let high_published = surge_common::clock::now_micros();
     publish(broker.as_ref(), &high).await;
     let low_ids: Vec<Uuid> = low.iter().map(|j| j.id).collect();
     let high_ids: Vec<Uuid> = high.iter().map(|j| j.id).collect();
     let all: Vec<Uuid> = low_ids.iter().chain(&high_ids).copied().collect();
     let rows = wait_for_results(&storage, &all, Duration::from_secs(300)).await;
     exactly_once(&rows, all.len());
-    let low_done = finished(&rows, &low_ids);
-    let last_high = *finished(&rows, &high_ids).last().unwrap();
-    let low_before = low_done.iter().filter(|at| **at < last_high).count();
+    let low_waiting: Vec<i64> = finished(&rows, &low_ids)
+        .into_iter()
+        .filter(|at| *at > high_published)
+        .collect();
     assert!(
-        low_before < low_done.len() / 4,
-        "the urgent jobs finished after {low_before} of {} low-priority ones",
-        low_done.len()
+        low_waiting.len() >= 500,
+        "a backlog was still waiting when the urgent jobs came ({} low jobs)",
+        low_waiting.len()
+    );
+    let last_high = *finished(&rows, &high_ids).last().unwrap();
+    let low_before = low_waiting.iter().filter(|at| **at < last_high).count();
+    assert!(
+        low_before < low_waiting.len() / 4,
+        "the urgent jobs finished after {low_before} of the {} low-priority ones waiting",
+        low_waiting.len()
     );
     for child in &mut children {
         let _ = child.kill().await;
