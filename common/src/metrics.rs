@@ -48,6 +48,9 @@ pub const SCHEDULE_JOBS: &str = "surge_schedule_jobs_total";
 pub const DESIRED_WORKERS: &str = "surge_desired_workers";
 /// Rows deleted by the retention pruner, by what they were (counter).
 pub const PRUNED_ROWS: &str = "surge_storage_pruned_rows_total";
+/// Stored jobs per `state` (scheduled, queued, running, retrying, waiting, succeeded,
+/// dead, cancelled), as the retention pass last counted them (gauge).
+pub const STORED_JOBS: &str = "surge_storage_jobs";
 /// Age of the oldest stored result per final status, as the pruner last saw it (gauge,
 /// seconds): stays below its retention window while pruning keeps up.
 pub const OLDEST_RESULT_SECONDS: &str = "surge_storage_oldest_result_seconds";
@@ -147,6 +150,10 @@ fn describe() {
         OLDEST_RESULT_SECONDS,
         Unit::Seconds,
         "Age of the oldest stored result, by status (pruner's last look)."
+    );
+    describe_gauge!(
+        STORED_JOBS,
+        "Stored jobs by state (the retention pass's last count)."
     );
     crate::kinds::http::metrics::describe();
 }

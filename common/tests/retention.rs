@@ -348,7 +348,44 @@ async fn a_stale_pending_claim_is_resumed_with_its_job(storage: Storage) {
     ));
 }
 
+/// `rows_per_state` counts each table's rows by state (run first, on an empty database).
+async fn counts_rows_per_state(storage: Storage) {
+    let now = now_micros();
+    storage
+        .record_many(&[
+            result(JobStatus::Succeeded, now),
+            result(JobStatus::Succeeded, now),
+            result(JobStatus::Dead, now),
+        ])
+        .await
+        .unwrap();
+    stage(&storage, Uuid::now_v7(), now).await;
+    exec(
+        &storage,
+        "INSERT INTO scheduled_jobs (job_id, due_at_us, job) VALUES ($1, 1, '{}')",
+        &[&Uuid::now_v7().to_string()],
+    )
+    .await;
+    let mut counts = storage.rows_per_state().await.unwrap();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [
+            ("dead", 1),
+            ("running", 1),
+            ("scheduled", 1),
+            ("succeeded", 2)
+        ]
+        .map(|(state, n)| (state.to_owned(), n))
+        .to_vec()
+    );
+    exec(&storage, "DELETE FROM job_results", &[]).await;
+    exec(&storage, "DELETE FROM job_status", &[]).await;
+    exec(&storage, "DELETE FROM scheduled_jobs", &[]).await;
+}
+
 async fn all(storage: Storage) {
+    counts_rows_per_state(storage.clone()).await;
     prunes_what_is_past_its_window(storage.clone()).await;
     one_lease_holder_at_a_time(storage.clone()).await;
     a_stale_pending_claim_is_resumed_with_its_job(storage).await;

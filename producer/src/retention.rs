@@ -5,7 +5,8 @@
 //! deletes at most [`PASS_LIMIT`] rows of each kind; when it hits that limit the next pass
 //! follows after [`CATCH_UP_PAUSE`], else after [`pass_interval`]. The lease holder also
 //! publishes the age of the oldest row per final status, so a stuck pruner shows on a
-//! dashboard as an age growing past its window.
+//! dashboard as an age growing past its window, and the stored jobs per state
+//! (`surge_storage_jobs`), counted once per pass rather than by every scrape.
 
 use std::time::Duration;
 
@@ -119,8 +120,33 @@ async fn pass(
         }
         Err(e) => tracing::debug!(error = %e, "retention: reading the oldest rows failed"),
     }
+    match storage.rows_per_state().await {
+        Ok(counts) => {
+            for state in STATES {
+                let rows = counts
+                    .iter()
+                    .filter(|(s, _)| s == state)
+                    .map(|(_, n)| *n)
+                    .sum::<u64>();
+                metrics::gauge!(m::STORED_JOBS, "state" => *state).set(rows as f64);
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "retention: counting the rows per state failed"),
+    }
     Some(report)
 }
+
+/// The states `surge_storage_jobs` reports (each set, 0 when none is stored).
+const STATES: &[&str] = &[
+    "scheduled",
+    "queued",
+    "running",
+    "retrying",
+    "waiting",
+    "succeeded",
+    "dead",
+    "cancelled",
+];
 
 #[cfg(test)]
 mod tests {

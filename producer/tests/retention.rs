@@ -85,6 +85,13 @@ async fn scenario(database_url: &str) {
         metrics.contains("surge_storage_oldest_result_seconds"),
         "{metrics}"
     );
+    for state in ["scheduled", "queued", "succeeded", "dead", "cancelled"] {
+        let series = format!("surge_storage_jobs{{state=\"{state}\"}} ");
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&series)),
+            "{series}missing: {metrics}"
+        );
+    }
     let _ = stop.send(());
     running.await.unwrap().unwrap();
 }

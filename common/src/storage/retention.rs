@@ -278,6 +278,26 @@ impl Storage {
         Ok((acceptance, stages))
     }
 
+    /// Stored jobs per state: `scheduled` (waiting to be published), the unfinished
+    /// stages (`queued`, `running`, `retrying`, `waiting`) and the final statuses
+    /// (`succeeded`, `dead`, `cancelled`). Counts every row (one scan of each table), so
+    /// it runs once per retention pass, by the lease holder, not per request.
+    pub async fn rows_per_state(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT 'scheduled' AS state, COUNT(*) AS n FROM scheduled_jobs \
+             UNION ALL SELECT status AS state, COUNT(*) AS n FROM job_status GROUP BY status \
+             UNION ALL SELECT status AS state, COUNT(*) AS n FROM job_results GROUP BY status",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.try_get("n")?;
+                Ok((row.try_get("state")?, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// When the oldest stored result of each final status finished (µs since the epoch),
     /// by `status`; absent when there is none. One index lookup per status.
     pub async fn oldest_results(&self) -> Result<Vec<(&'static str, i64)>, StorageError> {
