@@ -12,3 +12,8 @@ pub fn now_micros() -> i64 {
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// `d` in whole microseconds, saturating (to compare with [`now_micros`] timestamps).
+pub fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}

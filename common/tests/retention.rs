@@ -379,9 +379,27 @@ async fn counts_rows_per_state(storage: Storage) {
         .map(|(state, n)| (state.to_owned(), n))
         .to_vec()
     );
+
+    // Once counted below a mark, a read adds only the rows finished at or after it: a row
+    // slipped in below the mark shows at the next count, one above it at once.
+    let mark = now + 1_000;
+    storage.count_results_below(mark).await.unwrap();
+    storage
+        .record_many(&[
+            result(JobStatus::Succeeded, mark - 500),
+            result(JobStatus::Dead, mark + 500),
+        ])
+        .await
+        .unwrap();
+    let totals = storage.result_totals().await.unwrap();
+    assert_eq!((totals.succeeded, totals.dead), (2, 2), "{totals:?}");
+    storage.count_results_below(mark).await.unwrap();
+    let totals = storage.result_totals().await.unwrap();
+    assert_eq!((totals.succeeded, totals.dead), (3, 2), "{totals:?}");
     exec(&storage, "DELETE FROM job_results", &[]).await;
     exec(&storage, "DELETE FROM job_status", &[]).await;
     exec(&storage, "DELETE FROM scheduled_jobs", &[]).await;
+    exec(&storage, "DELETE FROM result_counts", &[]).await;
 }
 
 async fn all(storage: Storage) {

@@ -23,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use surge_common::clock::now_micros;
+use surge_common::clock::{micros, now_micros};
 use surge_common::job::JobRequest;
 use surge_common::recurring::Schedule;
 use surge_common::storage::recurring::ScheduleCursor;
@@ -43,10 +43,6 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub const PRUNE_MARGIN: Duration = Duration::from_secs(600);
 /// How long after a whole second a pass starts (ticks are whole seconds).
 const AFTER_THE_SECOND: Duration = Duration::from_millis(20);
-
-fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
 
 /// Runs until `stop` completes; returns at once when there is no schedule.
 pub async fn run(state: AppState, stop: impl std::future::Future<Output = ()>) {

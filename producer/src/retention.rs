@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use surge_common::clock::now_micros;
+use surge_common::clock::{micros, now_micros};
 use surge_common::metrics as m;
 use surge_common::storage::retention::{PruneReport, RetentionPolicy};
 use surge_common::storage::Storage;
@@ -22,6 +22,10 @@ pub const PASS_LIMIT: u32 = 10_000;
 pub const CATCH_UP_PAUSE: Duration = Duration::from_secs(1);
 /// Longest pause between passes.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(30);
+/// How far behind the pass's clock the results count stops (`result_counts`): rows that
+/// finished later are counted at each read, so a result committed a while after its handler
+/// finished is not missed.
+const COUNT_MARK_AGE: Duration = Duration::from_secs(60);
 /// Name of the lease in `maintenance_leases`.
 const LEASE: &str = "retention";
 
@@ -119,6 +123,12 @@ async fn pass(
             }
         }
         Err(e) => tracing::debug!(error = %e, "retention: reading the oldest rows failed"),
+    }
+    if let Err(e) = storage
+        .count_results_below(now - micros(COUNT_MARK_AGE))
+        .await
+    {
+        tracing::debug!(error = %e, "retention: counting the stored results failed");
     }
     match storage.rows_per_state().await {
         Ok(counts) => {

@@ -2,8 +2,9 @@
 //!
 //! Every worker upserts one [`Heartbeat`] row a second (table `worker_heartbeats`), so the
 //! dashboard sees the workers of every process, not only those embedded in the ingress.
-//! Processed totals, the processed rate and end-to-end latency percentiles come from
-//! `job_results`, with queries bounded by an index on `finished_at_us` and a row limit.
+//! The processed rate and end-to-end latency percentiles come from `job_results`, with
+//! queries bounded by an index on `finished_at_us` and a row limit; the processed totals
+//! from [`super::totals`].
 //!
 //! Same portable SQL as the rest of the storage layer (`$n` placeholders, `ON CONFLICT`),
 //! on SQLite and PostgreSQL.
@@ -188,24 +189,6 @@ impl Storage {
             .execute(self.pool())
             .await?;
         Ok(done.rows_affected())
-    }
-
-    /// Stored results by outcome (all rows: one scan, so callers should cache it briefly).
-    pub async fn result_totals(&self) -> Result<ResultTotals, StorageError> {
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM job_results GROUP BY status")
-            .fetch_all(self.pool())
-            .await?;
-        let mut totals = ResultTotals::default();
-        for row in rows {
-            let status: String = row.try_get("status")?;
-            let n = from_db(row.try_get("n")?);
-            match status.as_str() {
-                "succeeded" => totals.succeeded += n,
-                "dead" => totals.dead += n,
-                _ => {}
-            }
-        }
-        Ok(totals)
     }
 
     /// Results whose handler finished at or after `since_us` (an index range count).

@@ -40,6 +40,7 @@ pub mod recurring;
 pub mod replay;
 pub mod retention;
 pub mod schedule;
+pub mod totals;
 
 use std::time::Duration;
 

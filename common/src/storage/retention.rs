@@ -280,22 +280,24 @@ impl Storage {
 
     /// Stored jobs per state: `scheduled` (waiting to be published), the unfinished
     /// stages (`queued`, `running`, `retrying`, `waiting`) and the final statuses
-    /// (`succeeded`, `dead`, `cancelled`). Counts every row (one scan of each table), so
-    /// it runs once per retention pass, by the lease holder, not per request.
+    /// (`succeeded`, `dead`, `cancelled`, from [`Storage::results_per_status`]). Counts the
+    /// small tables whole; the retention pass calls it, not every request.
     pub async fn rows_per_state(&self) -> Result<Vec<(String, u64)>, StorageError> {
         let rows = sqlx::query(
             "SELECT 'scheduled' AS state, COUNT(*) AS n FROM scheduled_jobs \
-             UNION ALL SELECT status AS state, COUNT(*) AS n FROM job_status GROUP BY status \
-             UNION ALL SELECT status AS state, COUNT(*) AS n FROM job_results GROUP BY status",
+             UNION ALL SELECT status AS state, COUNT(*) AS n FROM job_status GROUP BY status",
         )
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
+        let mut counts = rows
+            .iter()
             .map(|row| {
                 let n: i64 = row.try_get("n")?;
                 Ok((row.try_get("state")?, u64::try_from(n).unwrap_or(0)))
             })
-            .collect()
+            .collect::<Result<Vec<(String, u64)>, StorageError>>()?;
+        counts.extend(self.results_per_status().await?);
+        Ok(counts)
     }
 
     /// When the oldest stored result of each final status finished (µs since the epoch),

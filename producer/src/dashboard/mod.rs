@@ -26,7 +26,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
-use surge_common::clock::now_micros;
+use surge_common::clock::{micros, now_micros};
 use surge_common::storage::heartbeat::{Heartbeat, KeyLoad, RecentLatency, ResultTotals};
 use tokio::sync::Mutex;
 
@@ -339,8 +339,4 @@ async fn within<T>(
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("timed out after {DATABASE_TIMEOUT:?}")),
     }
-}
-
-fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
