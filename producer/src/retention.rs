@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use surge_common::clock::{micros, now_micros};
 use surge_common::metrics as m;
+use surge_common::storage::listing::StatusFilter;
 use surge_common::storage::retention::{PruneReport, RetentionPolicy};
 use surge_common::storage::Storage;
 
@@ -132,31 +133,20 @@ async fn pass(
     }
     match storage.rows_per_state().await {
         Ok(counts) => {
-            for state in STATES {
+            // Every state the API names, each set (0 when none is stored).
+            for state in StatusFilter::NAMES {
                 let rows = counts
                     .iter()
                     .filter(|(s, _)| s == state)
                     .map(|(_, n)| *n)
                     .sum::<u64>();
-                metrics::gauge!(m::STORED_JOBS, "state" => *state).set(rows as f64);
+                metrics::gauge!(m::STORED_JOBS, "state" => state).set(rows as f64);
             }
         }
         Err(e) => tracing::debug!(error = %e, "retention: counting the rows per state failed"),
     }
     Some(report)
 }
-
-/// The states `surge_storage_jobs` reports (each set, 0 when none is stored).
-const STATES: &[&str] = &[
-    "scheduled",
-    "queued",
-    "running",
-    "retrying",
-    "waiting",
-    "succeeded",
-    "dead",
-    "cancelled",
-];
 
 #[cfg(test)]
 mod tests {
