@@ -50,6 +50,18 @@ pub fn unique_name(prefix: &str) -> String {
     format!("surge-test-{prefix}-{}", Uuid::new_v4().simple())
 }
 
+/// A fresh PostgreSQL database for one test, next to `SURGE_TEST_POSTGRES_URL`'s: its URL,
+/// or `None` when PostgreSQL is not configured outside CI (see [`service`]: in CI a
+/// missing one fails). Panics when the database cannot be created.
+pub async fn fresh_postgres() -> Option<String> {
+    let base = service(POSTGRES_URL_VAR, "PostgreSQL")?;
+    Some(
+        fresh_postgres_database(&base)
+            .await
+            .expect("a fresh PostgreSQL database"),
+    )
+}
+
 /// Creates a fresh PostgreSQL database next to `base_url`'s and returns its URL.
 pub async fn fresh_postgres_database(base_url: &str) -> Result<String, sqlx::Error> {
     use sqlx::Connection;

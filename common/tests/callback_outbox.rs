@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use sqlx::any::AnyPoolOptions;
 use surge_common::storage::Storage;
-use surge_common::testing::{self, POSTGRES_URL_VAR};
+use surge_common::testing::{self};
 use uuid::Uuid;
 
 /// The migration that made callbacks per outcome.
@@ -133,10 +133,9 @@ async fn on_sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn on_postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     let (storage, id) = upgraded_with_an_old_callback(&url).await;
     old_rows_keep_working(&storage, id).await;
     one_callback_per_outcome(&storage).await;

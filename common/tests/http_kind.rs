@@ -526,10 +526,9 @@ async fn the_cap_holds_across_replicas_on_sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn the_cap_holds_across_replicas_on_postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     the_cap_holds_across_replicas(&url).await;
 }
 

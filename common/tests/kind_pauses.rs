@@ -9,7 +9,7 @@ use surge_common::clock::now_micros;
 use surge_common::kinds::pause::{KindPauses, MAX_DEFER, REFRESH};
 use surge_common::storage::pauses::{KindPause, PauseSource};
 use surge_common::storage::Storage;
-use surge_common::testing::{self, POSTGRES_URL_VAR};
+use surge_common::testing::{self};
 
 const SECOND: i64 = 1_000_000;
 
@@ -146,9 +146,8 @@ async fn sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     behaves(Storage::connect(&url).await.unwrap()).await;
 }

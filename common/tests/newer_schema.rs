@@ -3,7 +3,7 @@
 //! previously applied but is missing in the resolved migrations") named no cause or remedy.
 
 use surge_common::storage::{Storage, StorageError};
-use surge_common::testing::{self, POSTGRES_URL_VAR};
+use surge_common::testing;
 
 /// A migration version no build of today has.
 const FUTURE: i64 = 99_991_231_000_000;
@@ -47,9 +47,8 @@ async fn sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     refuses_a_newer_schema(&url).await;
 }

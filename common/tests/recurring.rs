@@ -5,7 +5,7 @@
 use serde_json::json;
 use surge_common::job::Job;
 use surge_common::storage::Storage;
-use surge_common::testing::{self, POSTGRES_URL_VAR};
+use surge_common::testing::{self};
 use uuid::Uuid;
 
 const SECOND: i64 = 1_000_000;
@@ -95,9 +95,8 @@ async fn sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     behaves(Storage::connect(&url).await.unwrap()).await;
 }

@@ -12,7 +12,7 @@ use surge_common::clock::now_micros;
 use surge_common::storage::idempotency::Claim;
 use surge_common::storage::retention::{RetentionPolicy, STALE_STAGE_AFTER};
 use surge_common::storage::{JobResult, JobStatus, Storage};
-use surge_common::testing::{self, POSTGRES_URL_VAR};
+use surge_common::testing::{self};
 use uuid::Uuid;
 
 const MINUTE: i64 = 60_000_000;
@@ -420,9 +420,8 @@ async fn sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     all(Storage::connect(&url).await.unwrap()).await;
 }

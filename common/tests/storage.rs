@@ -5,7 +5,7 @@ use serde_json::json;
 use surge_common::storage::acceptance::ACCEPTANCE_OVERDUE;
 use surge_common::storage::batch::ResultWriter;
 use surge_common::storage::{JobResult, JobStatus, PendingResult, Recorded, Storage};
-use surge_common::testing::{self, POSTGRES_URL_VAR};
+use surge_common::testing::{self};
 use uuid::Uuid;
 
 fn row(id: Uuid, worker: &str) -> JobResult {
@@ -291,10 +291,9 @@ async fn sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     behaves(Storage::connect(&url).await.unwrap()).await;
 }
 
@@ -392,10 +391,9 @@ async fn heartbeats_sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn heartbeats_postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     heartbeats_and_live_figures(Storage::connect(&url).await.unwrap()).await;
 }
 
@@ -410,10 +408,9 @@ async fn heartbeats_postgres() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn postgres_acceptance_landing_between_insert_and_its_explanation() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     let storage = Storage::connect(&url).await.unwrap();
     let id = Uuid::now_v7();
     let function = format!(
@@ -459,10 +456,9 @@ async fn postgres_acceptance_landing_between_insert_and_its_explanation() {
 )]
 async fn postgres_result_commits_and_stage_updates_do_not_deadlock() {
     use surge_common::storage::lifecycle::{Stage, StageUpdate};
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     let storage = Storage::connect(&url).await.unwrap();
     let stage = |id: Uuid, attempt: u32, at_us: i64| StageUpdate {
         job_id: id,
@@ -504,10 +500,9 @@ async fn postgres_result_commits_and_stage_updates_do_not_deadlock() {
 )]
 async fn postgres_a_job_finishing_while_it_is_read_is_never_missing() {
     use surge_common::storage::lifecycle::{Stage, StageUpdate};
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     let storage = Storage::connect(&url).await.unwrap();
     let mut missing = 0;
     for _ in 0..30 {

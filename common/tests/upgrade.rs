@@ -13,7 +13,7 @@ use surge_common::job::Job;
 use surge_common::storage::listing::{ListFilter, StatusFilter};
 use surge_common::storage::replay::ReplayFilter;
 use surge_common::storage::{JobStatus, Storage};
-use surge_common::testing::{self, POSTGRES_URL_VAR};
+use surge_common::testing::{self};
 use uuid::Uuid;
 
 /// The first migration the last landed release did not have.
@@ -139,9 +139,8 @@ async fn sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     upgrades_in_place(&url).await;
 }

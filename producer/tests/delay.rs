@@ -372,10 +372,9 @@ async fn a_refused_batch_never_runs_its_delayed_job_sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn a_refused_batch_never_runs_its_delayed_job_postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     a_refused_batch_never_runs_its_delayed_job(Storage::connect(&url).await.unwrap()).await;
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde_json::{json, Value};
-use surge_common::testing::{self, POSTGRES_URL_VAR};
+use surge_common::testing::{self};
 use surge_producer::config::ProducerArgs;
 use surge_producer::Ingress;
 
@@ -118,9 +118,8 @@ async fn sqlite() {
     ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
 )]
 async fn postgres() {
-    let Some(base) = testing::service(POSTGRES_URL_VAR, "PostgreSQL") else {
+    let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let url = testing::fresh_postgres_database(&base).await.unwrap();
     scenario(&url).await;
 }
