@@ -298,7 +298,7 @@ impl Storage {
         .await?;
         let count = |name: &str| -> Result<u64, StorageError> {
             let n: i64 = row.try_get(name)?;
-            Ok(u64::try_from(n).unwrap_or(0))
+            Ok(super::from_db(n))
         };
         Ok(KeyRows {
             slots: count("slots")?,

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::{Storage, StorageError};
+use super::{from_db, Storage, StorageError};
 
 /// What a worker reports about itself, once a second.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -106,10 +106,6 @@ pub fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
 
 fn to_db(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn from_db(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
 }
 
 impl Storage {

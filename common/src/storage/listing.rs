@@ -316,7 +316,7 @@ impl Storage {
                 Ok(KindCount {
                     kind: row.try_get("kind")?,
                     status: row.try_get("status")?,
-                    count: u64::try_from(n).unwrap_or(0),
+                    count: super::from_db(n),
                 })
             })
             .collect::<Result<Vec<KindCount>, StorageError>>()?;

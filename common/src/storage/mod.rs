@@ -251,6 +251,11 @@ const ON_CONFLICT: &str = "ON CONFLICT (job_id) DO UPDATE SET kind = excluded.ki
      job = excluded.job, replaying_since_us = NULL \
      WHERE job_results.replaying_since_us IS NOT NULL";
 
+/// A count read from the database (`BIGINT`) as `u64`; a negative one (never stored) is 0.
+pub(crate) fn from_db(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
 impl Storage {
     /// Connects (creating a SQLite file if needed) and runs the embedded migrations.
     pub async fn connect(url: &str) -> Result<Storage, StorageError> {
@@ -554,7 +559,7 @@ impl Storage {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_results")
             .fetch_one(&self.pool)
             .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        Ok(from_db(n))
     }
 }
 

@@ -293,7 +293,7 @@ impl Storage {
             .iter()
             .map(|row| {
                 let n: i64 = row.try_get("n")?;
-                Ok((row.try_get("state")?, u64::try_from(n).unwrap_or(0)))
+                Ok((row.try_get("state")?, super::from_db(n)))
             })
             .collect::<Result<Vec<(String, u64)>, StorageError>>()?;
         counts.extend(self.results_per_status().await?);

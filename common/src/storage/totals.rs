@@ -90,7 +90,7 @@ impl Storage {
         Ok(totals
             .into_iter()
             .filter(|(_, n)| *n > 0)
-            .map(|(status, n)| (status, u64::try_from(n).unwrap_or(0)))
+            .map(|(status, n)| (status, super::from_db(n)))
             .collect())
     }
 
