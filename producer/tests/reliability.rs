@@ -309,6 +309,15 @@ async fn a_panicking_handler_ends_the_job_dead_at_once_with_the_panic_message() 
     assert!(error.contains("handler panicked"), "{dead}");
     assert!(error.contains("poison job panicking on purpose"), "{dead}");
     assert_eq!(dead["attempts"], 1, "a panic is not retried: {dead}");
+    // The delivery is dead-lettered right after the row commits (the row comes first).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while broker.dead_letters().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the delivery was never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(broker.dead_letters().len(), 1);
     let stats = broker.stats().await.unwrap();
     assert_eq!(stats.backlog, Some(0), "{stats:?}");
