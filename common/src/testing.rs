@@ -113,3 +113,16 @@ pub fn kafka_tuning() -> crate::broker::KafkaTuning {
     tuning.fetch_wait_ms = number("SURGE_KAFKA_FETCH_WAIT_MS", tuning.fetch_wait_ms);
     tuning
 }
+
+/// The acceptances of jobs known by id alone (kind `echo`, stamped now): what the ingress
+/// records after a publish, for tests that write results of such jobs.
+pub fn accepted(ids: &[Uuid]) -> Vec<crate::storage::acceptance::AcceptedJob> {
+    let now = crate::clock::now_micros();
+    ids.iter()
+        .map(|&job_id| crate::storage::acceptance::AcceptedJob {
+            job_id,
+            kind: "echo".to_owned(),
+            enqueued_at_us: now,
+        })
+        .collect()
+}

@@ -134,7 +134,7 @@ async fn listing_pages_newest_first(storage: Storage) {
     let running = Job::new("echo", json!({}), None);
     let finishing = Job::new("echo", json!({}), None);
     storage
-        .mark_queued(&[running.clone(), finishing.clone()])
+        .accept(&surge_common::storage::acceptance::AcceptedJob::of(&[running.clone(), finishing.clone()]))
         .await
         .unwrap();
     let stage = |job: &Job, at_us| surge_common::storage::lifecycle::StageUpdate {
@@ -157,20 +157,14 @@ async fn listing_pages_newest_first(storage: Storage) {
         .record_stages(&[stage(&finishing, base + 3)])
         .await
         .unwrap();
-    // A stale stage row that raced the result's commit (written directly here) is not
-    // listed either, even when it fills a whole page: the scan goes on below it.
+    // Nor do jobs whose `running` mark lands after their result, even when they would
+    // fill a whole page.
     for at in [base + 10, base + 11] {
-        let stale = row("echo", JobStatus::Succeeded, at);
-        storage.record(&stale).await.unwrap();
-        sqlx::query(
-            "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
-             VALUES ($1, 'echo', 'running', 1, NULL, $2)",
-        )
-        .bind(stale.job_id.to_string())
-        .bind(at)
-        .execute(storage.pool())
-        .await
-        .unwrap();
+        let late = row("echo", JobStatus::Succeeded, at);
+        storage.record(&late).await.unwrap();
+        let mut mark = stage(&finishing, at + 1);
+        mark.job_id = late.job_id;
+        storage.record_stages(&[mark]).await.unwrap();
     }
     for limit in [1, 50] {
         let page = storage
@@ -229,9 +223,8 @@ async fn listing_pages_newest_first_postgres() {
     listing_pages_newest_first(storage).await;
 }
 
-/// Fills `job_results` with `n` finished rows (every tenth dead, four kinds, 1 ms apart)
-/// and `job_status` with `n / 5` running jobs, each with its acceptance, in SQL, then
-/// refreshes the statistics.
+/// Fills `jobs` with `n` finished rows (every tenth dead, four kinds, 1 ms apart) and
+/// `n / 5` running jobs, all accepted, in SQL, then refreshes the statistics.
 async fn fill(storage: &Storage, n: u64) {
     let generate = |body: &str| {
         format!(
@@ -244,30 +237,21 @@ async fn fill(storage: &Storage, n: u64) {
     let kind = "CASE WHEN i % 50 = 0 THEN 'thumbnail' ELSE CASE i % 3 WHEN 0 THEN 'echo' \
                 WHEN 1 THEN 'sleep' ELSE 'hash' END END";
     let sql = generate(&format!(
-        "INSERT INTO job_results (job_id, kind, status, result, error, attempts, deliveries, \
-         worker, enqueued_at_us, started_at_us, finished_at_us, job) \
-         SELECT {id}, {kind}, CASE WHEN i % 10 = 0 THEN 'dead' ELSE 'succeeded' END, NULL, \
+        "INSERT INTO jobs (job_id, kind, state, accepted, result, error, attempts, deliveries, \
+         worker, enqueued_at_us, started_at_us, finished_at_us, updated_at_us, job) \
+         SELECT {id}, {kind}, CASE WHEN i % 10 = 0 THEN 'dead' ELSE 'succeeded' END, 1, NULL, \
          CASE WHEN i % 10 = 0 THEN 'boom' ELSE NULL END, 1, 1, 'w', \
          1700000000000000 + i * 1000, 1700000000000000 + i * 1000, \
-         1700000000000000 + i * 1000, NULL FROM g"
+         1700000000000000 + i * 1000, 1700000000000000 + i * 1000, NULL FROM g"
     ));
     sqlx::query(&sql).execute(storage.pool()).await.unwrap();
     let running = "'00000000-0000-4000-9000-' || substr(CAST(1000000000000 + i AS TEXT), 2, 12)";
     let sql = generate(&format!(
-        "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
-         SELECT {running}, {kind}, 'running', 1, NULL, 1700000000000000 + i * 1000 \
+        "INSERT INTO jobs (job_id, kind, state, accepted, attempts, error, updated_at_us) \
+         SELECT {running}, {kind}, 'running', 1, 1, NULL, 1700000000000000 + i * 1000 \
          FROM g WHERE i % 5 = 1"
     ));
     sqlx::query(&sql).execute(storage.pool()).await.unwrap();
-    // Every job the ingress published has its acceptance recorded.
-    sqlx::query(
-        "INSERT INTO job_acceptance (job_id, accepted, decided_at_us) \
-         SELECT job_id, 1, enqueued_at_us FROM job_results UNION ALL \
-         SELECT job_id, 1, updated_at_us FROM job_status",
-    )
-    .execute(storage.pool())
-    .await
-    .unwrap();
     sqlx::query("ANALYZE")
         .execute(storage.pool())
         .await
@@ -289,7 +273,7 @@ fn filters(rows: i64) -> Vec<(&'static str, ListFilter, &'static [&'static str])
                 status: dead,
                 ..ListFilter::default()
             },
-            &["job_results_status_finished"],
+            &["jobs_state"],
         ),
         (
             "status=dead&kind=echo&since=…",
@@ -299,7 +283,7 @@ fn filters(rows: i64) -> Vec<(&'static str, ListFilter, &'static [&'static str])
                 since_us: Some(1_700_000_000_000_000 + 1000),
                 ..ListFilter::default()
             },
-            &["job_results_status_kind_finished"],
+            &["jobs_state_kind"],
         ),
         (
             "status=dead&kind=echo&cursor=…",
@@ -309,7 +293,7 @@ fn filters(rows: i64) -> Vec<(&'static str, ListFilter, &'static [&'static str])
                 after: page_two.clone(),
                 ..ListFilter::default()
             },
-            &["job_results_status_kind_finished"],
+            &["jobs_state_kind"],
         ),
         (
             "kind=thumbnail",
@@ -319,7 +303,7 @@ fn filters(rows: i64) -> Vec<(&'static str, ListFilter, &'static [&'static str])
             },
             // PostgreSQL may rather read the time index and filter when the kind is
             // common enough (here one row in fifty): still a bounded index read.
-            &["job_results_kind_finished", "job_results_finished_at"],
+            &["jobs_kind_finished", "jobs_finished"],
         ),
         (
             "status=running&kind=echo",
@@ -328,7 +312,7 @@ fn filters(rows: i64) -> Vec<(&'static str, ListFilter, &'static [&'static str])
                 kind: Some("echo".into()),
                 ..ListFilter::default()
             },
-            &["job_status_status_kind_updated"],
+            &["jobs_state_kind"],
         ),
         (
             "status=running",
@@ -336,7 +320,7 @@ fn filters(rows: i64) -> Vec<(&'static str, ListFilter, &'static [&'static str])
                 status: Some(StatusFilter::Pending(Stage::Running)),
                 ..ListFilter::default()
             },
-            &["job_status_status_updated"],
+            &["jobs_state"],
         ),
     ]
 }
@@ -360,7 +344,7 @@ fn assert_plan_uses(plan: &str, indexes: &[&str], what: &str) {
         );
         let scan = step.trim_start_matches("--");
         assert!(
-            !(scan.starts_with("SCAN job_results") || scan.starts_with("SCAN s"))
+            !(scan.starts_with("SCAN jobs") || scan.starts_with("SCAN s"))
                 || scan.contains("INDEX"),
             "{what}: a table scan:\n{plan}"
         );
@@ -494,7 +478,7 @@ async fn a_cancelled_row_is_never_replaced_by_a_result(storage: Storage) {
         "an unknown job"
     );
     storage
-        .mark_queued(std::slice::from_ref(&job))
+        .accept(&surge_common::storage::acceptance::AcceptedJob::of(std::slice::from_ref(&job)))
         .await
         .unwrap();
     let CancelOutcome::Cancelled(cancelled) = storage.cancel_job(job.id).await.unwrap() else {
@@ -562,7 +546,7 @@ async fn measure(storage: Storage, database: &str) {
     let started = Instant::now();
     fill(&storage, 1_000_000).await;
     println!(
-        "\n## {database}: 1,000,000 rows in job_results (+200,000 running) filled in {:.1?}",
+        "\n## {database}: 1,000,000 finished jobs (+200,000 running) filled in {:.1?}",
         started.elapsed()
     );
     for (what, filter, index) in filters(1_000_000) {

@@ -1,6 +1,5 @@
 //! Retention on SQLite and PostgreSQL: a pass deletes exactly what is past its window
-//! (results with their acceptance rows, refused decisions, idempotency keys, sent
-//! callbacks, leftover stage rows), oldest first and at most `limit` of each, keeps
+//! (finished jobs, refused decisions, idempotency keys, sent callbacks), oldest first and at most `limit` of each, keeps
 //! everything else (fresh rows, replays in progress, unfinished jobs, callbacks still to
 //! send); one lease holder at a time; a pending idempotency claim of a dead ingress is
 //! resumed with its job id.
@@ -10,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use surge_common::clock::now_micros;
 use surge_common::storage::idempotency::Claim;
-use surge_common::storage::retention::{RetentionPolicy, STALE_STAGE_AFTER};
+use surge_common::storage::retention::RetentionPolicy;
 use surge_common::storage::{JobResult, JobStatus, Storage};
 use surge_common::testing::{self};
 use uuid::Uuid;
@@ -42,14 +41,19 @@ async fn exec(storage: &Storage, sql: &str, binds: &[&str]) {
     query.execute(storage.pool()).await.unwrap();
 }
 
-async fn accept(storage: &Storage, id: Uuid, accepted: i64, at_us: i64) {
-    sqlx::query("INSERT INTO job_acceptance (job_id, accepted, decided_at_us) VALUES ($1, $2, $3)")
-        .bind(id.to_string())
-        .bind(accepted)
-        .bind(at_us)
-        .execute(storage.pool())
-        .await
-        .unwrap();
+/// A job the ingress decided on at `at_us` and that has not finished: accepted (1, it waits
+/// `queued`) or refused (0).
+async fn decided(storage: &Storage, id: Uuid, accepted: i64, at_us: i64) {
+    sqlx::query(
+        "INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, updated_at_us) \
+         VALUES ($1, 'echo', CASE WHEN $2 = 1 THEN 'queued' ELSE 'refused' END, $2, 1, 0, $3)",
+    )
+    .bind(id.to_string())
+    .bind(accepted)
+    .bind(at_us)
+    .execute(storage.pool())
+    .await
+    .unwrap();
 }
 
 async fn count(storage: &Storage, sql: &str) -> i64 {
@@ -73,10 +77,11 @@ async fn callback(storage: &Storage, job: Uuid, delivered_at: Option<i64>, next_
     .unwrap();
 }
 
-async fn stage(storage: &Storage, job: Uuid, updated_at_us: i64) {
+/// A job a worker is running since `updated_at_us`.
+async fn running(storage: &Storage, job: Uuid, updated_at_us: i64) {
     sqlx::query(
-        "INSERT INTO job_status (job_id, kind, status, attempt, updated_at_us) \
-         VALUES ($1, 'echo', 'running', 1, $2)",
+        "INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, updated_at_us) \
+         VALUES ($1, 'echo', 'running', 1, 1, 0, $2)",
     )
     .bind(job.to_string())
     .bind(updated_at_us)
@@ -110,32 +115,29 @@ async fn prunes_what_is_past_its_window(storage: Storage) {
         .unwrap();
     exec(
         &storage,
-        "UPDATE job_results SET replaying_since_us = 1 WHERE job_id = $1",
+        "UPDATE jobs SET replaying_since_us = 1 WHERE job_id = $1",
         &[&replaying.job_id.to_string()],
     )
     .await;
     let old_cancelled = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO job_results (job_id, kind, status, attempts, deliveries, worker, \
-         enqueued_at_us, started_at_us, finished_at_us) \
-         VALUES ($1, 'echo', 'cancelled', 0, 1, '', 0, 0, $2)",
+        "INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, worker, \
+         enqueued_at_us, started_at_us, finished_at_us, updated_at_us) \
+         VALUES ($1, 'echo', 'cancelled', 1, 0, 1, '', 0, 0, $2, $2)",
     )
     .bind(old_cancelled.to_string())
     .bind(now - 40 * MINUTE)
     .execute(storage.pool())
     .await
     .unwrap();
-    for r in [&old_ok, &fresh_ok, &old_dead, &young_dead, &replaying] {
-        accept(&storage, r.job_id, 1, r.enqueued_at_us).await;
-    }
-    // A job accepted long ago that has not finished (a long backlog): kept.
-    let unfinished = Uuid::now_v7();
-    accept(&storage, unfinished, 1, now - 60 * MINUTE).await;
-    stage(&storage, unfinished, now - 60 * MINUTE).await;
+    // Jobs accepted long ago that have not finished (a long backlog): kept.
+    let (unfinished, waiting) = (Uuid::now_v7(), Uuid::now_v7());
+    running(&storage, unfinished, now - 60 * MINUTE).await;
+    decided(&storage, waiting, 1, now - 60 * MINUTE).await;
     // Refused at the ingress (publish failed), old and fresh.
     let (old_refused, fresh_refused) = (Uuid::now_v7(), Uuid::now_v7());
-    accept(&storage, old_refused, 0, now - 31 * MINUTE).await;
-    accept(&storage, fresh_refused, 0, now - MINUTE).await;
+    decided(&storage, old_refused, 0, now - 31 * MINUTE).await;
+    decided(&storage, fresh_refused, 0, now - MINUTE).await;
     // Idempotency keys, old and fresh.
     for (key, at) in [("old", now - 31 * MINUTE), ("fresh", now - MINUTE)] {
         let claim = storage
@@ -158,28 +160,16 @@ async fn prunes_what_is_past_its_window(storage: Storage) {
     callback(&storage, young_dead.job_id, None, i64::MAX).await;
     let retrying = Uuid::now_v7();
     callback(&storage, retrying, None, now + MINUTE).await;
-    // A stage row left behind by a finished job, and a fresh one.
-    let stale_after = i64::try_from(STALE_STAGE_AFTER.as_micros()).unwrap();
-    stage(&storage, fresh_ok.job_id, now - stale_after - MINUTE).await;
-    stage(&storage, young_dead.job_id, now - MINUTE).await;
-    // And one of a job pruned now: it goes with the result, or the job would show as
-    // running once its result is gone.
-    stage(&storage, old_ok.job_id, now - 31 * MINUTE).await;
-
     let report = storage.prune(&policy, now, 10_000).await.unwrap();
     assert_eq!(report.succeeded, 1, "{report:?}");
     assert_eq!(report.dead, 1, "{report:?}");
     assert_eq!(report.cancelled, 1, "{report:?}");
-    assert_eq!(
-        report.acceptance, 3,
-        "two results' rows and one refusal: {report:?}"
-    );
+    assert_eq!(report.refused, 1, "{report:?}");
     assert_eq!(report.idempotency_keys, 1, "{report:?}");
     assert_eq!(
         report.callbacks, 2,
         "one delivered, one given up: {report:?}"
     );
-    assert_eq!(report.stages, 2, "{report:?}");
 
     let kept: Vec<Uuid> = storage
         .get_many(&[
@@ -199,17 +189,13 @@ async fn prunes_what_is_past_its_window(storage: Storage) {
     for id in [fresh_ok.job_id, young_dead.job_id, replaying.job_id] {
         assert!(kept.contains(&id), "{id} was pruned");
     }
-    let accepted = count(&storage, "SELECT COUNT(*) FROM job_acceptance").await;
+    let rows = count(&storage, "SELECT COUNT(*) FROM jobs").await;
     assert_eq!(
-        accepted, 5,
-        "fresh_ok, young_dead, replaying, unfinished, fresh_refused"
+        rows, 6,
+        "fresh_ok, young_dead, replaying, unfinished, waiting, fresh_refused"
     );
     assert_eq!(
-        count(
-            &storage,
-            "SELECT COUNT(*) FROM job_acceptance WHERE accepted = 0"
-        )
-        .await,
+        count(&storage, "SELECT COUNT(*) FROM jobs WHERE state = 'refused'").await,
         1
     );
     assert_eq!(
@@ -228,7 +214,6 @@ async fn prunes_what_is_past_its_window(storage: Storage) {
         count(&storage, "SELECT COUNT(*) FROM callback_outbox").await,
         3
     );
-    assert_eq!(count(&storage, "SELECT COUNT(*) FROM job_status").await, 2);
 
     // A second pass finds nothing more.
     let again = storage.prune(&policy, now, 10_000).await.unwrap();
@@ -348,7 +333,7 @@ async fn a_stale_pending_claim_is_resumed_with_its_job(storage: Storage) {
     ));
 }
 
-/// `rows_per_state` counts each table's rows by state (run first, on an empty database).
+/// `rows_per_state` counts the jobs in each state (run first, on an empty database).
 async fn counts_rows_per_state(storage: Storage) {
     let now = now_micros();
     storage
@@ -359,10 +344,11 @@ async fn counts_rows_per_state(storage: Storage) {
         ])
         .await
         .unwrap();
-    stage(&storage, Uuid::now_v7(), now).await;
+    running(&storage, Uuid::now_v7(), now).await;
     exec(
         &storage,
-        "INSERT INTO scheduled_jobs (job_id, due_at_us, job) VALUES ($1, 1, '{}')",
+        "INSERT INTO jobs (job_id, kind, state, accepted, attempts, updated_at_us) \
+         VALUES ($1, 'echo', 'scheduled', 1, 1, 1)",
         &[&Uuid::now_v7().to_string()],
     )
     .await;
@@ -396,9 +382,7 @@ async fn counts_rows_per_state(storage: Storage) {
     storage.count_results_below(mark).await.unwrap();
     let totals = storage.result_totals().await.unwrap();
     assert_eq!((totals.succeeded, totals.dead), (3, 2), "{totals:?}");
-    exec(&storage, "DELETE FROM job_results", &[]).await;
-    exec(&storage, "DELETE FROM job_status", &[]).await;
-    exec(&storage, "DELETE FROM scheduled_jobs", &[]).await;
+    exec(&storage, "DELETE FROM jobs", &[]).await;
     exec(&storage, "DELETE FROM result_counts", &[]).await;
 }
 

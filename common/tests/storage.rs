@@ -121,7 +121,7 @@ async fn acceptance(storage: &Storage) {
             .unwrap(),
         [Recorded::Unaccepted]
     );
-    storage.accept(&[accepted]).await.unwrap();
+    storage.accept(&surge_common::testing::accepted(&[accepted])).await.unwrap();
     assert_eq!(
         storage
             .record_pending(&[pending(accepted, now)])
@@ -158,7 +158,7 @@ async fn acceptance(storage: &Storage) {
 
     // One batch mixing them all, with a repeat of a row written in the same batch.
     let (fresh, waiting, plain) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-    storage.accept(&[fresh]).await.unwrap();
+    storage.accept(&surge_common::testing::accepted(&[fresh])).await.unwrap();
     let mut ungated = pending(plain, now);
     ungated.awaits_acceptance = false;
     let outcome = storage
@@ -190,7 +190,7 @@ async fn acceptance(storage: &Storage) {
     let racing: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
     let accepts = futures::future::join_all(racing.iter().map(|&id| {
         let storage = storage.clone();
-        async move { storage.accept(&[id]).await.unwrap() }
+        async move { storage.accept(&surge_common::testing::accepted(&[id])).await.unwrap() }
     }));
     let writes = futures::future::join_all(racing.iter().map(|&id| {
         let storage = storage.clone();
@@ -213,7 +213,7 @@ async fn acceptance(storage: &Storage) {
     // report accepted has no result.
     let ids: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
     let (halves, _) = ids.split_at(100);
-    storage.accept(&ids[100..]).await.unwrap();
+    storage.accept(&surge_common::testing::accepted(&ids[100..])).await.unwrap();
     let cancels = futures::future::join_all(ids.iter().map(|&id| {
         let storage = storage.clone();
         async move { (id, storage.cancel(&[id]).await.unwrap()) }
@@ -415,7 +415,9 @@ async fn postgres_acceptance_landing_between_insert_and_its_explanation() {
     let id = Uuid::now_v7();
     let function = format!(
         "CREATE FUNCTION accept_meanwhile() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-         INSERT INTO job_acceptance (job_id, accepted, decided_at_us) VALUES ('{id}', 1, 0) \
+         IF pg_trigger_depth() > 1 THEN RETURN NULL; END IF; \
+         INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, updated_at_us) \
+         VALUES ('{id}', 'echo', 'queued', 1, 1, 0, 0) \
          ON CONFLICT (job_id) DO NOTHING; RETURN NULL; END $$"
     );
     sqlx::query(&function)
@@ -423,7 +425,7 @@ async fn postgres_acceptance_landing_between_insert_and_its_explanation() {
         .await
         .unwrap();
     sqlx::query(
-        "CREATE TRIGGER accept_meanwhile AFTER INSERT ON job_results \
+        "CREATE TRIGGER accept_meanwhile AFTER INSERT ON jobs \
          FOR EACH STATEMENT EXECUTE FUNCTION accept_meanwhile()",
     )
     .execute(storage.pool())

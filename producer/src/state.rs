@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use surge_common::broker::Broker;
 use surge_common::kinds::KindRegistry;
-use surge_common::storage::batch::{AcceptWriter, QueuedWriter};
+use surge_common::storage::batch::AcceptWriter;
 use surge_common::storage::Storage;
 
 use crate::admission::{Admission, AdmissionConfig};
@@ -39,8 +39,8 @@ impl Default for Limits {
 /// Most clients waiting in `GET /jobs/{id}?wait=N` at once.
 pub const MAX_WAITERS: usize = 1000;
 
-/// Most requests whose `queued` marks share one commit.
-const QUEUED_WRITE_BATCH: usize = 500;
+/// Most requests whose acceptances (each job's `queued` row) share one commit.
+const ACCEPT_WRITE_BATCH: usize = 500;
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -49,9 +49,8 @@ pub struct AppState {
     pub broker: Arc<dyn Broker>,
     /// Where results and job states are read and written.
     pub storage: Storage,
-    /// Marks accepted jobs `queued`, many requests per commit.
-    pub queued: QueuedWriter,
-    /// Records published jobs accepted, many requests per commit.
+    /// Records published jobs accepted (each job's row, `queued`), many requests per
+    /// commit.
     pub accepts: AcceptWriter,
     /// Request limits.
     pub limits: Limits,
@@ -83,13 +82,12 @@ pub struct AppState {
 
 impl AppState {
     /// State for one server: the built-in kinds, no admission limits, no API keys. Starts
-    /// the `queued` writer task, so it must be called inside a Tokio runtime.
+    /// the acceptance writer task, so it must be called inside a Tokio runtime.
     pub fn new(broker: Arc<dyn Broker>, storage: Storage, limits: Limits) -> AppState {
         let waiters = crate::waiters::Waiters::new(storage.clone(), MAX_WAITERS);
         AppState {
             broker,
-            queued: QueuedWriter::spawn(storage.clone(), QUEUED_WRITE_BATCH),
-            accepts: AcceptWriter::spawn(storage.clone(), QUEUED_WRITE_BATCH),
+            accepts: AcceptWriter::spawn(storage.clone(), ACCEPT_WRITE_BATCH),
             storage,
             limits,
             live: Arc::default(),

@@ -72,7 +72,7 @@ async fn dead_jobs(storage: &Storage, kind: &str, n: usize, at_us: i64) -> Vec<U
         })
         .collect();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.job_id).collect();
-    storage.accept(&ids).await.unwrap();
+    storage.accept(&surge_common::testing::accepted(&ids)).await.unwrap();
     storage.record_many(&rows).await.unwrap();
     ids
 }
@@ -350,7 +350,7 @@ async fn bulk_replay_is_safe_to_repeat_and_to_interrupt(storage: Storage) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let claimed = sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM job_results WHERE replaying_since_us IS NOT NULL",
+            "SELECT COUNT(*) FROM jobs WHERE replaying_since_us IS NOT NULL",
         )
         .fetch_one(storage.pool())
         .await

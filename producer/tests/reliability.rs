@@ -737,7 +737,7 @@ async fn dead_job(storage: &Storage) -> String {
     use surge_common::storage::{JobResult, JobStatus};
     let mut job = Job::new(BuiltinKind::Echo, json!({"n": 1}), None);
     job.awaits_acceptance = true;
-    storage.accept(&[job.id]).await.unwrap();
+    storage.accept(&surge_common::storage::acceptance::AcceptedJob::of(std::slice::from_ref(&job))).await.unwrap();
     let row = JobResult {
         job_id: job.id,
         kind: "echo".into(),
@@ -858,7 +858,8 @@ async fn a_replay_whose_mark_fails_after_the_publish_is_published_once() {
     let single = dead_job(&storage).await;
     let bulk = dead_job(&storage).await;
     sqlx::query(
-        "CREATE TRIGGER injected_fault BEFORE DELETE ON job_results \
+        "CREATE TRIGGER injected_fault BEFORE UPDATE ON jobs \
+         WHEN OLD.state = 'dead' AND NEW.state = 'queued' \
          BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
     )
     .execute(storage.pool())

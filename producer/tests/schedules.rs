@@ -263,7 +263,7 @@ fn one_job_per_tick_with_three_ingress_processes_on_postgres() {
 
         let schedule = schedule(EVERY_SECOND, "every_second");
         let count = check_one_job_per_tick(&storage, &schedule, SECOND).await;
-        let (jobs,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM job_results")
+        let (jobs,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE finished_at_us IS NOT NULL")
             .fetch_one(storage.pool())
             .await
             .unwrap();

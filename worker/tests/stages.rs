@@ -24,9 +24,9 @@ async fn only_jobs_running_past_the_threshold_write_running() {
     let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
     for statement in [
         "CREATE TABLE running_writes (job_id TEXT NOT NULL)",
-        "CREATE TRIGGER running_inserted AFTER INSERT ON job_status WHEN NEW.status = 'running' \
+        "CREATE TRIGGER running_inserted AFTER INSERT ON jobs WHEN NEW.state = 'running' \
          BEGIN INSERT INTO running_writes VALUES (NEW.job_id); END",
-        "CREATE TRIGGER running_updated AFTER UPDATE ON job_status WHEN NEW.status = 'running' \
+        "CREATE TRIGGER running_updated AFTER UPDATE ON jobs WHEN NEW.state = 'running' \
          BEGIN INSERT INTO running_writes VALUES (NEW.job_id); END",
     ] {
         sqlx::query(statement)
@@ -60,7 +60,7 @@ async fn only_jobs_running_past_the_threshold_write_running() {
     let mut all = short.clone();
     all.push(long.clone());
     broker.publish(&all).await.unwrap();
-    storage.mark_queued(&all).await.unwrap();
+    storage.accept(&surge_common::storage::acceptance::AcceptedJob::of(&all)).await.unwrap();
     let ids: Vec<Uuid> = all.iter().map(|j| j.id).collect();
     eventually("every result", || {
         let storage = storage.clone();

@@ -7,9 +7,10 @@
 //! it was not accepted, so it must never get a result. And a worker may finish a job before
 //! the ingress has even heard the broker's answer.
 //!
-//! So the ingress records one decision per job in `job_acceptance`, after the publish:
-//! accepted ([`Storage::accept`]) or cancelled ([`Storage::cancel`]). The id is the key, so
-//! the first decision wins and never changes. Jobs the ingress publishes carry
+//! So the ingress records one decision per job, in the job's row of `jobs` (its `accepted`
+//! column), after the publish: accepted ([`Storage::accept`], which also writes the row as
+//! `queued`: the one write of the ingress per job) or refused ([`Storage::cancel`], state
+//! `refused`). The first decision wins and never changes. Jobs the ingress publishes carry
 //! [`Job::awaits_acceptance`](crate::job::Job::awaits_acceptance); their result commits
 //! ([`Storage::record_pending`](super::Storage::record_pending)) only once the job is
 //! accepted. Until then the insert skips the row and answers
@@ -36,6 +37,7 @@ use uuid::Uuid;
 
 use super::{bind_nulls, padded, Storage, StorageError, MAX_ROWS_PER_STATEMENT};
 use crate::clock::now_micros;
+use crate::job::Job;
 
 /// How long after its stamp (`enqueued_at_us`, set by the ingress just before publishing)
 /// a job awaiting acceptance may still be cancelled. Past it, a worker holding its result
@@ -49,46 +51,110 @@ pub(crate) fn overdue_before() -> i64 {
     now_micros().saturating_sub(overdue)
 }
 
+/// What the ingress records of a job it published and its client got a 202 for: the row
+/// that job keeps for its whole life (without the payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedJob {
+    /// The job.
+    pub job_id: Uuid,
+    /// Its kind's wire name.
+    pub kind: String,
+    /// The ingress's stamp, µs since the epoch.
+    pub enqueued_at_us: i64,
+}
+
+impl AcceptedJob {
+    /// The acceptances of `jobs`.
+    pub fn of(jobs: &[Job]) -> Vec<AcceptedJob> {
+        jobs.iter()
+            .map(|job| AcceptedJob {
+                job_id: job.id,
+                kind: job.kind.clone(),
+                enqueued_at_us: job.enqueued_at_us,
+            })
+            .collect()
+    }
+}
+
 impl Storage {
-    /// Records `ids` accepted (the broker confirmed them; their clients get a 202), unless
-    /// a decision exists already.
-    pub async fn accept(&self, ids: &[Uuid]) -> Result<(), StorageError> {
+    /// Records `jobs` accepted (the broker confirmed them; their clients get a 202): writes
+    /// each job's row as `queued`, or, where a worker already wrote it (it got the job
+    /// first), records the decision alone. A job refused already stays refused. One
+    /// statement per 512 jobs, one commit.
+    pub async fn accept(&self, jobs: &[AcceptedJob]) -> Result<(), StorageError> {
+        let at_us = now_micros();
         let mut tx = self.pool().begin().await?;
-        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        self.decide(&mut tx, &ids, true).await?;
+        for chunk in jobs.chunks(MAX_ROWS_PER_STATEMENT) {
+            let rows = padded(chunk.len());
+            let sql = format!(
+                "INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, \
+                 enqueued_at_us, updated_at_us) \
+                 SELECT v.column1, v.column2, 'queued', 1, 1, 0, v.column3, v.column4 \
+                 FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
+                 ON CONFLICT (job_id) DO UPDATE SET accepted = 1, \
+                 enqueued_at_us = excluded.enqueued_at_us WHERE jobs.accepted IS NULL",
+                self.placeholders(1, rows, 4)
+            );
+            let mut query = sqlx::query(&sql);
+            for job in chunk {
+                query = query
+                    .bind(job.job_id.to_string())
+                    .bind(job.kind.clone())
+                    .bind(job.enqueued_at_us)
+                    .bind(at_us);
+            }
+            for _ in chunk.len()..rows {
+                let (text, int) = (None::<String>, None::<i64>);
+                query = query.bind(text.clone()).bind(text).bind(int).bind(int);
+            }
+            query.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Records `ids` cancelled (their publish failed; their clients get an error), unless
-    /// a decision exists already. Returns the ids that turned out accepted after all: a
+    /// Records `ids` refused (their publish failed; their clients get an error), unless a
+    /// decision exists already. Returns the ids that turned out accepted after all: a
     /// worker took an overdue decision, or (for jobs that do not await acceptance) already
-    /// stored a result. When that is every id, nothing is cancelled.
+    /// stored a result. When that is every id, nothing is refused.
     pub async fn cancel(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StorageError> {
-        let mut tx = self.pool().begin().await?;
         let distinct: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
         let distinct: Vec<String> = distinct.into_iter().collect();
-        self.decide(&mut tx, &distinct, false).await?;
-        let decided = self.decisions(&mut tx, &distinct).await?;
-        let finished = self.ids_in(&mut tx, "job_results", &distinct).await?;
-        let accepted: Vec<Uuid> = distinct
-            .iter()
-            .filter(|id| decided.get(*id) == Some(&true) || finished.contains(*id))
-            .filter_map(|id| Uuid::parse_str(id).ok())
-            .collect();
-        if accepted.len() == distinct.len() {
-            // Every job stands: keep no tombstones.
-            tx.rollback().await?;
-        } else {
-            tx.commit().await?;
+        let at_us = now_micros();
+        let mut tx = self.pool().begin().await?;
+        for chunk in distinct.chunks(MAX_ROWS_PER_STATEMENT) {
+            let rows = padded(chunk.len());
+            let sql = format!(
+                "INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, \
+                 updated_at_us) \
+                 SELECT v.column1, '', 'refused', 0, 1, 0, v.column2 \
+                 FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
+                 ON CONFLICT (job_id) DO UPDATE SET state = 'refused', accepted = 0, \
+                 updated_at_us = excluded.updated_at_us WHERE jobs.accepted IS NULL",
+                self.placeholders(1, rows, 2)
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.clone()).bind(at_us);
+            }
+            for _ in chunk.len()..rows {
+                query = query.bind(None::<String>).bind(None::<i64>);
+            }
+            query.execute(&mut *tx).await?;
         }
-        Ok(accepted)
+        let decided = self.decisions(&mut tx, &distinct).await?;
+        tx.commit().await?;
+        Ok(distinct
+            .iter()
+            .filter(|id| decided.get(*id) == Some(&true))
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect())
     }
 
-    /// Whether `id` was cancelled.
+    /// Whether `id` was refused at the ingress.
     pub async fn is_cancelled(&self, id: Uuid) -> Result<bool, StorageError> {
         let found = sqlx::query(&format!(
-            "SELECT job_id FROM job_acceptance WHERE job_id = {} AND accepted = 0",
+            "SELECT job_id FROM jobs WHERE job_id = {} AND state = 'refused'",
             self.list(1, 1)
         ))
         .bind(id.to_string())
@@ -97,38 +163,8 @@ impl Storage {
         Ok(found.is_some())
     }
 
-    /// Records one decision for each of `ids` that has none, inside a running transaction.
-    pub(crate) async fn decide(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        ids: &[String],
-        accepted: bool,
-    ) -> Result<(), StorageError> {
-        let at_us = now_micros();
-        for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
-            let rows = padded(chunk.len());
-            let sql = format!(
-                "INSERT INTO job_acceptance (job_id, accepted, decided_at_us) \
-                 SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
-                 ON CONFLICT (job_id) DO NOTHING",
-                self.placeholders(1, rows, 3)
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id.clone()).bind(i64::from(accepted)).bind(at_us);
-            }
-            for _ in chunk.len()..rows {
-                query = query
-                    .bind(None::<String>)
-                    .bind(None::<i64>)
-                    .bind(None::<i64>);
-            }
-            query.execute(&mut **tx).await?;
-        }
-        Ok(())
-    }
-
-    /// The decisions recorded for `ids` (accepted or not), inside a running transaction.
+    /// The decisions recorded for `ids` (accepted or not; absent when none), inside a
+    /// running transaction.
     pub(crate) async fn decisions(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -136,53 +172,35 @@ impl Storage {
     ) -> Result<HashMap<String, bool>, StorageError> {
         let mut out = HashMap::new();
         for row in self
-            .rows_for_ids(tx, "job_id, accepted FROM job_acceptance", ids)
+            .rows_for_ids(Some(tx), "job_id, accepted FROM jobs", ids)
             .await?
         {
-            let accepted: i64 = row.try_get("accepted")?;
-            out.insert(row.try_get::<String, _>("job_id")?, accepted != 0);
+            if let Some(accepted) = row.try_get::<Option<i64>, _>("accepted")? {
+                out.insert(row.try_get::<String, _>("job_id")?, accepted != 0);
+            }
         }
         Ok(out)
     }
 
-    /// Which of `ids` have a row in `table` (keyed by `job_id`), inside a running
-    /// transaction.
-    pub(crate) async fn ids_in(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        table: &'static str,
-        ids: &[String],
-    ) -> Result<HashSet<String>, StorageError> {
-        let from = format!("job_id FROM {table}");
-        let mut out = HashSet::new();
-        for row in self.rows_for_ids(tx, &from, ids).await? {
-            out.insert(row.try_get::<String, _>("job_id")?);
-        }
-        Ok(out)
-    }
-
-    /// The stored status (`succeeded`, `dead`, `cancelled`) of each of `ids` that has a row
-    /// in `job_results`, inside a running transaction.
-    pub(crate) async fn statuses_in(
+    /// The state of each of `ids` that has a row, inside a running transaction.
+    pub(crate) async fn states_in(
         &self,
         tx: &mut Transaction<'static, Any>,
         ids: &[String],
     ) -> Result<HashMap<String, String>, StorageError> {
         let mut out = HashMap::new();
-        for row in self
-            .rows_for_ids(tx, "job_id, status FROM job_results", ids)
-            .await?
-        {
-            out.insert(row.try_get("job_id")?, row.try_get("status")?);
+        for row in self.rows_for_ids(Some(tx), "job_id, state FROM jobs", ids).await? {
+            out.insert(row.try_get("job_id")?, row.try_get("state")?);
         }
         Ok(out)
     }
 
     /// `SELECT <columns_from> WHERE job_id IN (ids)`, in padded chunks (so the server and
-    /// sqlx cache a few statement texts), inside a running transaction.
+    /// sqlx cache a few statement texts), inside a running transaction, or on the pool
+    /// when `tx` is `None`.
     pub(crate) async fn rows_for_ids(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        mut tx: Option<&mut Transaction<'static, Any>>,
         columns_from: &str,
         ids: &[String],
     ) -> Result<Vec<AnyRow>, StorageError> {
@@ -198,7 +216,10 @@ impl Storage {
                 query = query.bind(id.clone());
             }
             query = bind_nulls(query, rows - chunk.len());
-            out.extend(query.fetch_all(&mut **tx).await?);
+            out.extend(match tx.as_deref_mut() {
+                Some(tx) => query.fetch_all(&mut **tx).await?,
+                None => query.fetch_all(self.pool()).await?,
+            });
         }
         Ok(out)
     }

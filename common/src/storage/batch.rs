@@ -1,5 +1,4 @@
-//! Batched writers: group commit for results, `queued` marks and acceptances,
-//! fire-and-forget stages.
+//! Batched writers: group commit for results and acceptances, fire-and-forget stages.
 //!
 //! Hundreds of jobs finishing (or being accepted) at once would otherwise each pay a
 //! commit (an fsync). A [`GroupCommit`] task takes the first waiting item, sweeps up every
@@ -12,7 +11,8 @@ use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::lifecycle::{queued_updates, StageUpdate};
+use super::acceptance::AcceptedJob;
+use super::lifecycle::StageUpdate;
 use super::{JobResult, PendingResult, Recorded, Storage};
 use crate::job::Job;
 
@@ -127,23 +127,23 @@ impl ResultWriter {
     }
 }
 
-/// Group commit of acceptances of published jobs ([`Storage::accept`]), so that
-/// concurrent requests share one insert and one commit. Cheap to clone.
+/// Group commit of acceptances of published jobs ([`Storage::accept`]: each job's row,
+/// `queued`), so that concurrent requests share one insert and one commit. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AcceptWriter {
-    inner: GroupCommit<Vec<uuid::Uuid>, ()>,
+    inner: GroupCommit<Vec<AcceptedJob>, ()>,
 }
 
 impl AcceptWriter {
     /// Starts the writer task on the current runtime. `max_batch` counts requests.
     pub fn spawn(storage: Storage, max_batch: usize) -> AcceptWriter {
-        let inner = GroupCommit::spawn(max_batch, move |requests: Vec<Vec<uuid::Uuid>>| {
+        let inner = GroupCommit::spawn(max_batch, move |requests: Vec<Vec<AcceptedJob>>| {
             let storage = storage.clone();
             async move {
                 let count = requests.len();
-                let ids: Vec<uuid::Uuid> = requests.into_iter().flatten().collect();
+                let jobs: Vec<AcceptedJob> = requests.into_iter().flatten().collect();
                 storage
-                    .accept(&ids)
+                    .accept(&jobs)
                     .await
                     .map(|()| vec![(); count])
                     .map_err(|e| e.to_string())
@@ -154,40 +154,7 @@ impl AcceptWriter {
 
     /// Records `jobs` accepted in the next batch; returns once that batch is committed.
     pub async fn accept(&self, jobs: &[Job]) -> Result<(), WriteError> {
-        self.inner
-            .submit(jobs.iter().map(|job| job.id).collect())
-            .await
-    }
-}
-
-/// Group commit of `queued` marks for freshly accepted jobs ([`Storage::mark_queued`]), so
-/// that concurrent requests share one insert and one commit. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct QueuedWriter {
-    inner: GroupCommit<Vec<StageUpdate>, ()>,
-}
-
-impl QueuedWriter {
-    /// Starts the writer task on the current runtime. `max_batch` counts requests.
-    pub fn spawn(storage: Storage, max_batch: usize) -> QueuedWriter {
-        let inner = GroupCommit::spawn(max_batch, move |requests: Vec<Vec<StageUpdate>>| {
-            let storage = storage.clone();
-            async move {
-                let count = requests.len();
-                let updates: Vec<StageUpdate> = requests.into_iter().flatten().collect();
-                storage
-                    .record_stages(&updates)
-                    .await
-                    .map(|()| vec![(); count])
-                    .map_err(|e| e.to_string())
-            }
-        });
-        QueuedWriter { inner }
-    }
-
-    /// Marks `jobs` queued in the next batch; returns once that batch is committed.
-    pub async fn mark(&self, jobs: &[Job]) -> Result<(), WriteError> {
-        self.inner.submit(queued_updates(jobs)).await
+        self.inner.submit(AcceptedJob::of(jobs)).await
     }
 }
 

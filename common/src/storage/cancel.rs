@@ -1,9 +1,9 @@
 //! Cancelling a job that has not finished (`DELETE /jobs/{id}`), and the check a worker
 //! makes before running an attempt.
 //!
-//! Cancelling inserts a terminal `cancelled` row into `job_results`, keyed by the job id
-//! like every result. The key settles the race with a worker committing the job's result:
-//! whichever insert commits first wins, and the other finds the row. A worker whose result
+//! Cancelling turns the job's row in `jobs` into a finished `cancelled` one, only where it
+//! is not finished yet. That condition settles the race with a worker committing the job's
+//! result: whichever write commits first wins, and the other finds the row finished. A worker whose result
 //! finds a `cancelled` row stores nothing and is told [`Recorded::Cancelled`]: it acks the
 //! delivery, neither dead-lettering nor retrying it. Before running an attempt, a worker
 //! asks [`Storage::settled`] whether the job already has a terminal row (cancelled, or a
@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{JobResult, JobStatus, Storage, StorageError, COLUMNS};
+use super::{JobResult, JobStatus, Storage, StorageError};
 use crate::clock::now_micros;
 
 /// The error stored on a cancelled job's row.
@@ -52,59 +52,33 @@ pub enum Settled {
 impl Storage {
     /// Cancels `job_id` unless it has finished (see the module docs).
     pub async fn cancel_job(&self, job_id: Uuid) -> Result<CancelOutcome, StorageError> {
-        if let Some(row) = self.get(job_id).await? {
-            return Ok(finished(row));
-        }
-        if self.is_cancelled(job_id).await? {
-            return Ok(CancelOutcome::Unknown);
-        }
-        let stage = sqlx::query("SELECT kind, attempt FROM job_status WHERE job_id = $1")
-            .bind(job_id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
-        let Some(stage) = stage else {
-            return Ok(CancelOutcome::Unknown);
-        };
-        let kind: String = stage.try_get("kind")?;
-        let attempt: i64 = stage.try_get("attempt")?;
         let now = now_micros();
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO job_results ({COLUMNS}) VALUES \
-             ($1, $2, $3, NULL, $4, $5, 1, $6, $7, $7, $7, NULL) \
-             ON CONFLICT (job_id) DO NOTHING RETURNING job_id"
-        ))
-        .bind(job_id.to_string())
-        .bind(kind)
+        let cancelled = sqlx::query(
+            "UPDATE jobs SET state = $1, error = $2, deliveries = 1, worker = 'api', \
+             enqueued_at_us = $3, started_at_us = $3, finished_at_us = $3, updated_at_us = $3 \
+             WHERE job_id = $4 AND finished_at_us IS NULL AND state <> 'refused' \
+             RETURNING job_id",
+        )
         .bind(JobStatus::Cancelled.as_str())
         .bind(CANCELLED_BY_REQUEST)
-        .bind(attempt)
-        .bind("api")
         .bind(now)
+        .bind(job_id.to_string())
         .fetch_optional(self.pool())
         .await?;
-        if inserted.is_some() {
-            // Obsolete now: the stage row, as when a result is stored, and a scheduled
-            // job's wait for its time (it is never published; should a scheduler have
-            // claimed it already, the worker acks it unrun).
-            for table in ["job_status", "scheduled_jobs"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
-                    .bind(job_id.to_string())
-                    .execute(self.pool())
-                    .await?;
-            }
+        if cancelled.is_some() {
+            // A scheduled job's wait for its time is obsolete: it is never published
+            // (should a scheduler have claimed it already, the worker acks it unrun).
+            sqlx::query("DELETE FROM scheduled_jobs WHERE job_id = $1")
+                .bind(job_id.to_string())
+                .execute(self.pool())
+                .await?;
         }
-        // Inserted, or a worker's result (or another cancel) committed first.
-        let row = self
-            .get(job_id)
-            .await?
-            .ok_or_else(|| StorageError::Corrupt {
-                job_id: job_id.to_string(),
-                message: "the cancelled row vanished".to_owned(),
-            })?;
-        Ok(if inserted.is_some() {
-            CancelOutcome::Cancelled(row)
-        } else {
-            finished(row)
+        // Cancelled now, or finished (a worker's result or another cancel came first), or
+        // unknown (no row, or refused at the ingress).
+        Ok(match self.get(job_id).await? {
+            Some(row) if cancelled.is_some() => CancelOutcome::Cancelled(row),
+            Some(row) => finished(row),
+            None => CancelOutcome::Unknown,
         })
     }
 
@@ -112,38 +86,26 @@ impl Storage {
     /// absent. A dead job being replayed is not settled: its replay must run.
     pub async fn settled(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Settled>, StorageError> {
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let mut tx = self.pool().begin().await?;
         let rows = self
             .rows_for_ids(
-                &mut tx,
-                "job_id, status, error, replaying_since_us FROM job_results",
+                None,
+                "job_id, state, error, replaying_since_us FROM jobs",
                 &ids,
             )
             .await?;
-        let refused = self.decisions(&mut tx, &ids).await?;
-        tx.commit().await?;
         let mut out = HashMap::new();
-        for (id, accepted) in refused {
-            if !accepted {
-                if let Ok(id) = Uuid::parse_str(&id) {
-                    out.insert(id, Settled::Cancelled);
-                }
-            }
-        }
         for row in rows {
             let id: String = row.try_get("job_id")?;
-            let status: String = row.try_get("status")?;
+            let state: String = row.try_get("state")?;
             let replaying: Option<i64> = row.try_get("replaying_since_us")?;
             let error: Option<String> = row.try_get("error")?;
             let Ok(id) = Uuid::parse_str(&id) else {
                 continue;
             };
-            let settled = match JobStatus::parse(&status) {
-                Some(JobStatus::Succeeded) => Settled::Succeeded,
-                Some(JobStatus::Cancelled) => Settled::Cancelled,
-                Some(JobStatus::Dead) if replaying.is_none() => {
-                    Settled::Dead(error.unwrap_or_default())
-                }
+            let settled = match state.as_str() {
+                "succeeded" => Settled::Succeeded,
+                "cancelled" | "refused" => Settled::Cancelled,
+                "dead" if replaying.is_none() => Settled::Dead(error.unwrap_or_default()),
                 _ => continue,
             };
             out.insert(id, settled);

@@ -2,7 +2,7 @@
 //!
 //! Every worker upserts one [`Heartbeat`] row a second (table `worker_heartbeats`), so the
 //! dashboard sees the workers of every process, not only those embedded in the ingress.
-//! The processed rate and end-to-end latency percentiles come from `job_results`, with
+//! The processed rate and end-to-end latency percentiles come from finished `jobs` rows, with
 //! queries bounded by an index on `finished_at_us` and a row limit; the processed totals
 //! from [`super::totals`].
 //!
@@ -190,7 +190,7 @@ impl Storage {
     /// Results whose handler finished at or after `since_us` (an index range count).
     pub async fn finished_since(&self, since_us: i64) -> Result<u64, StorageError> {
         let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM job_results WHERE finished_at_us >= $1")
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE finished_at_us >= $1")
                 .bind(since_us)
                 .fetch_one(self.pool())
                 .await?;
@@ -205,8 +205,8 @@ impl Storage {
         limit: u32,
     ) -> Result<RecentLatency, StorageError> {
         let rows = sqlx::query(
-            "SELECT enqueued_at_us, finished_at_us FROM job_results \
-             WHERE finished_at_us >= $1 AND status <> 'cancelled' \
+            "SELECT enqueued_at_us, finished_at_us FROM jobs \
+             WHERE finished_at_us >= $1 AND state <> 'cancelled' \
              ORDER BY finished_at_us DESC LIMIT $2",
         )
         .bind(since_us)

@@ -1,10 +1,11 @@
 //! A job's life before it has a result — queued, running, retrying — and the way back from
 //! the dead letters.
 //!
-//! The ingress marks a job `queued` once the broker confirmed it; workers mark it `running`
-//! and `retrying`. These rows are advisory (a lost one only makes `GET /jobs/{id}` less
-//! precise), so workers write them in the background; the terminal outcome lives in
-//! `job_results` and always wins.
+//! A job's row in `jobs` is written `queued` by the ingress once the broker confirmed it
+//! ([`Storage::accept`](super::Storage::accept)); workers mark it `running` and `retrying`.
+//! These marks are advisory (a lost one only makes `GET /jobs/{id}` less precise), so
+//! workers write them in the background; they never touch a finished row, so the outcome
+//! always wins.
 
 use std::collections::HashMap;
 
@@ -13,9 +14,8 @@ use sqlx::query::Query;
 use sqlx::{Any, Row};
 use uuid::Uuid;
 
-use super::{decode, JobResult, Storage, StorageError, COLUMNS};
+use super::{decode, JobResult, JobStatus, Storage, StorageError, COLUMNS};
 use crate::clock::now_micros;
-use crate::job::Job;
 
 /// How long a replay's claim on a dead job holds ([`Storage::claim_replay`]): longer than
 /// any publish takes, so a live replay keeps its job; a claim left by a replay that died
@@ -86,21 +86,6 @@ pub struct StageUpdate {
     pub at_us: i64,
 }
 
-/// `queued` stage updates for freshly accepted `jobs` (ids and kinds only, no payloads).
-pub fn queued_updates(jobs: &[Job]) -> Vec<StageUpdate> {
-    let at_us = now_micros();
-    jobs.iter()
-        .map(|job| StageUpdate {
-            job_id: job.id,
-            kind: job.kind.as_str().to_owned(),
-            stage: Stage::Queued,
-            attempt: 1,
-            error: None,
-            at_us,
-        })
-        .collect()
-}
-
 /// What `GET /jobs/{id}` reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lifecycle {
@@ -111,16 +96,11 @@ pub enum Lifecycle {
 }
 
 impl Storage {
-    /// Marks freshly accepted jobs `queued`, unless a worker already got further.
-    pub async fn mark_queued(&self, jobs: &[Job]) -> Result<(), StorageError> {
-        self.record_stages(&queued_updates(jobs)).await
-    }
-
     /// Records stage changes; of several for one job, the last wins. A `queued` update
     /// never overwrites a stage a worker wrote (the worker may have started the job before
-    /// the ingress got the broker's confirm). A job that has finished gets no stage row
-    /// (an update written late, after the result, would otherwise linger): the result's
-    /// commit removes the row, see [`Storage::record_pending`].
+    /// the ingress got the broker's confirm). A finished or refused job's row is never
+    /// changed (an update written late, after the outcome, is dropped). A job with no row
+    /// yet (a worker got it before the ingress recorded it) gets one, without a decision.
     pub async fn record_stages(&self, updates: &[StageUpdate]) -> Result<(), StorageError> {
         let mut last: HashMap<Uuid, &StageUpdate> = HashMap::new();
         for update in updates {
@@ -137,18 +117,17 @@ impl Storage {
             (queued, "DO NOTHING"),
             (
                 progressed,
-                "DO UPDATE SET status = excluded.status, attempt = excluded.attempt, \
+                "DO UPDATE SET state = excluded.state, attempts = excluded.attempts, \
                  error = excluded.error, updated_at_us = excluded.updated_at_us \
-                 WHERE job_status.updated_at_us <= excluded.updated_at_us",
+                 WHERE jobs.finished_at_us IS NULL AND jobs.state <> 'refused' \
+                 AND jobs.updated_at_us <= excluded.updated_at_us",
             ),
         ] {
             for chunk in updates.chunks(super::MAX_ROWS_PER_STATEMENT) {
                 let rows = super::padded(chunk.len());
                 let sql = format!(
-                    "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
+                    "INSERT INTO jobs (job_id, kind, state, attempts, error, updated_at_us) \
                      SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
-                     AND NOT EXISTS (SELECT 1 FROM job_results r WHERE r.job_id = v.column1 \
-                     AND r.replaying_since_us IS NULL) \
                      ON CONFLICT (job_id) {on_conflict}",
                     self.placeholders(1, rows, 6)
                 );
@@ -160,37 +139,28 @@ impl Storage {
         Ok(())
     }
 
-    /// Where a job is: its result if it has one, else its stage, else `None` (unknown, or
-    /// cancelled because its publish failed: the client was told it does not exist).
+    /// Where a job is: its outcome if it finished, else its stage, else `None` (unknown,
+    /// or refused because its publish failed: the client was told it does not exist).
+    /// One read of the job's row.
     pub async fn lifecycle(&self, job_id: Uuid) -> Result<Option<Lifecycle>, StorageError> {
-        if let Some(result) = self.get(job_id).await? {
-            return Ok(Some(Lifecycle::Finished(Box::new(result))));
-        }
-        if self.is_cancelled(job_id).await? {
-            return Ok(None);
-        }
-        let row = sqlx::query(
-            "SELECT job_id, kind, status, attempt, error, updated_at_us FROM job_status \
-             WHERE job_id = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, updated_at_us FROM jobs WHERE job_id = $1"
+        ))
         .bind(job_id.to_string())
         .fetch_optional(self.pool())
         .await?;
         let Some(row) = row else {
-            // The result commit inserts the result and deletes the stage row at once, and
-            // it may have landed between the first read and this one: read the result
-            // again, or a job finishing right now would be answered 404.
-            return Ok(self
-                .get(job_id)
-                .await?
-                .map(|result| Lifecycle::Finished(Box::new(result))));
+            return Ok(None);
         };
-        let status: String = row.try_get("status")?;
-        let stage = Stage::parse(&status).ok_or_else(|| StorageError::Corrupt {
-            job_id: job_id.to_string(),
-            message: format!("stage {status}"),
-        })?;
-        let attempt: i64 = row.try_get("attempt")?;
+        let state: String = row.try_get("status")?;
+        if JobStatus::parse(&state).is_some() {
+            return Ok(Some(Lifecycle::Finished(Box::new(decode(&row)?))));
+        }
+        let Some(stage) = Stage::parse(&state) else {
+            // Refused at the ingress.
+            return Ok(None);
+        };
+        let attempt: i64 = row.try_get("attempts")?;
         Ok(Some(Lifecycle::Pending(StageUpdate {
             job_id,
             kind: row.try_get("kind")?,
@@ -203,8 +173,8 @@ impl Storage {
 
     /// Claims a dead job for replay and returns its row (with the job), or `None` when the
     /// job is not dead or another replay holds it. The dead row stays, marked as being
-    /// replayed, and the job is marked `queued`; the row still answers `GET /jobs/{id}`
-    /// until [`Storage::finish_replay`]. The claim is exclusive: one statement sets the
+    /// replayed; it still answers `GET /jobs/{id}` until [`Storage::finish_replay`] marks
+    /// the job `queued`. The claim is exclusive: one statement sets the
     /// mark only where none is set (or the one set is older than [`REPLAY_CLAIM_EXPIRY`]),
     /// so of two overlapping replays one publishes the job and the other does not.
     /// Nothing is lost if the caller never gets further (a crash, a dropped request): the
@@ -237,7 +207,7 @@ impl Storage {
         for chunk in ids.chunks(super::MAX_ROWS_PER_STATEMENT) {
             let rows = super::padded(chunk.len());
             let sql = format!(
-                "UPDATE job_results SET replaying_since_us = {} WHERE status = 'dead' \
+                "UPDATE jobs SET replaying_since_us = {} WHERE state = 'dead' \
                  AND (replaying_since_us IS NULL OR replaying_since_us < {}) \
                  AND job_id IN ({}) RETURNING {COLUMNS}",
                 self.list(1, 1),
@@ -256,41 +226,21 @@ impl Storage {
                 claimed.push(decode(&row)?);
             }
         }
-        for dead in &claimed {
-            sqlx::query(
-                "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
-                 VALUES ($1, $2, 'queued', 1, NULL, $3) ON CONFLICT (job_id) DO UPDATE SET \
-                 status = 'queued', attempt = 1, error = NULL, updated_at_us = excluded.updated_at_us",
-            )
-            .bind(dead.job_id.to_string())
-            .bind(dead.kind.clone())
-            .bind(now_us)
-            .execute(&mut *tx)
-            .await?;
-        }
         tx.commit().await?;
         Ok(claimed)
     }
 
-    /// The replay of a claimed job is published: removes its dead row, unless the replayed
-    /// run already replaced it with its own outcome.
+    /// The replay of a claimed job is published: its row goes back to `queued`, unless the
+    /// replayed run already replaced it with its own outcome.
     pub async fn finish_replay(&self, job_id: Uuid) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM job_results WHERE job_id = $1 AND replaying_since_us IS NOT NULL")
-            .bind(job_id.to_string())
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        self.finish_replays(&[job_id]).await
     }
 
     /// The replay of a claimed job could not be published: the job stays dead (and can be
     /// replayed again at once), and a run of a message the broker may have kept anyway
     /// finds its dead row and changes nothing.
     pub async fn abandon_replay(&self, job_id: Uuid) -> Result<(), StorageError> {
-        sqlx::query("UPDATE job_results SET replaying_since_us = NULL WHERE job_id = $1")
-            .bind(job_id.to_string())
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        self.abandon_replays(&[job_id]).await
     }
 }
 

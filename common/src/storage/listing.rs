@@ -1,17 +1,15 @@
 //! Listing jobs for operators (`GET /jobs`): by status, kind and time, newest first, one
 //! page at a time; and job counts per kind and status (the dashboard).
 //!
-//! Finished jobs (`succeeded`, `dead`, `cancelled`) come from `job_results`, ordered by the
-//! time they finished; jobs not finished yet (`scheduled`, `queued`, `running`, `retrying`,
-//! `waiting`)
-//! from `job_status`, ordered by their last change, leaving out those that have a result
-//! (a result's commit removes the stage row, but a late stage write may race it) or were
-//! refused at the ingress.
+//! Every job is one row of `jobs`. Finished jobs (`succeeded`, `dead`, `cancelled`) are
+//! ordered by the time they finished, jobs not finished yet (`scheduled`, `queued`,
+//! `running`, `retrying`, `waiting`) by their last change: the same column, since a
+//! finished row's last change is its finish. Jobs refused at the ingress are never listed.
 //!
 //! Pages are keyset pages: a [`Cursor`] is the (time, job id) of the last job shown, and the
 //! next page starts strictly below it, so pages neither repeat nor skip a job however many
 //! come in between, and reading page 1,000 costs what page 1 does. Every filter matches an
-//! index of migration `20261203010000_operations.sql` whose columns are the equality
+//! index of migration `20261208000000_jobs.sql` whose columns are the equality
 //! filters, then the time, then the id: the database reads the index range backwards and
 //! stops after one page. [`Storage::explain_listing`] shows the plan (the tests assert
 //! it names the index, on both databases).
@@ -30,9 +28,9 @@ pub const MAX_PAGE: u32 = 500;
 /// Which jobs a listing shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusFilter {
-    /// Finished with this outcome (`job_results`).
+    /// Finished with this outcome.
     Finished(JobStatus),
-    /// Not finished, at this stage (`job_status`).
+    /// Not finished, at this stage.
     Pending(Stage),
 }
 
@@ -217,31 +215,14 @@ impl Storage {
     /// One page of jobs matching `filter`, newest first (see the module docs).
     pub async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StorageError> {
         let limit = filter.limit.clamp(1, MAX_PAGE) as usize;
-        let pending = matches!(filter.status, Some(StatusFilter::Pending(_)));
-        let mut jobs = Vec::with_capacity(limit + 1);
-        let mut scan = filter.clone();
-        // One read fills the page, except when stage rows of jobs that finished (or were
-        // refused) meanwhile are skipped: then the scan goes on below the last row read.
-        loop {
-            let rows = listing_statement(&scan, limit as u32 + 1)
-                .query()
-                .fetch_all(self.pool())
-                .await?;
-            let exhausted = rows.len() <= limit;
-            let mut batch = rows
-                .iter()
-                .map(listed)
-                .collect::<Result<Vec<ListedJob>, StorageError>>()?;
-            scan.after = batch.last().map(cursor_of);
-            if pending {
-                let finished = self.finished_among(&batch).await?;
-                batch.retain(|job| !finished.contains(&job.job_id.to_string()));
-            }
-            jobs.extend(batch);
-            if jobs.len() > limit || exhausted {
-                break;
-            }
-        }
+        let rows = listing_statement(filter, limit as u32 + 1)
+            .query()
+            .fetch_all(self.pool())
+            .await?;
+        let mut jobs = rows
+            .iter()
+            .map(listed)
+            .collect::<Result<Vec<ListedJob>, StorageError>>()?;
         let next = if jobs.len() > limit {
             jobs.truncate(limit);
             jobs.last().map(cursor_of)
@@ -249,26 +230,6 @@ impl Storage {
             None
         };
         Ok(JobPage { jobs, next })
-    }
-
-    /// Which of `jobs` (listed from `job_status`) finished or were refused at the ingress:
-    /// their stage row is stale (the result's commit removes it, but a late stage write can
-    /// race it). Checked by key rather than joined in the listing query, so the query stays
-    /// a plain index range read whatever the planner estimates for the join.
-    async fn finished_among(
-        &self,
-        jobs: &[ListedJob],
-    ) -> Result<std::collections::HashSet<String>, StorageError> {
-        let ids: Vec<String> = jobs.iter().map(|job| job.job_id.to_string()).collect();
-        let mut tx = self.pool().begin().await?;
-        let mut finished = self.ids_in(&mut tx, "job_results", &ids).await?;
-        for (id, accepted) in self.decisions(&mut tx, &ids).await? {
-            if !accepted {
-                finished.insert(id);
-            }
-        }
-        tx.commit().await?;
-        Ok(finished)
     }
 
     /// The database's plan for [`Storage::list_jobs`] with `filter`, one line per step:
@@ -291,26 +252,17 @@ impl Storage {
         Ok(lines.join("\n"))
     }
 
-    /// How many jobs of each kind have each status: finished ones from `job_results`, not
-    /// finished ones from `job_status` (without those that have a result). Reads every
+    /// How many jobs of each kind have each status (refused jobs aside). Reads every
     /// row's index entry (no filter narrows it): callers cache it.
     pub async fn counts_by_kind(&self) -> Result<Vec<KindCount>, StorageError> {
-        let finished = sqlx::query(
-            "SELECT kind, status, COUNT(*) AS n FROM job_results GROUP BY kind, status",
+        let rows = sqlx::query(
+            "SELECT kind, state AS status, COUNT(*) AS n FROM jobs WHERE state <> 'refused' \
+             GROUP BY kind, state",
         )
         .fetch_all(self.pool())
         .await?;
-        let pending = sqlx::query(
-            "SELECT s.kind, s.status, COUNT(*) AS n FROM job_status s WHERE NOT EXISTS \
-             (SELECT 1 FROM job_results r WHERE r.job_id = s.job_id) AND NOT EXISTS \
-             (SELECT 1 FROM job_acceptance a WHERE a.job_id = s.job_id AND a.accepted = 0) \
-             GROUP BY s.kind, s.status",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        let mut counts = finished
+        let mut counts = rows
             .iter()
-            .chain(pending.iter())
             .map(|row| {
                 let n: i64 = row.try_get("n")?;
                 Ok(KindCount {
@@ -328,24 +280,24 @@ impl Storage {
 /// The listing statement for `filter`, fetching at most `rows` rows.
 fn listing_statement(filter: &ListFilter, rows: u32) -> Statement {
     let mut conditions = Conditions::default();
-    // Column names per table: the time a job is listed by, and the attempt column.
+    // The time a job is listed by: its last change, which for a finished job is its finish
+    // (the column of the state indexes); with no status, the finish time itself (the
+    // column of the indexes of finished jobs).
     let (select, at) = match filter.status {
         Some(StatusFilter::Pending(stage)) => {
             let status = conditions.next(Param::Text(stage.as_str().to_owned()));
-            conditions.push(format!("s.status = {status}"));
-            (
-                "SELECT s.job_id, s.kind, s.status, s.error, s.attempt AS attempts, \
-                 s.updated_at_us AS at_us, CAST(NULL AS BIGINT) AS enqueued_at_us, \
-                 CAST(0 AS BIGINT) AS replayable FROM job_status s",
-                "s.updated_at_us",
-            )
+            conditions.push(format!("s.state = {status}"));
+            (PENDING, "s.updated_at_us")
         }
         Some(StatusFilter::Finished(status)) => {
             let status = conditions.next(Param::Text(status.as_str().to_owned()));
-            conditions.push(format!("s.status = {status}"));
+            conditions.push(format!("s.state = {status}"));
+            (FINISHED, "s.updated_at_us")
+        }
+        None => {
+            conditions.push("s.finished_at_us IS NOT NULL".to_owned());
             (FINISHED, "s.finished_at_us")
         }
-        None => (FINISHED, "s.finished_at_us"),
     };
     if let Some(kind) = &filter.kind {
         let kind = conditions.next(Param::Text(kind.clone()));
@@ -371,10 +323,15 @@ fn listing_statement(filter: &ListFilter, rows: u32) -> Statement {
 }
 
 /// The columns of a finished job's listing row.
-const FINISHED: &str = "SELECT s.job_id, s.kind, s.status, s.error, s.attempts, \
+const FINISHED: &str = "SELECT s.job_id, s.kind, s.state AS status, s.error, s.attempts, \
      s.finished_at_us AS at_us, s.enqueued_at_us, \
-     CAST(CASE WHEN s.status = 'dead' AND s.job IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) \
-     AS replayable FROM job_results s";
+     CAST(CASE WHEN s.state = 'dead' AND s.job IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) \
+     AS replayable FROM jobs s";
+
+/// The columns of an unfinished job's listing row.
+const PENDING: &str = "SELECT s.job_id, s.kind, s.state AS status, s.error, s.attempts, \
+     s.updated_at_us AS at_us, CAST(NULL AS BIGINT) AS enqueued_at_us, \
+     CAST(0 AS BIGINT) AS replayable FROM jobs s";
 
 fn cursor_of(job: &ListedJob) -> Cursor {
     Cursor {

@@ -1,9 +1,13 @@
-//! The results table, on SQLite (default, embedded) or PostgreSQL (by URL).
+//! The jobs table, on SQLite (default, embedded) or PostgreSQL (by URL).
 //!
-//! One row per job id. A redelivered job (the worker died after committing but before
-//! acking) finds its row present: the insert becomes an update that only counts the extra
-//! delivery and never touches the stored result — so results are effectively-once even
-//! though delivery is at-least-once.
+//! One row per job for its whole life (`jobs`, migration `20261208000000_jobs.sql`): the
+//! ingress writes it `queued` when the broker confirmed the job (with the acceptance, see
+//! [`acceptance`]), workers may mark it `running` or `retrying` ([`lifecycle`]), and the
+//! worker's outcome turns it `succeeded` or `dead` — two writes per job on the happy path,
+//! each batched with other jobs'. A redelivered job (the worker died after committing but
+//! before acking) finds its row finished: the outcome write skips it, and only its
+//! delivery count changes — so results are effectively-once even though delivery is
+//! at-least-once.
 //!
 //! Both databases go through sqlx's `Any` driver with portable SQL, so there is one set of
 //! queries and one set of embedded migrations. Placeholders are the one difference:
@@ -13,7 +17,7 @@
 //!
 //! A job whose publish failed (the client got a 503) may still have reached the broker, and
 //! a worker may finish a job before the ingress knows whether its publish succeeded. So the
-//! ingress records each job it published accepted or cancelled, and a result of a job that
+//! ingress records each job it published accepted or refused, and a result of a job that
 //! awaits that decision commits only once the job is accepted (see [`acceptance`]): a job
 //! refused to its client never gets a result.
 //!
@@ -234,22 +238,39 @@ pub(crate) fn padded(rows: usize) -> usize {
     rows.next_power_of_two()
 }
 
+/// The columns of a finished job's row, as [`decode`] reads them.
 pub(crate) const COLUMNS: &str =
-    "job_id, kind, status, result, error, attempts, deliveries, worker, \
-                       enqueued_at_us, started_at_us, finished_at_us, job";
+    "job_id, kind, state AS status, result, error, attempts, deliveries, worker, \
+     enqueued_at_us, started_at_us, finished_at_us, job";
 
-/// Number of columns in [`COLUMNS`].
-const COLUMN_COUNT: usize = 12;
+/// Parameters per row of the outcome upsert ([`Storage::record_pending`]).
+const OUTCOME_PARAMS: usize = 12;
 
-/// How the result insert treats an existing row: keep it, unless it is a dead row being
-/// replayed (`replaying_since_us` set), which the replayed run's outcome replaces.
-const ON_CONFLICT: &str = "ON CONFLICT (job_id) DO UPDATE SET kind = excluded.kind, \
-     status = excluded.status, result = excluded.result, error = excluded.error, \
-     attempts = excluded.attempts, deliveries = excluded.deliveries, \
-     worker = excluded.worker, enqueued_at_us = excluded.enqueued_at_us, \
-     started_at_us = excluded.started_at_us, finished_at_us = excluded.finished_at_us, \
-     job = excluded.job, replaying_since_us = NULL \
-     WHERE job_results.replaying_since_us IS NOT NULL";
+/// The outcome upsert for `rows` rows (see [`Storage::record_pending`]). Column 4 is the
+/// acceptance the outcome brings: 1 when the job does not await the ingress's decision or
+/// that decision is overdue, NULL otherwise. A job with no row is inserted only in the
+/// first case (without a row, an awaiting job's acceptance is not recorded yet); an
+/// existing row takes the outcome only where it is accepted (or the outcome brings the
+/// acceptance) and not finished, or finished dead and being replayed.
+fn outcome_upsert(placeholders: &str) -> String {
+    format!(
+        "INSERT INTO jobs (job_id, kind, state, accepted, attempts, result, error, deliveries, \
+         worker, enqueued_at_us, started_at_us, finished_at_us, updated_at_us, job) \
+         SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, 1, \
+         v.column8, v.column9, v.column10, v.column11, v.column11, v.column12 \
+         FROM (VALUES {placeholders}) AS v WHERE v.column1 IS NOT NULL \
+         AND (v.column4 = 1 OR EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = v.column1)) \
+         ON CONFLICT (job_id) DO UPDATE SET kind = excluded.kind, state = excluded.state, \
+         accepted = 1, attempts = excluded.attempts, result = excluded.result, \
+         error = excluded.error, deliveries = 1, worker = excluded.worker, \
+         enqueued_at_us = excluded.enqueued_at_us, started_at_us = excluded.started_at_us, \
+         finished_at_us = excluded.finished_at_us, updated_at_us = excluded.updated_at_us, \
+         job = excluded.job, replaying_since_us = NULL \
+         WHERE (jobs.accepted = 1 OR (jobs.accepted IS NULL AND excluded.accepted = 1)) \
+         AND (jobs.finished_at_us IS NULL OR jobs.replaying_since_us IS NOT NULL) \
+         RETURNING job_id"
+    )
+}
 
 /// A count read from the database (`BIGINT`) as `u64`; a negative one (never stored) is 0.
 pub(crate) fn from_db(n: i64) -> u64 {
@@ -339,13 +360,13 @@ impl Storage {
         self.store(&items).await
     }
 
-    /// Stores many results in one transaction: one multi-row insert that skips ids already
-    /// present, cancelled ids and ids still awaiting acceptance, then one update counting
-    /// the extra delivery of repeats. A dead row being replayed is replaced. Before that,
-    /// only when some row's acceptance is overdue, one insert records those accepted (see
-    /// [`acceptance`]). Returns, per input row and in order, whether it was new, a repeat,
-    /// cancelled or unaccepted. Rows for the same id in one call count as a first write
-    /// and duplicates.
+    /// Stores many results in one transaction: one multi-row upsert per 512 rows whose
+    /// conditions alone skip jobs already finished, cancelled or refused, and jobs still
+    /// awaiting acceptance; a dead row being replayed is replaced, and an overdue
+    /// acceptance is recorded with the outcome (see [`acceptance`]). Only when some row was
+    /// skipped, one read says why, and repeats get their delivery counted. Returns, per
+    /// input row and in order, whether it was new, a repeat, cancelled or unaccepted. Rows
+    /// for the same id in one call count as a first write and duplicates.
     pub async fn record_pending(
         &self,
         rows: &[PendingResult],
@@ -359,51 +380,43 @@ impl Storage {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        // One row per id in the insert: PostgreSQL refuses an upsert touching a row twice.
+        // One row per id in the upsert: PostgreSQL refuses an upsert touching a row twice.
         let mut seen = std::collections::HashSet::new();
         let firsts: Vec<(&JobResult, bool)> = rows
             .iter()
             .filter(|(r, _)| seen.insert(r.job_id))
             .copied()
             .collect();
-        let mut tx = self.pool.begin().await?;
         let cutoff = acceptance::overdue_before();
-        let overdue: Vec<String> = firsts
+        let overdue = firsts
             .iter()
             .filter(|(r, awaits)| *awaits && r.enqueued_at_us < cutoff)
-            .map(|(r, _)| r.job_id.to_string())
-            .collect();
-        if !overdue.is_empty() {
+            .count();
+        if overdue > 0 {
             tracing::warn!(
-                jobs = overdue.len(),
+                jobs = overdue,
                 "the ingress never recorded these jobs accepted; taking them as accepted"
             );
-            self.decide(&mut tx, &overdue, true).await?;
         }
+        let mut tx = self.pool.begin().await?;
         let mut inserted = std::collections::HashSet::new();
         for chunk in firsts.chunks(MAX_ROWS_PER_STATEMENT) {
-            // VALUES columns are named column1, column2, … on both databases; column13
-            // says whether the job awaits acceptance.
-            let values: Vec<String> = (1..=COLUMN_COUNT).map(|c| format!("v.column{c}")).collect();
-            let sql = format!(
-                "INSERT INTO job_results ({COLUMNS}) SELECT {} FROM (VALUES {}) AS v \
-                 WHERE v.column1 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM job_acceptance a \
-                 WHERE a.job_id = v.column1 AND a.accepted = 0) AND (v.column13 = 0 OR EXISTS \
-                 (SELECT 1 FROM job_acceptance a WHERE a.job_id = v.column1 AND a.accepted = 1)) \
-                 {ON_CONFLICT} RETURNING job_id",
-                values.join(", "),
-                self.placeholders(1, padded(chunk.len()), COLUMN_COUNT + 1)
-            );
+            let sql = outcome_upsert(&self.placeholders(
+                1,
+                padded(chunk.len()),
+                OUTCOME_PARAMS,
+            ));
             let mut query = sqlx::query(&sql);
             for (r, awaits) in chunk {
+                let brings_acceptance = !*awaits || r.enqueued_at_us < cutoff;
                 query = query
                     .bind(r.job_id.to_string())
                     .bind(r.kind.clone())
                     .bind(r.status.as_str())
+                    .bind(brings_acceptance.then_some(1_i64))
+                    .bind(i64::from(r.attempts))
                     .bind(r.result.as_ref().map(|v| v.to_string()))
                     .bind(r.error.clone())
-                    .bind(i64::from(r.attempts))
-                    .bind(1_i64)
                     .bind(r.worker.clone())
                     .bind(r.enqueued_at_us)
                     .bind(r.started_at_us)
@@ -412,27 +425,14 @@ impl Storage {
                         r.job
                             .as_ref()
                             .map(|j| String::from_utf8_lossy(&j.encode()).into_owned()),
-                    )
-                    .bind(i64::from(*awaits));
+                    );
             }
             for _ in chunk.len()..padded(chunk.len()) {
                 let (text, int) = (None::<String>, None::<i64>);
-                query = query
-                    .bind(text.clone())
-                    .bind(text.clone())
-                    .bind(text.clone());
-                query = query
-                    .bind(text.clone())
-                    .bind(text.clone())
-                    .bind(int)
-                    .bind(int);
-                query = query
-                    .bind(text.clone())
-                    .bind(int)
-                    .bind(int)
-                    .bind(int)
-                    .bind(text)
-                    .bind(int);
+                query = query.bind(text.clone()).bind(text.clone()).bind(text.clone());
+                query = query.bind(int).bind(int).bind(text.clone()).bind(text.clone());
+                query = query.bind(text.clone()).bind(int).bind(int).bind(int);
+                query = query.bind(text);
             }
             for row in query.fetch_all(&mut *tx).await? {
                 let id: String = row.try_get("job_id")?;
@@ -444,17 +444,16 @@ impl Storage {
             .map(|(r, _)| r.job_id.to_string())
             .filter(|id| !inserted.contains(id))
             .collect();
-        // Why each skipped row was skipped, read after the insert: a decision committed in
-        // between is visible here although the insert did not see it, so only a row that
-        // exists makes a repeat; anything else is tried again.
-        let decided = self.decisions(&mut tx, &skipped).await?;
-        let present = self.statuses_in(&mut tx, &skipped).await?;
+        // Why each skipped row was skipped, read after the upsert: a row committed in
+        // between is visible here although the upsert did not see it, so only a finished
+        // row makes a repeat; anything else is tried again.
+        let found = self.states_in(&mut tx, &skipped).await?;
         let mut outcome = Vec::with_capacity(rows.len());
         let mut repeated = Vec::new();
         let mut written = std::collections::HashSet::new();
         for (r, _) in rows {
             let id = r.job_id.to_string();
-            // The first row of an id that was inserted is new; any other is a repeat.
+            // The first row of an id that was stored is new; any other is a repeat.
             if inserted.remove(&id) {
                 outcome.push(Recorded::New);
                 written.insert(id);
@@ -465,54 +464,21 @@ impl Storage {
                 repeated.push(id);
                 continue;
             }
-            if decided.get(&id) == Some(&false)
-                || present.get(&id).map(String::as_str) == Some(JobStatus::Cancelled.as_str())
-            {
+            match found.get(&id).map(String::as_str) {
                 // Refused at the ingress, or cancelled by an operator before this result.
-                outcome.push(Recorded::Cancelled);
-            } else if present.contains_key(&id) {
-                outcome.push(Recorded::Duplicate);
-                repeated.push(id);
-            } else {
-                // Not yet accepted (or accepted, or written by another worker, just after
-                // the insert looked): nothing stored, try again.
-                outcome.push(Recorded::Unaccepted);
+                Some("refused" | "cancelled") => outcome.push(Recorded::Cancelled),
+                Some("succeeded" | "dead") => {
+                    outcome.push(Recorded::Duplicate);
+                    repeated.push(id);
+                }
+                // Not yet accepted (or accepted just after the upsert looked): nothing
+                // stored, try again.
+                _ => outcome.push(Recorded::Unaccepted),
             }
-        }
-        // A finished job's stage row is obsolete: removed in the result's transaction, so
-        // listings of unfinished jobs (`GET /jobs?status=running`) never wade through
-        // finished ones (see [`listing`]).
-        // On PostgreSQL the rows are locked in id order first, as the stage writer's
-        // upserts lock them (`record_stages`): a bare `DELETE … IN (…)` locks in the
-        // order it finds the tuples on disk, and the two deadlocked each other, each
-        // deadlock costing PostgreSQL's `deadlock_timeout` (1 s) before one gave up. The
-        // 1 s end-to-end tail of the 2026-12-02 benchmark run was that (1,475 deadlocks).
-        let mut finished: Vec<String> = written.iter().cloned().collect();
-        finished.sort_unstable();
-        let lock_first = if self.sqlite {
-            ""
-        } else {
-            "job_id IN (SELECT job_id FROM job_status WHERE job_id IN ({list}) \
-             ORDER BY job_id FOR UPDATE) AND "
-        };
-        for chunk in finished.chunks(MAX_ROWS_PER_STATEMENT) {
-            let rows = padded(chunk.len());
-            let list = self.list(1, rows);
-            let sql = format!(
-                "DELETE FROM job_status WHERE {}job_id IN ({list})",
-                lock_first.replace("{list}", &list)
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            bind_nulls(query, rows - chunk.len())
-                .execute(&mut *tx)
-                .await?;
         }
         for id in repeated {
             sqlx::query(&format!(
-                "UPDATE job_results SET deliveries = deliveries + 1 WHERE job_id = {}",
+                "UPDATE jobs SET deliveries = deliveries + 1 WHERE job_id = {}",
                 self.list(1, 1)
             ))
             .bind(id)
@@ -526,7 +492,7 @@ impl Storage {
     /// The stored result of one job.
     pub async fn get(&self, job_id: Uuid) -> Result<Option<JobResult>, StorageError> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM job_results WHERE job_id = $1"
+            "SELECT {COLUMNS} FROM jobs WHERE job_id = $1 AND finished_at_us IS NOT NULL"
         ))
         .bind(job_id.to_string())
         .fetch_optional(&self.pool)
@@ -539,7 +505,7 @@ impl Storage {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
             let sql = format!(
-                "SELECT {COLUMNS} FROM job_results WHERE job_id IN ({})",
+                "SELECT {COLUMNS} FROM jobs WHERE finished_at_us IS NOT NULL AND job_id IN ({})",
                 self.list(1, padded(chunk.len()))
             );
             let mut query = sqlx::query(&sql);
@@ -556,9 +522,11 @@ impl Storage {
 
     /// Number of stored results.
     pub async fn count(&self) -> Result<u64, StorageError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_results")
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(from_db(n))
     }
 }

@@ -119,15 +119,13 @@ impl Storage {
         .bind(String::from_utf8_lossy(&job.encode()).into_owned())
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
-             VALUES ($1, $2, 'scheduled', 1, NULL, $3) ON CONFLICT (job_id) DO NOTHING",
-        )
-        .bind(job.id.to_string())
-        .bind(job.kind.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(super::schedule::SCHEDULED_ROW)
+            .bind(job.id.to_string())
+            .bind(job.kind.clone())
+            .bind(job.enqueued_at_us)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -49,7 +49,8 @@ impl Storage {
         let expiry =
             i64::try_from(super::lifecycle::REPLAY_CLAIM_EXPIRY.as_micros()).unwrap_or(i64::MAX);
         let mut sql = String::from(
-            "SELECT job_id FROM job_results WHERE status = 'dead' AND job IS NOT NULL \
+            "SELECT job_id FROM jobs WHERE state = 'dead' AND finished_at_us IS NOT NULL \
+             AND job IS NOT NULL \
              AND (replaying_since_us IS NULL OR replaying_since_us < $1)",
         );
         let mut next = 2;
@@ -84,14 +85,18 @@ impl Storage {
         self.claim_dead(&ids, now_us).await
     }
 
-    /// The replays of claimed jobs are published: removes their dead rows (see
+    /// The replays of claimed jobs are published: their rows go back to `queued`, first
+    /// attempt, unless a replayed run already stored its outcome (see
     /// [`Storage::finish_replay`]).
     pub async fn finish_replays(&self, ids: &[Uuid]) -> Result<(), StorageError> {
-        self.replays_done(
-            ids,
-            "DELETE FROM job_results WHERE replaying_since_us IS NOT NULL",
-        )
-        .await
+        let statement = format!(
+            "UPDATE jobs SET state = 'queued', attempts = 1, result = NULL, error = NULL, \
+             deliveries = 0, worker = NULL, started_at_us = NULL, finished_at_us = NULL, \
+             updated_at_us = {}, job = NULL, replaying_since_us = NULL \
+             WHERE replaying_since_us IS NOT NULL",
+            self.list(1, 1)
+        );
+        self.replays_done(ids, &statement, Some(now_micros())).await
     }
 
     /// The replays of claimed jobs could not be published: the jobs stay dead and can be
@@ -99,17 +104,28 @@ impl Storage {
     pub async fn abandon_replays(&self, ids: &[Uuid]) -> Result<(), StorageError> {
         self.replays_done(
             ids,
-            "UPDATE job_results SET replaying_since_us = NULL WHERE TRUE",
+            "UPDATE jobs SET replaying_since_us = NULL WHERE TRUE",
+            None,
         )
         .await
     }
 
-    /// Runs `statement` (ending in a `WHERE` clause) for `ids`, in padded chunks.
-    async fn replays_done(&self, ids: &[Uuid], statement: &str) -> Result<(), StorageError> {
+    /// Runs `statement` (ending in a `WHERE` clause) for `ids`, in padded chunks; `time`,
+    /// when given, is the statement's own first parameter.
+    async fn replays_done(
+        &self,
+        ids: &[Uuid],
+        statement: &str,
+        time: Option<i64>,
+    ) -> Result<(), StorageError> {
+        let first = 1 + usize::from(time.is_some());
         for chunk in ids.chunks(super::MAX_ROWS_PER_STATEMENT) {
             let rows = super::padded(chunk.len());
-            let sql = format!("{statement} AND job_id IN ({})", self.list(1, rows));
+            let sql = format!("{statement} AND job_id IN ({})", self.list(first, rows));
             let mut query = sqlx::query(&sql);
+            if let Some(time) = time {
+                query = query.bind(time);
+            }
             for id in chunk {
                 query = query.bind(id.to_string());
             }

@@ -5,17 +5,17 @@
 //!
 //! | rows | older than | column |
 //! |---|---|---|
-//! | `succeeded` results (with their acceptance and stage rows) | `succeeded` | `finished_at_us` |
-//! | `dead` results (with their acceptance and stage rows) | `dead` | `finished_at_us` |
-//! | `cancelled` results, refused decisions | `cancelled` | `finished_at_us`, `decided_at_us` |
+//! | `succeeded` jobs | `succeeded` | `finished_at_us` |
+//! | `dead` jobs | `dead` | `finished_at_us` |
+//! | `cancelled` jobs, jobs refused at the ingress | `cancelled` | `finished_at_us`, `updated_at_us` (the refusal) |
 //! | idempotency keys (`done`, or a `pending` claim of a crashed ingress) | `idempotency` | `created_at_us` |
 //! | delivered callbacks | `succeeded` | `delivered_at_us` |
 //! | given-up callbacks | once their job's result is gone | |
-//! | stage rows left behind by a finished job | [`STALE_STAGE_AFTER`] | `updated_at_us` |
 //! | per-key dispatch slots whose lease ran out, rate rows whose time passed, ended key pauses ([`super::dispatch_keys`]) | now (database clock) | `lease_until_us`, `tat_us`, `until_us` |
 //!
-//! A result being replayed (`replaying_since_us` set) is kept until the replay ends. A
-//! job's acceptance row goes with its result: a job still running keeps it.
+//! Each job is one row of `jobs` (its acceptance, stage and outcome): pruning a finished
+//! job removes all of it, and a job not finished is never pruned. A dead job being
+//! replayed (`replaying_since_us` set) is kept until the replay ends.
 //!
 //! Each pass deletes at most a given number of rows of each kind, oldest first, every
 //! statement served by an index (so a pass costs the same on a table of a thousand rows or
@@ -32,12 +32,7 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use super::{bind_nulls, padded, Storage, StorageError, MAX_ROWS_PER_STATEMENT};
-
-/// A stage row (`job_status`) this old whose job has a result is a leftover: a stage write
-/// that landed after the result's transaction had removed the row. A replayed job's result
-/// is marked `replaying_since_us` and keeps its row.
-pub const STALE_STAGE_AFTER: Duration = Duration::from_secs(600);
+use super::{Storage, StorageError};
 
 /// How long each kind of row is kept; `None` keeps it forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,29 +70,26 @@ pub struct PruneReport {
     pub dead: u64,
     /// Cancelled results.
     pub cancelled: u64,
-    /// Acceptance rows (of pruned results, and refused decisions).
-    pub acceptance: u64,
+    /// Jobs refused at the ingress (their decision).
+    pub refused: u64,
     /// Idempotency keys.
     pub idempotency_keys: u64,
     /// Delivered or given-up callbacks.
     pub callbacks: u64,
-    /// Leftover stage rows.
-    pub stages: u64,
     /// Expired per-key dispatch rows (slots and rate), whatever the policy.
     pub dispatch_keys: u64,
 }
 
 impl PruneReport {
     /// The counts with their metric label.
-    pub fn by_label(&self) -> [(&'static str, u64); 8] {
+    pub fn by_label(&self) -> [(&'static str, u64); 7] {
         [
             ("succeeded", self.succeeded),
             ("dead", self.dead),
             ("cancelled", self.cancelled),
-            ("acceptance", self.acceptance),
+            ("refused", self.refused),
             ("idempotency_keys", self.idempotency_keys),
             ("callbacks", self.callbacks),
-            ("stages", self.stages),
             ("dispatch_keys", self.dispatch_keys),
         ]
     }
@@ -169,30 +161,17 @@ impl Storage {
             ("succeeded", policy.succeeded, &mut report.succeeded),
             ("dead", policy.dead, &mut report.dead),
             ("cancelled", policy.cancelled, &mut report.cancelled),
+            ("refused", policy.cancelled, &mut report.refused),
         ] {
             let Some(before) = cutoff(now_us, window) else {
                 continue;
             };
-            let ids: Vec<String> = sqlx::query_scalar(
-                "DELETE FROM job_results WHERE job_id IN (SELECT job_id FROM job_results \
-                 WHERE status = $1 AND finished_at_us < $2 AND replaying_since_us IS NULL \
-                 ORDER BY finished_at_us LIMIT $3) RETURNING job_id",
+            *counter = sqlx::query(
+                "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs \
+                 WHERE state = $1 AND updated_at_us < $2 AND replaying_since_us IS NULL \
+                 ORDER BY updated_at_us LIMIT $3)",
             )
             .bind(status)
-            .bind(before)
-            .bind(limit_param)
-            .fetch_all(self.pool())
-            .await?;
-            *counter = ids.len() as u64;
-            let (acceptance, stages) = self.forget_bookkeeping(&ids).await?;
-            report.acceptance += acceptance;
-            report.stages += stages;
-        }
-        if let Some(before) = cutoff(now_us, policy.cancelled) {
-            report.acceptance += sqlx::query(
-                "DELETE FROM job_acceptance WHERE job_id IN (SELECT job_id FROM job_acceptance \
-                 WHERE accepted = 0 AND decided_at_us < $1 ORDER BY decided_at_us LIMIT $2)",
-            )
             .bind(before)
             .bind(limit_param)
             .execute(self.pool())
@@ -226,19 +205,9 @@ impl Storage {
         report.callbacks += sqlx::query(
             "DELETE FROM callback_outbox WHERE idempotency_key IN (SELECT c.idempotency_key \
              FROM callback_outbox c WHERE c.delivered_at_us IS NULL AND c.next_at_us = $1 \
-             AND NOT EXISTS (SELECT 1 FROM job_results r WHERE r.job_id = c.job_id) LIMIT $2)",
+             AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.job_id = c.job_id) LIMIT $2)",
         )
         .bind(i64::MAX)
-        .bind(limit_param)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        report.stages += sqlx::query(
-            "DELETE FROM job_status WHERE job_id IN (SELECT s.job_id FROM job_status s \
-             WHERE s.updated_at_us < $1 AND EXISTS (SELECT 1 FROM job_results r \
-             WHERE r.job_id = s.job_id AND r.replaying_since_us IS NULL) LIMIT $2)",
-        )
-        .bind(now_us.saturating_sub(micros(STALE_STAGE_AFTER)))
         .bind(limit_param)
         .execute(self.pool())
         .await?
@@ -250,42 +219,15 @@ impl Storage {
         Ok(report)
     }
 
-    /// Deletes the acceptance and stage rows of `ids`, whose results were just pruned: a
-    /// stage row left behind would otherwise show the job as still running. Returns how
-    /// many of each.
-    async fn forget_bookkeeping(&self, ids: &[String]) -> Result<(u64, u64), StorageError> {
-        let (mut acceptance, mut stages) = (0, 0);
-        for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
-            let rows = padded(chunk.len());
-            for (table, counter) in [
-                ("job_acceptance", &mut acceptance),
-                ("job_status", &mut stages),
-            ] {
-                let sql = format!(
-                    "DELETE FROM {table} WHERE job_id IN ({})",
-                    self.list(1, rows)
-                );
-                let mut query = sqlx::query(&sql);
-                for id in chunk {
-                    query = query.bind(id.clone());
-                }
-                *counter += bind_nulls(query, rows - chunk.len())
-                    .execute(self.pool())
-                    .await?
-                    .rows_affected();
-            }
-        }
-        Ok((acceptance, stages))
-    }
-
     /// Stored jobs per state: `scheduled` (waiting to be published), the unfinished
     /// stages (`queued`, `running`, `retrying`, `waiting`) and the final statuses
     /// (`succeeded`, `dead`, `cancelled`, from [`Storage::results_per_status`]). Counts the
     /// small tables whole; the retention pass calls it, not every request.
     pub async fn rows_per_state(&self) -> Result<Vec<(String, u64)>, StorageError> {
         let rows = sqlx::query(
-            "SELECT 'scheduled' AS state, COUNT(*) AS n FROM scheduled_jobs \
-             UNION ALL SELECT status AS state, COUNT(*) AS n FROM job_status GROUP BY status",
+            "SELECT state, COUNT(*) AS n FROM jobs \
+             WHERE state IN ('scheduled', 'queued', 'running', 'retrying', 'waiting') \
+             GROUP BY state",
         )
         .fetch_all(self.pool())
         .await?;
@@ -306,7 +248,7 @@ impl Storage {
         let mut out = Vec::new();
         for status in ["succeeded", "dead", "cancelled"] {
             let row = sqlx::query(
-                "SELECT MIN(finished_at_us) AS oldest FROM job_results WHERE status = $1",
+                "SELECT MIN(updated_at_us) AS oldest FROM jobs WHERE state = $1",
             )
             .bind(status)
             .fetch_one(self.pool())

@@ -24,6 +24,13 @@
 use uuid::Uuid;
 
 use super::{Storage, StorageError};
+
+/// A scheduled job's row in `jobs`: accepted (its client got a 202), `scheduled` until a
+/// scheduler publishes it. Parameters: id, kind, the ingress's stamp, now.
+pub(crate) const SCHEDULED_ROW: &str =
+    "INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, enqueued_at_us, \
+     updated_at_us) VALUES ($1, $2, 'scheduled', 1, 1, 0, $3, $4) \
+     ON CONFLICT (job_id) DO NOTHING";
 use crate::clock::now_micros;
 use crate::job::Job;
 
@@ -63,15 +70,13 @@ impl Storage {
             .bind(held_until_us)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "INSERT INTO job_status (job_id, kind, status, attempt, error, updated_at_us) \
-                 VALUES ($1, $2, 'scheduled', 1, NULL, $3) ON CONFLICT (job_id) DO NOTHING",
-            )
-            .bind(job.id.to_string())
-            .bind(job.kind.clone())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(SCHEDULED_ROW)
+                .bind(job.id.to_string())
+                .bind(job.kind.clone())
+                .bind(job.enqueued_at_us)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -121,9 +126,8 @@ impl Storage {
         sqlx::query(
             "DELETE FROM scheduled_jobs WHERE claimed_until_us IS NOT NULL \
              AND claimed_until_us < $1 AND due_at_us <= $1 \
-             AND (EXISTS (SELECT 1 FROM job_results r WHERE r.job_id = scheduled_jobs.job_id) \
-                  OR EXISTS (SELECT 1 FROM job_status s WHERE s.job_id = scheduled_jobs.job_id \
-                             AND s.status <> 'scheduled'))",
+             AND EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = scheduled_jobs.job_id \
+                         AND j.state <> 'scheduled')",
         )
         .bind(now)
         .execute(self.pool())
@@ -163,8 +167,8 @@ impl Storage {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "UPDATE job_status SET status = 'queued', updated_at_us = $1 \
-                 WHERE job_id = $2 AND status = 'scheduled'",
+                "UPDATE jobs SET state = 'queued', updated_at_us = $1 \
+                 WHERE job_id = $2 AND state = 'scheduled'",
             )
             .bind(now_micros())
             .bind(id.to_string())
@@ -180,7 +184,7 @@ impl Storage {
     pub async fn drop_scheduled(&self, ids: &[Uuid]) -> Result<(), StorageError> {
         let mut tx = self.pool().begin().await?;
         for id in ids {
-            for table in ["scheduled_jobs", "job_status"] {
+            for table in ["scheduled_jobs", "jobs"] {
                 sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
                     .bind(id.to_string())
                     .execute(&mut *tx)

@@ -27,8 +27,8 @@ impl Storage {
     /// status, in one transaction. One scan of the table; the retention pass calls it.
     pub async fn count_results_below(&self, below_us: i64) -> Result<(), StorageError> {
         let counted = sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM job_results WHERE finished_at_us < $1 \
-             GROUP BY status",
+            "SELECT state AS status, COUNT(*) AS n FROM jobs WHERE finished_at_us < $1 \
+             GROUP BY state",
         )
         .bind(below_us)
         .fetch_all(self.pool())
@@ -71,15 +71,18 @@ impl Storage {
                         row.try_get::<i64, _>("rows")?;
                 }
                 sqlx::query(
-                    "SELECT status, COUNT(*) AS n FROM job_results WHERE finished_at_us >= $1 \
-                     GROUP BY status",
+                    "SELECT state AS status, COUNT(*) AS n FROM jobs WHERE finished_at_us >= $1 \
+                     GROUP BY state",
                 )
                 .bind(below_us)
                 .fetch_all(self.pool())
                 .await?
             }
             None => {
-                sqlx::query("SELECT status, COUNT(*) AS n FROM job_results GROUP BY status")
+                sqlx::query(
+                    "SELECT state AS status, COUNT(*) AS n FROM jobs \
+                     WHERE finished_at_us IS NOT NULL GROUP BY state",
+                )
                     .fetch_all(self.pool())
                     .await?
             }

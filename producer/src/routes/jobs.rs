@@ -17,6 +17,7 @@ use surge_common::job::{InvalidJob, Job, JobRequest};
 use surge_common::metrics as m;
 use surge_common::otlp::{Span, SpanKind};
 use surge_common::retry::reconnect;
+use surge_common::storage::acceptance::AcceptedJob;
 use surge_common::storage::idempotency::Claim;
 use surge_common::storage::lifecycle::Lifecycle;
 use surge_common::storage::{JobResult, JobStatus};
@@ -29,8 +30,9 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// How long the ingress waits to mark accepted jobs `queued` before answering anyway.
-const QUEUED_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the ingress waits for a write it answers after (accepted jobs' rows, held jobs'
+/// release) before answering anyway.
+const DB_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a refused request waits to cancel its jobs before answering anyway (the
 /// cancel then continues in the background).
@@ -475,7 +477,7 @@ enum Settle {
     Drop,
 }
 
-/// Releases or drops held jobs; waits at most [`QUEUED_WRITE_TIMEOUT`], then keeps trying
+/// Releases or drops held jobs; waits at most [`DB_WRITE_TIMEOUT`], then keeps trying
 /// in the background for about three minutes, within their hold ([`BATCH_HOLD`]). Should
 /// that fail, released jobs run late (when the hold ends) and dropped ones run although
 /// refused: logged as an error naming them.
@@ -494,7 +496,7 @@ async fn settle_held(state: &AppState, ids: Vec<Uuid>, held_until: i64, settle: 
             }
         }
     };
-    let failure = match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, once()).await {
+    let failure = match tokio::time::timeout(DB_WRITE_TIMEOUT, once()).await {
         Ok(Ok(())) => return,
         Ok(Err(e)) => e.to_string(),
         Err(_) => "timed out".to_owned(),
@@ -541,12 +543,12 @@ async fn publish_new(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
 }
 
 /// Records freshly published `jobs` accepted, so their results may commit. Waits at most
-/// [`QUEUED_WRITE_TIMEOUT`]; after that, or a failed write (the database is struggling),
+/// [`DB_WRITE_TIMEOUT`]; after that, or a failed write (the database is struggling),
 /// keeps trying in the background. Should it never succeed, the results still commit
 /// once the acceptance is overdue.
 pub(crate) async fn accept(state: &AppState, jobs: &[Job]) {
     use backon::Retryable;
-    let failure = match tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.accepts.accept(jobs)).await
+    let failure = match tokio::time::timeout(DB_WRITE_TIMEOUT, state.accepts.accept(jobs)).await
     {
         Ok(Ok(())) => return,
         Ok(Err(e)) => e.to_string(),
@@ -554,10 +556,10 @@ pub(crate) async fn accept(state: &AppState, jobs: &[Job]) {
     };
     tracing::warn!(error = %failure, jobs = jobs.len(), "recording jobs accepted failed; retrying in the background");
     let storage = state.storage.clone();
-    let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
+    let accepted = AcceptedJob::of(jobs);
     tokio::spawn(async move {
-        if let Err(e) = (|| storage.accept(&ids)).retry(reconnect(24)).await {
-            tracing::error!(error = %e, jobs = ids.len(), "jobs could not be recorded accepted; their results wait until the acceptance is overdue");
+        if let Err(e) = (|| storage.accept(&accepted)).retry(reconnect(24)).await {
+            tracing::error!(error = %e, jobs = accepted.len(), "jobs could not be recorded accepted; their results wait until the acceptance is overdue");
         }
     });
 }
@@ -577,11 +579,10 @@ fn cancel_later(state: &AppState, ids: Vec<Uuid>, first_error: String) {
     });
 }
 
-/// Publishes and, at the same time, marks the jobs `queued` (best effort; many requests
-/// share one commit), so a 202 waits for the slower of the broker's confirm and that
-/// commit rather than their sum. A `queued` row of a job whose publish then fails is
-/// hidden by its cancellation (see [`publish_new`]). On success records metrics and counts
-/// the jobs for admission control.
+/// Publishes `jobs` within the publish timeout. On success records metrics and counts the
+/// jobs for admission control; the caller records what the publish means (new jobs:
+/// [`accept`], which writes each job's `queued` row; replays: their rows go back to
+/// `queued`).
 pub(crate) async fn publish(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     publish_within(state, jobs, state.limits.publish_timeout).await
 }
@@ -605,21 +606,14 @@ pub(crate) async fn publish_within(
     timeout: Duration,
 ) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
-    let (published, marked) = tokio::join!(
-        tokio::time::timeout(timeout, state.broker.publish(jobs)),
-        tokio::time::timeout(QUEUED_WRITE_TIMEOUT, state.queued.mark(jobs)),
-    );
-    published.map_err(|_| {
-        BrokerError::Unavailable(format!(
-            "the broker did not confirm the publish within {} ms",
-            timeout.as_millis()
-        ))
-    })??;
-    match marked {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not mark jobs queued"),
-        Err(_) => tracing::warn!("marking jobs queued timed out"),
-    }
+    tokio::time::timeout(timeout, state.broker.publish(jobs))
+        .await
+        .map_err(|_| {
+            BrokerError::Unavailable(format!(
+                "the broker did not confirm the publish within {} ms",
+                timeout.as_millis()
+            ))
+        })??;
     record_accepted(state, jobs, started.elapsed());
     Ok(())
 }
