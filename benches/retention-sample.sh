@@ -35,7 +35,7 @@ for i in $(seq 0 $((SAMPLES - 1))); do
                n_live_tup, n_dead_tup, n_tup_ins,
                COALESCE(round(EXTRACT(EPOCH FROM now() - GREATEST(last_autovacuum, last_vacuum)))::text, 'never')
           FROM pg_stat_user_tables
-         WHERE relname IN ('job_results', 'job_acceptance', 'job_status', 'idempotency_keys', 'callback_outbox')
+         WHERE relname IN ('jobs', 'job_results', 'job_acceptance', 'job_status', 'idempotency_keys', 'callback_outbox')
          ORDER BY relname" || true
     [ "$i" -lt $((SAMPLES - 1)) ] && sleep "$INTERVAL"
 done

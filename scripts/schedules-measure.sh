@@ -117,7 +117,7 @@ for i in 0 1 2; do wait "${pids[$i]}" 2>/dev/null || true; pids[$i]=""; done
 
 # Every tick's job finished (published by the scheduler of some replica before it stopped).
 for _ in $(seq 1 600); do
-  pending=$(q "SELECT COUNT(*) FROM schedule_ticks t WHERE NOT EXISTS (SELECT 1 FROM job_results r WHERE r.job_id = t.job_id)")
+  pending=$(q "SELECT COUNT(*) FROM schedule_ticks t WHERE NOT EXISTS (SELECT 1 FROM jobs r WHERE r.job_id = t.job_id AND r.finished_at_us IS NOT NULL)")
   [ "$pending" = 0 ] && break
   sleep 0.1
 done
@@ -131,10 +131,10 @@ report() {
   first=$(q "SELECT MIN(tick_us) FROM schedule_ticks WHERE schedule = '$s'")
   last=$(q "SELECT MAX(tick_us) FROM schedule_ticks WHERE schedule = '$s'")
   span=$(((last - first) / 1000000 + 1))
-  jobs=$(q "SELECT COUNT(*) FROM job_results r JOIN schedule_ticks t ON t.job_id = r.job_id WHERE t.schedule = '$s'")
-  succeeded=$(q "SELECT COUNT(*) FROM job_results r JOIN schedule_ticks t ON t.job_id = r.job_id WHERE t.schedule = '$s' AND r.status = 'succeeded'")
+  jobs=$(q "SELECT COUNT(*) FROM jobs r JOIN schedule_ticks t ON t.job_id = r.job_id WHERE t.schedule = '$s' AND r.finished_at_us IS NOT NULL")
+  succeeded=$(q "SELECT COUNT(*) FROM jobs r JOIN schedule_ticks t ON t.job_id = r.job_id WHERE t.schedule = '$s' AND r.state = 'succeeded'")
   dup_ticks=$(q "SELECT COUNT(*) - COUNT(DISTINCT job_id) FROM schedule_ticks WHERE schedule = '$s'")
-  redelivered=$(q "SELECT COUNT(*) FROM job_results r JOIN schedule_ticks t ON t.job_id = r.job_id WHERE t.schedule = '$s' AND r.deliveries > 1")
+  redelivered=$(q "SELECT COUNT(*) FROM jobs r JOIN schedule_ticks t ON t.job_id = r.job_id WHERE t.schedule = '$s' AND r.deliveries > 1")
   gaps=$(q "SELECT COALESCE(string_agg(((tick_us - prev) / 1000000 - 1)::text || ' ticks missing after ' || to_char(to_timestamp(prev / 1e6) AT TIME ZONE 'UTC', 'HH24:MI:SS'), ', '), 'none') FROM (SELECT tick_us, LAG(tick_us) OVER (ORDER BY tick_us) AS prev FROM schedule_ticks WHERE schedule = '$s') g WHERE tick_us - prev <> 1000000")
   missing=$((span - ticks))
   printf '%-14s ticks %5d  seconds %5d  missing %3d  jobs %5d  succeeded %5d  duplicate jobs %d  redelivered %d  gaps: %s\n' \
@@ -146,7 +146,7 @@ echo
 echo "3 ingress replicas, @every 1s for ${DURATION}s; replica 0 SIGKILLed at ${third}s for 20 s; all three down ${OUTAGE}s at $((2 * third))s (PostgreSQL, RabbitMQ)"
 report every_catchup
 report every_skip
-others=$(q "SELECT COUNT(*) FROM job_results r WHERE NOT EXISTS (SELECT 1 FROM schedule_ticks t WHERE t.job_id = r.job_id)")
+others=$(q "SELECT COUNT(*) FROM jobs r WHERE r.finished_at_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM schedule_ticks t WHERE t.job_id = r.job_id)")
 echo "jobs that are no tick's: $others"
 down_s=$(((outage_end_us - outage_start_us) / 1000000))
 echo "outage: ${down_s}s with no replica up (then the first replica was ready after its start-up)"

@@ -81,15 +81,29 @@ impl BenchDb {
         let storage = Storage::connect(&url)
             .await
             .context("opening the benchmark database")?;
+        // The commit stamp: set when a job's row first gets its outcome (an insert of a
+        // finished row, or the update that finishes it).
         let statements: &[&str] = match engine {
             Engine::Postgres(_) => &[
-                "ALTER TABLE job_results ADD COLUMN bench_committed_us BIGINT \
-                 DEFAULT (floor(extract(epoch FROM clock_timestamp()) * 1000000))::bigint",
+                "ALTER TABLE jobs ADD COLUMN bench_committed_us BIGINT",
+                "CREATE FUNCTION bench_commit_stamp() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.finished_at_us IS NOT NULL AND NEW.bench_committed_us IS NULL THEN \
+                 NEW.bench_committed_us := \
+                 (floor(extract(epoch FROM clock_timestamp()) * 1000000))::bigint; \
+                 END IF; RETURN NEW; END $$",
+                "CREATE TRIGGER bench_commit_stamp BEFORE INSERT OR UPDATE ON jobs \
+                 FOR EACH ROW EXECUTE FUNCTION bench_commit_stamp()",
             ],
             Engine::Sqlite => &[
-                "ALTER TABLE job_results ADD COLUMN bench_committed_us BIGINT",
-                "CREATE TRIGGER bench_commit_stamp AFTER INSERT ON job_results BEGIN \
-                 UPDATE job_results SET bench_committed_us = \
+                "ALTER TABLE jobs ADD COLUMN bench_committed_us BIGINT",
+                "CREATE TRIGGER bench_commit_stamp AFTER INSERT ON jobs \
+                 WHEN NEW.finished_at_us IS NOT NULL BEGIN \
+                 UPDATE jobs SET bench_committed_us = \
+                 CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER) \
+                 WHERE rowid = NEW.rowid; END",
+                "CREATE TRIGGER bench_commit_stamp_update AFTER UPDATE OF finished_at_us ON jobs \
+                 WHEN NEW.finished_at_us IS NOT NULL AND OLD.finished_at_us IS NULL BEGIN \
+                 UPDATE jobs SET bench_committed_us = \
                  CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER) \
                  WHERE rowid = NEW.rowid; END",
             ],
@@ -132,8 +146,8 @@ impl BenchDb {
     /// Every stored result whose handler finished at or after `since_us`.
     pub async fn rows_since(&self, since_us: i64) -> anyhow::Result<Vec<Row>> {
         let rows = sqlx::query(
-            "SELECT job_id, worker, kind, status, started_at_us, finished_at_us, deliveries, \
-             bench_committed_us FROM job_results WHERE finished_at_us >= $1",
+            "SELECT job_id, worker, kind, state AS status, started_at_us, finished_at_us, \
+             deliveries, bench_committed_us FROM jobs WHERE finished_at_us >= $1",
         )
         .bind(since_us)
         .fetch_all(self.storage.pool())
@@ -157,7 +171,7 @@ impl BenchDb {
 
     /// Distinct worker names among the stored results.
     pub async fn workers_seen(&self) -> anyhow::Result<Vec<String>> {
-        let rows = sqlx::query("SELECT DISTINCT worker FROM job_results")
+        let rows = sqlx::query("SELECT DISTINCT worker FROM jobs WHERE worker IS NOT NULL")
             .fetch_all(self.storage.pool())
             .await?;
         rows.iter()

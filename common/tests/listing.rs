@@ -134,7 +134,10 @@ async fn listing_pages_newest_first(storage: Storage) {
     let running = Job::new("echo", json!({}), None);
     let finishing = Job::new("echo", json!({}), None);
     storage
-        .accept(&surge_common::storage::acceptance::AcceptedJob::of(&[running.clone(), finishing.clone()]))
+        .accept(&surge_common::storage::acceptance::AcceptedJob::of(&[
+            running.clone(),
+            finishing.clone(),
+        ]))
         .await
         .unwrap();
     let stage = |job: &Job, at_us| surge_common::storage::lifecycle::StageUpdate {
@@ -478,7 +481,9 @@ async fn a_cancelled_row_is_never_replaced_by_a_result(storage: Storage) {
         "an unknown job"
     );
     storage
-        .accept(&surge_common::storage::acceptance::AcceptedJob::of(std::slice::from_ref(&job)))
+        .accept(&surge_common::storage::acceptance::AcceptedJob::of(
+            std::slice::from_ref(&job),
+        ))
         .await
         .unwrap();
     let CancelOutcome::Cancelled(cancelled) = storage.cancel_job(job.id).await.unwrap() else {

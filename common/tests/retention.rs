@@ -195,7 +195,11 @@ async fn prunes_what_is_past_its_window(storage: Storage) {
         "fresh_ok, young_dead, replaying, unfinished, waiting, fresh_refused"
     );
     assert_eq!(
-        count(&storage, "SELECT COUNT(*) FROM jobs WHERE state = 'refused'").await,
+        count(
+            &storage,
+            "SELECT COUNT(*) FROM jobs WHERE state = 'refused'"
+        )
+        .await,
         1
     );
     assert_eq!(

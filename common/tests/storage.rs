@@ -121,7 +121,10 @@ async fn acceptance(storage: &Storage) {
             .unwrap(),
         [Recorded::Unaccepted]
     );
-    storage.accept(&surge_common::testing::accepted(&[accepted])).await.unwrap();
+    storage
+        .accept(&surge_common::testing::accepted(&[accepted]))
+        .await
+        .unwrap();
     assert_eq!(
         storage
             .record_pending(&[pending(accepted, now)])
@@ -158,7 +161,10 @@ async fn acceptance(storage: &Storage) {
 
     // One batch mixing them all, with a repeat of a row written in the same batch.
     let (fresh, waiting, plain) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-    storage.accept(&surge_common::testing::accepted(&[fresh])).await.unwrap();
+    storage
+        .accept(&surge_common::testing::accepted(&[fresh]))
+        .await
+        .unwrap();
     let mut ungated = pending(plain, now);
     ungated.awaits_acceptance = false;
     let outcome = storage
@@ -190,7 +196,12 @@ async fn acceptance(storage: &Storage) {
     let racing: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
     let accepts = futures::future::join_all(racing.iter().map(|&id| {
         let storage = storage.clone();
-        async move { storage.accept(&surge_common::testing::accepted(&[id])).await.unwrap() }
+        async move {
+            storage
+                .accept(&surge_common::testing::accepted(&[id]))
+                .await
+                .unwrap()
+        }
     }));
     let writes = futures::future::join_all(racing.iter().map(|&id| {
         let storage = storage.clone();
@@ -213,7 +224,10 @@ async fn acceptance(storage: &Storage) {
     // report accepted has no result.
     let ids: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
     let (halves, _) = ids.split_at(100);
-    storage.accept(&surge_common::testing::accepted(&ids[100..])).await.unwrap();
+    storage
+        .accept(&surge_common::testing::accepted(&ids[100..]))
+        .await
+        .unwrap();
     let cancels = futures::future::join_all(ids.iter().map(|&id| {
         let storage = storage.clone();
         async move { (id, storage.cancel(&[id]).await.unwrap()) }

@@ -133,7 +133,9 @@ async fn dead_jobs(storage: &Storage, kind: &str, n: usize) -> anyhow::Result<Ve
         })
         .collect();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.job_id).collect();
-    storage.accept(&surge_common::testing::accepted(&ids)).await?;
+    storage
+        .accept(&surge_common::testing::accepted(&ids))
+        .await?;
     storage.record_many(&rows).await?;
     Ok(ids)
 }

@@ -72,7 +72,10 @@ async fn dead_jobs(storage: &Storage, kind: &str, n: usize, at_us: i64) -> Vec<U
         })
         .collect();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.job_id).collect();
-    storage.accept(&surge_common::testing::accepted(&ids)).await.unwrap();
+    storage
+        .accept(&surge_common::testing::accepted(&ids))
+        .await
+        .unwrap();
     storage.record_many(&rows).await.unwrap();
     ids
 }

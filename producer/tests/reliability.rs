@@ -737,7 +737,12 @@ async fn dead_job(storage: &Storage) -> String {
     use surge_common::storage::{JobResult, JobStatus};
     let mut job = Job::new(BuiltinKind::Echo, json!({"n": 1}), None);
     job.awaits_acceptance = true;
-    storage.accept(&surge_common::storage::acceptance::AcceptedJob::of(std::slice::from_ref(&job))).await.unwrap();
+    storage
+        .accept(&surge_common::storage::acceptance::AcceptedJob::of(
+            std::slice::from_ref(&job),
+        ))
+        .await
+        .unwrap();
     let row = JobResult {
         job_id: job.id,
         kind: "echo".into(),

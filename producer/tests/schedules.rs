@@ -263,10 +263,11 @@ fn one_job_per_tick_with_three_ingress_processes_on_postgres() {
 
         let schedule = schedule(EVERY_SECOND, "every_second");
         let count = check_one_job_per_tick(&storage, &schedule, SECOND).await;
-        let (jobs,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE finished_at_us IS NOT NULL")
-            .fetch_one(storage.pool())
-            .await
-            .unwrap();
+        let (jobs,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE finished_at_us IS NOT NULL")
+                .fetch_one(storage.pool())
+                .await
+                .unwrap();
         assert_eq!(jobs as usize, count, "no job but the ticks' jobs");
         eprintln!("3 ingress processes (one SIGKILLed and restarted): {count} ticks, {count} jobs, 0 duplicates");
         worker.kill().await.unwrap();

@@ -65,10 +65,9 @@ async fn a_publish_the_broker_never_confirms_gets_503_and_the_job_is_cancelled()
 
     // The refused job is recorded cancelled: should the broker deliver it after all, the
     // worker acks it without a result.
-    let cancelled: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'refused'")
-            .fetch_one(storage.pool())
-            .await
-            .unwrap();
+    let cancelled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'refused'")
+        .fetch_one(storage.pool())
+        .await
+        .unwrap();
     assert_eq!(cancelled, 1);
 }

@@ -47,7 +47,9 @@ async fn wait_stage(storage: &Storage, id: Uuid, stage: Stage) {
 async fn submit(broker: &Arc<dyn Broker>, storage: &Storage, job: &Job) {
     broker.publish(std::slice::from_ref(job)).await.unwrap();
     storage
-        .accept(&surge_common::storage::acceptance::AcceptedJob::of(std::slice::from_ref(job)))
+        .accept(&surge_common::storage::acceptance::AcceptedJob::of(
+            std::slice::from_ref(job),
+        ))
         .await
         .unwrap();
 }

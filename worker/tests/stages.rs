@@ -60,7 +60,10 @@ async fn only_jobs_running_past_the_threshold_write_running() {
     let mut all = short.clone();
     all.push(long.clone());
     broker.publish(&all).await.unwrap();
-    storage.accept(&surge_common::storage::acceptance::AcceptedJob::of(&all)).await.unwrap();
+    storage
+        .accept(&surge_common::storage::acceptance::AcceptedJob::of(&all))
+        .await
+        .unwrap();
     let ids: Vec<Uuid> = all.iter().map(|j| j.id).collect();
     eventually("every result", || {
         let storage = storage.clone();

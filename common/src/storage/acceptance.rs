@@ -83,6 +83,12 @@ impl Storage {
     /// statement per 512 jobs, one commit.
     pub async fn accept(&self, jobs: &[AcceptedJob]) -> Result<(), StorageError> {
         let at_us = now_micros();
+        // Rows in id order, as every multi-row write here takes them: statements that lock
+        // the same rows in different orders deadlock on PostgreSQL.
+        let mut jobs: Vec<&AcceptedJob> = jobs.iter().collect();
+        jobs.sort_by_key(|job| job.job_id);
+        // And once each: PostgreSQL refuses an upsert touching a row twice.
+        jobs.dedup_by_key(|job| job.job_id);
         let mut tx = self.pool().begin().await?;
         for chunk in jobs.chunks(MAX_ROWS_PER_STATEMENT) {
             let rows = padded(chunk.len());
@@ -119,7 +125,8 @@ impl Storage {
     /// stored a result. When that is every id, nothing is refused.
     pub async fn cancel(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StorageError> {
         let distinct: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
-        let distinct: Vec<String> = distinct.into_iter().collect();
+        let mut distinct: Vec<String> = distinct.into_iter().collect();
+        distinct.sort_unstable();
         let at_us = now_micros();
         let mut tx = self.pool().begin().await?;
         for chunk in distinct.chunks(MAX_ROWS_PER_STATEMENT) {
@@ -130,7 +137,8 @@ impl Storage {
                  SELECT v.column1, '', 'refused', 0, 1, 0, v.column2 \
                  FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
                  ON CONFLICT (job_id) DO UPDATE SET state = 'refused', accepted = 0, \
-                 updated_at_us = excluded.updated_at_us WHERE jobs.accepted IS NULL",
+                 updated_at_us = excluded.updated_at_us \
+                 WHERE jobs.accepted IS NULL AND jobs.finished_at_us IS NULL",
                 self.placeholders(1, rows, 2)
             );
             let mut query = sqlx::query(&sql);
@@ -189,7 +197,10 @@ impl Storage {
         ids: &[String],
     ) -> Result<HashMap<String, String>, StorageError> {
         let mut out = HashMap::new();
-        for row in self.rows_for_ids(Some(tx), "job_id, state FROM jobs", ids).await? {
+        for row in self
+            .rows_for_ids(Some(tx), "job_id, state FROM jobs", ids)
+            .await?
+        {
             out.insert(row.try_get("job_id")?, row.try_get("state")?);
         }
         Ok(out)

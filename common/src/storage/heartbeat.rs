@@ -189,11 +189,10 @@ impl Storage {
 
     /// Results whose handler finished at or after `since_us` (an index range count).
     pub async fn finished_since(&self, since_us: i64) -> Result<u64, StorageError> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE finished_at_us >= $1")
-                .bind(since_us)
-                .fetch_one(self.pool())
-                .await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE finished_at_us >= $1")
+            .bind(since_us)
+            .fetch_one(self.pool())
+            .await?;
         Ok(from_db(n))
     }
 

@@ -382,11 +382,15 @@ impl Storage {
         }
         // One row per id in the upsert: PostgreSQL refuses an upsert touching a row twice.
         let mut seen = std::collections::HashSet::new();
-        let firsts: Vec<(&JobResult, bool)> = rows
+        let mut firsts: Vec<(&JobResult, bool)> = rows
             .iter()
             .filter(|(r, _)| seen.insert(r.job_id))
             .copied()
             .collect();
+        // Rows in id order, as the stage writer and the ingress take them: multi-row
+        // statements that lock the same rows in different orders deadlock on PostgreSQL
+        // (each deadlock costs its `deadlock_timeout`, 1 s, before one side gives up).
+        firsts.sort_by_key(|(r, _)| r.job_id);
         let cutoff = acceptance::overdue_before();
         let overdue = firsts
             .iter()
@@ -401,11 +405,7 @@ impl Storage {
         let mut tx = self.pool.begin().await?;
         let mut inserted = std::collections::HashSet::new();
         for chunk in firsts.chunks(MAX_ROWS_PER_STATEMENT) {
-            let sql = outcome_upsert(&self.placeholders(
-                1,
-                padded(chunk.len()),
-                OUTCOME_PARAMS,
-            ));
+            let sql = outcome_upsert(&self.placeholders(1, padded(chunk.len()), OUTCOME_PARAMS));
             let mut query = sqlx::query(&sql);
             for (r, awaits) in chunk {
                 let brings_acceptance = !*awaits || r.enqueued_at_us < cutoff;
@@ -429,8 +429,15 @@ impl Storage {
             }
             for _ in chunk.len()..padded(chunk.len()) {
                 let (text, int) = (None::<String>, None::<i64>);
-                query = query.bind(text.clone()).bind(text.clone()).bind(text.clone());
-                query = query.bind(int).bind(int).bind(text.clone()).bind(text.clone());
+                query = query
+                    .bind(text.clone())
+                    .bind(text.clone())
+                    .bind(text.clone());
+                query = query
+                    .bind(int)
+                    .bind(int)
+                    .bind(text.clone())
+                    .bind(text.clone());
                 query = query.bind(text.clone()).bind(int).bind(int).bind(int);
                 query = query.bind(text);
             }

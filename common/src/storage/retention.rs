@@ -247,12 +247,10 @@ impl Storage {
     pub async fn oldest_results(&self) -> Result<Vec<(&'static str, i64)>, StorageError> {
         let mut out = Vec::new();
         for status in ["succeeded", "dead", "cancelled"] {
-            let row = sqlx::query(
-                "SELECT MIN(updated_at_us) AS oldest FROM jobs WHERE state = $1",
-            )
-            .bind(status)
-            .fetch_one(self.pool())
-            .await?;
+            let row = sqlx::query("SELECT MIN(updated_at_us) AS oldest FROM jobs WHERE state = $1")
+                .bind(status)
+                .fetch_one(self.pool())
+                .await?;
             if let Some(oldest) = row.try_get::<Option<i64>, _>("oldest")? {
                 out.push((status, oldest));
             }

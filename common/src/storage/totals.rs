@@ -83,8 +83,8 @@ impl Storage {
                     "SELECT state AS status, COUNT(*) AS n FROM jobs \
                      WHERE finished_at_us IS NOT NULL GROUP BY state",
                 )
-                    .fetch_all(self.pool())
-                    .await?
+                .fetch_all(self.pool())
+                .await?
             }
         };
         for row in &recent {

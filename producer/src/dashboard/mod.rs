@@ -5,7 +5,7 @@
 //! - accepted total, accepted rate, accept latency: this ingress's [`live::Live`] counters;
 //! - backlog: the broker's stats (1 s timeout);
 //! - processed totals and rate, end-to-end latency, workers (in flight, capacity, status):
-//!   the database — `job_results` and the heartbeats every worker writes each second — so
+//!   the database — finished `jobs` rows and the heartbeats every worker writes each second — so
 //!   they are right whichever process the workers run in.
 //!
 //! The page also lists dead jobs (from `GET /jobs?status=dead`, with a replay button per

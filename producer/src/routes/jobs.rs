@@ -548,8 +548,7 @@ async fn publish_new(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
 /// once the acceptance is overdue.
 pub(crate) async fn accept(state: &AppState, jobs: &[Job]) {
     use backon::Retryable;
-    let failure = match tokio::time::timeout(DB_WRITE_TIMEOUT, state.accepts.accept(jobs)).await
-    {
+    let failure = match tokio::time::timeout(DB_WRITE_TIMEOUT, state.accepts.accept(jobs)).await {
         Ok(Ok(())) => return,
         Ok(Err(e)) => e.to_string(),
         Err(_) => "timed out".to_owned(),
