@@ -55,7 +55,7 @@ pub const PREFETCH_PER_SLOT: u16 = 2;
 /// Most deliveries a worker holds, not yet started, whatever the broker's prefetch.
 pub const MAX_HELD: usize = 65_536;
 
-/// A job still running this long after it started is recorded `running` (a stage row);
+/// A job still running this long after it started is recorded `running` (its row's state);
 /// one that finishes sooner goes from `queued` straight to its result, with no write in
 /// between. Operators see `running` for jobs long enough to look at.
 pub const RUNNING_STAGE_AFTER: Duration = Duration::from_millis(250);

@@ -13,16 +13,16 @@
 //! `refused`). The first decision wins and never changes. Jobs the ingress publishes carry
 //! [`Job::awaits_acceptance`](crate::job::Job::awaits_acceptance); their result commits
 //! ([`Storage::record_pending`](super::Storage::record_pending)) only once the job is
-//! accepted. Until then the insert skips the row and answers
+//! accepted. Until then the outcome's upsert skips the row and answers
 //! [`Recorded::Unaccepted`](super::Recorded::Unaccepted): the worker keeps the delivery and
 //! tries again shortly. A decision that is still missing [`ACCEPTANCE_OVERDUE`] after the
 //! job was stamped (the ingress crashed between the confirm and its write, or could not
-//! reach the database) is taken by the worker: it records the job accepted itself, in the
-//! same transaction as the result, so a late cancel loses. The promise: **a job answered
+//! reach the database) is taken by the worker: its outcome records the job accepted
+//! itself, in the same statement, so a late refusal loses. The promise: **a job answered
 //! with an error never gets a result, provided its cancel is recorded within
 //! `ACCEPTANCE_OVERDUE` of the job's stamp** (the ingress tries for about three minutes).
 //!
-//! A cancelled job's delivery is acked without a row ([`Recorded::Cancelled`]), and
+//! A refused job's delivery is acked without a result ([`Recorded::Cancelled`]), and
 //! `GET /jobs/{id}` answers 404. Jobs published by other means (benchmarks, tests) do not
 //! await acceptance; only a cancel keeps their result out.
 //!

@@ -119,13 +119,7 @@ impl Storage {
         .bind(String::from_utf8_lossy(&job.encode()).into_owned())
         .execute(&mut *tx)
         .await?;
-        sqlx::query(super::schedule::SCHEDULED_ROW)
-            .bind(job.id.to_string())
-            .bind(job.kind.clone())
-            .bind(job.enqueued_at_us)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        super::schedule::insert_scheduled_row(&mut tx, job, now).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -21,18 +21,33 @@
 //! published, or dropped ([`Storage::drop_scheduled`]) when they were refused. So none of
 //! a refused batch's jobs runs, however soon the later ones are due.
 
+use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
 use super::{Storage, StorageError};
-
-/// A scheduled job's row in `jobs`: accepted (its client got a 202), `scheduled` until a
-/// scheduler publishes it. Parameters: id, kind, the ingress's stamp, now.
-pub(crate) const SCHEDULED_ROW: &str =
-    "INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, enqueued_at_us, \
-     updated_at_us) VALUES ($1, $2, 'scheduled', 1, 1, 0, $3, $4) \
-     ON CONFLICT (job_id) DO NOTHING";
 use crate::clock::now_micros;
 use crate::job::Job;
+
+/// Writes a scheduled job's row in `jobs`, inside a running transaction: accepted (its
+/// client got a 202), `scheduled` until a scheduler publishes it.
+pub(crate) async fn insert_scheduled_row(
+    tx: &mut Transaction<'static, Any>,
+    job: &Job,
+    now_us: i64,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, enqueued_at_us, \
+         updated_at_us) VALUES ($1, $2, 'scheduled', 1, 1, 0, $3, $4) \
+         ON CONFLICT (job_id) DO NOTHING",
+    )
+    .bind(job.id.to_string())
+    .bind(job.kind.clone())
+    .bind(job.enqueued_at_us)
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 impl Storage {
     /// Stores `jobs` (each with a `run_at_us`) until due, and marks them `scheduled`.
@@ -70,13 +85,7 @@ impl Storage {
             .bind(held_until_us)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(SCHEDULED_ROW)
-                .bind(job.id.to_string())
-                .bind(job.kind.clone())
-                .bind(job.enqueued_at_us)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            insert_scheduled_row(&mut tx, job, now).await?;
         }
         tx.commit().await?;
         Ok(())
