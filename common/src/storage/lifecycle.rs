@@ -110,31 +110,22 @@ impl Storage {
         // multi-row upserts that lock rows in different orders deadlock on PostgreSQL.
         let mut latest: Vec<&StageUpdate> = last.into_values().collect();
         latest.sort_by_key(|update| update.job_id);
-        let (queued, progressed): (Vec<&StageUpdate>, Vec<&StageUpdate>) = latest
-            .into_iter()
-            .partition(|update| update.stage == Stage::Queued);
-        for (updates, on_conflict) in [
-            (queued, "DO NOTHING"),
-            (
-                progressed,
-                "DO UPDATE SET state = excluded.state, attempts = excluded.attempts, \
-                 error = excluded.error, updated_at_us = excluded.updated_at_us \
-                 WHERE jobs.finished_at_us IS NULL AND jobs.state <> 'refused' \
-                 AND jobs.updated_at_us <= excluded.updated_at_us",
-            ),
-        ] {
-            for chunk in updates.chunks(super::MAX_ROWS_PER_STATEMENT) {
-                let rows = super::padded(chunk.len());
-                let sql = format!(
-                    "INSERT INTO jobs (job_id, kind, state, attempts, error, updated_at_us) \
-                     SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
-                     ON CONFLICT (job_id) {on_conflict}",
-                    self.placeholders(1, rows, 6)
-                );
-                bind_stages(&sql, chunk, rows - chunk.len())
-                    .execute(self.pool())
-                    .await?;
-            }
+        // One upsert for every stage: a `queued` update only ever fills a missing row.
+        for chunk in latest.chunks(super::MAX_ROWS_PER_STATEMENT) {
+            let rows = super::padded(chunk.len());
+            let sql = format!(
+                "INSERT INTO jobs (job_id, kind, state, attempts, error, updated_at_us) \
+                 SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
+                 ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, \
+                 attempts = excluded.attempts, error = excluded.error, \
+                 updated_at_us = excluded.updated_at_us \
+                 WHERE excluded.state <> 'queued' AND jobs.finished_at_us IS NULL \
+                 AND jobs.state <> 'refused' AND jobs.updated_at_us <= excluded.updated_at_us",
+                self.placeholders(1, rows, 6)
+            );
+            bind_stages(&sql, chunk, rows - chunk.len())
+                .execute(self.pool())
+                .await?;
         }
         Ok(())
     }
