@@ -432,10 +432,13 @@ async fn process(delivery: Delivery, permit: OwnedSemaphorePermit, context: Arc<
                 }
             }
         };
+        // Stamped while the slot is still held: a recorded interval lies within the slot's
+        // tenure, so the stored start/finish times never show more jobs in flight than the
+        // capacity (the next job stamps its start only after taking this slot).
+        let finished_at_us = now_micros();
         // The handler is done: its slot goes to the next job while this result commits
         // and its delivery settles (held within the prefetch, see `PREFETCH_PER_SLOT`).
         drop(permit);
-        let finished_at_us = now_micros();
         metrics::histogram!(m::JOB_SECONDS)
             .record((finished_at_us - started_at_us) as f64 / 1_000_000.0);
         let row = |status: JobStatus, result, error| JobResult {
