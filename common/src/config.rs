@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::broker::BrokerKind;
+pub use crate::redact::{redact_url, redact_urls};
 use crate::retry::RetryPolicy;
 
 /// Which broker to use and how to reach it.
@@ -113,9 +114,22 @@ impl BrokerArgs {
         }
     }
 
+    /// The broker these flags describe.
+    pub fn target(&self) -> crate::broker::BrokerTarget {
+        crate::broker::BrokerTarget {
+            kind: self.broker,
+            amqp_url: self.amqp_url.clone(),
+            rabbitmq_queue_type: self.rabbitmq_queue_type,
+            kafka_brokers: self.kafka_brokers.clone(),
+            queue: self.queue.clone(),
+            kafka_partitions: self.kafka_partitions,
+            kafka_tuning: self.kafka_tuning(),
+        }
+    }
+
     /// Connects the configured broker; the error says which one and where.
     pub async fn open(&self) -> Result<std::sync::Arc<dyn crate::broker::Broker>, OpenError> {
-        crate::broker::connect(self)
+        crate::broker::connect(&self.target())
             .await
             .map_err(|source| OpenError::Broker {
                 target: match self.broker {
@@ -456,73 +470,6 @@ impl RetryArgs {
             max_delay: Duration::from_millis(self.retry_max_ms.max(self.retry_base_ms)),
         }
     }
-}
-
-/// `url` with any password replaced by `***`, safe to log.
-///
-/// Meant for connection URLs written by hand, which are often not valid URLs: a password
-/// may hold `/`, `@`, `:`, `?` or `#` unescaped. So the user information is everything up
-/// to the *last* `@` (a host never contains one), and the user is what precedes its first
-/// `:`. When that user part holds a `/`, `?` or `#`, the `@` may sit in a path or query and
-/// nothing can be told apart: everything before it is hidden. `password=` style query
-/// parameters (`password`, `pass`, `pwd`, `sslpassword`) are hidden too. Without `://` the
-/// whole string is treated the same way (`user:pw@host` → `user:***@host`).
-pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
-    };
-    let (userinfo, host_and_path) = match rest.rsplit_once('@') {
-        Some((userinfo, after)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let shown = if user.contains(['/', '?', '#']) {
-                "***@".to_owned()
-            } else {
-                format!("{user}:***@")
-            };
-            (shown, after)
-        }
-        None => (String::new(), rest),
-    };
-    format!("{scheme}{userinfo}{}", redact_query(host_and_path))
-}
-
-/// `rest` (host, path, query, fragment) with password-like query values replaced by `***`.
-fn redact_query(rest: &str) -> String {
-    let Some((before, query)) = rest.split_once('?') else {
-        return rest.to_owned();
-    };
-    let (query, fragment) = match query.split_once('#') {
-        Some((query, fragment)) => (query, Some(fragment)),
-        None => (query, None),
-    };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|param| match param.split_once('=') {
-            Some((key, _))
-                if ["password", "pass", "pwd", "sslpassword"]
-                    .iter()
-                    .any(|secret| key.eq_ignore_ascii_case(secret)) =>
-            {
-                format!("{key}=***")
-            }
-            _ => param.to_owned(),
-        })
-        .collect();
-    let mut out = format!("{before}?{}", params.join("&"));
-    if let Some(fragment) = fragment {
-        out.push('#');
-        out.push_str(fragment);
-    }
-    out
-}
-
-/// A comma-separated list of URLs with every password replaced by `***`, safe to log.
-pub fn redact_urls(urls: &str) -> String {
-    urls.split(',')
-        .map(|url| redact_url(url.trim()))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Jobs: what a client submits, how it is validated, and how it travels through a broker.
 //!
 //! A request names a `kind` and a `payload`. The ingress validates the payload with the
-//! kind's handler from the [`crate::kinds::KindRegistry`] *before* anything is published,
+//! kind's handler (through [`KindRules`], which the kinds registry implements) *before*
+//! anything is published,
 //! so a job on the broker is one a worker can run; the worker validates it again (a message
 //! could have been written by someone else) and dead-letters what does not pass.
 
@@ -11,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::kinds::KindRegistry;
 use crate::netpolicy::AddressPolicy;
 
 /// Longest accepted `key` (partition / ordering key), in bytes.
@@ -20,6 +20,21 @@ pub const MAX_KEY_LEN: usize = 256;
 pub const MAX_CALLBACK_URL_LEN: usize = 2048;
 /// Furthest ahead a job may be scheduled (`delay_ms` / `run_at`): seven days.
 pub const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Longest kind name, in bytes.
+pub const MAX_KIND_NAME_LEN: usize = 64;
+
+/// Whether `name` can be a kind's name: 1 to [`MAX_KIND_NAME_LEN`] of `a-z 0-9 _ - .`,
+/// starting with a letter or digit (it appears in URLs, metrics labels and logs).
+pub fn is_valid_kind_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    let Some(first) = bytes.next() else {
+        return false;
+    };
+    name.len() <= MAX_KIND_NAME_LEN
+        && (first.is_ascii_lowercase() || first.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
+}
+
 /// A request that does not describe a runnable job; names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -129,6 +144,20 @@ impl KeySource {
     }
 }
 
+/// What turning a request into a job needs to know of the kinds a process runs. The kinds
+/// registry (`crate::kinds::KindRegistry`) implements it; the trait lives here so that
+/// jobs do not depend on the kinds that run them.
+pub trait KindRules {
+    /// Checks `payload` against the kind named `kind` (unknown kinds are refused).
+    fn validate(&self, kind: &str, payload: &Value) -> Result<(), InvalidJob>;
+    /// Where the kind takes a job's key from when the request names none.
+    fn key_from(&self, kind: &str) -> Option<&KeySource>;
+    /// The kind's own callback URL, for jobs that name none.
+    fn callback_url(&self, kind: &str) -> Option<String>;
+    /// Which `callback_url`s a request may carry.
+    fn callback_policy(&self) -> &CallbackPolicy;
+}
+
 /// The priority of a job that names none.
 pub const DEFAULT_PRIORITY: u8 = 3;
 /// The highest priority (the lowest is 1).
@@ -143,26 +172,24 @@ impl JobRequest {
     /// takes the key from `header(name)` (the ingress passes its request's headers).
     pub fn take_key_from_header<'h>(
         &mut self,
-        kinds: &KindRegistry,
+        kinds: &impl KindRules,
         header: impl Fn(&str) -> Option<&'h str>,
     ) {
         if self.key.is_some() {
             return;
         }
-        if let Some(KeySource::Header(name)) = kinds.get(&self.kind).and_then(|k| k.key_from()) {
+        if let Some(KeySource::Header(name)) = kinds.key_from(&self.kind) {
             self.key = header(name).map(str::to_owned);
         }
     }
 
     /// Validates the request against the kinds in `kinds` and turns it into a [`Job`]
     /// with a fresh id.
-    pub fn into_job(mut self, kinds: &KindRegistry) -> Result<Job, InvalidJob> {
+    pub fn into_job(mut self, kinds: &impl KindRules) -> Result<Job, InvalidJob> {
         kinds.validate(&self.kind, &self.payload)?;
         let mut key_field = "key".to_owned();
         if self.key.is_none() {
-            if let Some(source @ KeySource::Payload(pointer)) =
-                kinds.get(&self.kind).and_then(|k| k.key_from())
-            {
+            if let Some(source @ KeySource::Payload(pointer)) = kinds.key_from(&self.kind) {
                 self.key = source.key_in(&self.payload);
                 key_field = format!("payload{pointer}");
             }
@@ -193,7 +220,7 @@ impl JobRequest {
         let callback_url = self
             .callback_url
             .clone()
-            .or_else(|| kinds.get(&self.kind)?.callback_url());
+            .or_else(|| kinds.callback_url(&self.kind));
         let mut job = Job::new(self.kind, self.payload, self.key);
         job.callback_url = callback_url;
         job.run_at_us = run_at_us.filter(|at| *at > job.enqueued_at_us);
@@ -296,7 +323,7 @@ pub fn parse_http_url(text: &str) -> Result<reqwest::Url, String> {
 pub struct Job {
     /// Unique id (UUIDv7: time-ordered), assigned by the ingress.
     pub id: Uuid,
-    /// The name of its kind in the [`KindRegistry`].
+    /// The name of its kind in the [`crate::kinds::KindRegistry`].
     pub kind: String,
     /// The kind's payload, already validated once at the ingress.
     pub payload: Value,
@@ -386,6 +413,7 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::KindRegistry;
     use serde_json::json;
 
     fn request(kind: &str, payload: Value) -> JobRequest {

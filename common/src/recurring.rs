@@ -34,7 +34,26 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::kinds::file::ConfigError;
+/// A schedule the configuration file declares wrongly, naming the key at fault (the
+/// configuration file's reader reports it as its own error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct InvalidSchedule {
+    /// Dotted path of the key, e.g. `schedules.nightly.cron`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl InvalidSchedule {
+    /// An error about `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> InvalidSchedule {
+        InvalidSchedule {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Longest `catch_up` window: a week of missed ticks at most (bounds the work after a long
 /// outage and the rows kept per schedule).
@@ -102,10 +121,10 @@ pub struct Schedule {
 impl Schedule {
     /// Checks one table; every error names its key (`schedules.NAME.cron`, …). The kind is
     /// checked later, against the registry of the process ([`crate::config::KindsArgs`]).
-    pub fn check(name: &str, file: ScheduleFile) -> Result<Schedule, ConfigError> {
+    pub fn check(name: &str, file: ScheduleFile) -> Result<Schedule, InvalidSchedule> {
         let key = |field: &str| format!("schedules.{name}.{field}");
-        if !crate::kinds::is_valid_kind_name(name) || name.len() > MAX_SCHEDULE_NAME_LEN {
-            return Err(ConfigError::new(
+        if !crate::job::is_valid_kind_name(name) || name.len() > MAX_SCHEDULE_NAME_LEN {
+            return Err(InvalidSchedule::new(
                 format!("schedules.{name}"),
                 format!(
                     "not a valid schedule name: use 1 to {MAX_SCHEDULE_NAME_LEN} characters \
@@ -115,7 +134,7 @@ impl Schedule {
         }
         let timezone = file.timezone.unwrap_or_else(|| "UTC".to_owned());
         let zone = TimeZone::get(&timezone).map_err(|_| {
-            ConfigError::new(
+            InvalidSchedule::new(
                 key("timezone"),
                 format!(
                     "unknown time zone {timezone:?}: use an IANA name like Europe/Berlin or UTC"
@@ -123,14 +142,14 @@ impl Schedule {
             )
         })?;
         let cadence =
-            parse_cadence(&file.cron, zone).map_err(|m| ConfigError::new(key("cron"), m))?;
+            parse_cadence(&file.cron, zone).map_err(|m| InvalidSchedule::new(key("cron"), m))?;
         let catch_up = match file.catch_up.as_deref() {
             None => None,
             Some(text) => {
                 let window =
-                    parse_duration(text).map_err(|m| ConfigError::new(key("catch_up"), m))?;
+                    parse_duration(text).map_err(|m| InvalidSchedule::new(key("catch_up"), m))?;
                 if window > MAX_CATCH_UP {
-                    return Err(ConfigError::new(
+                    return Err(InvalidSchedule::new(
                         key("catch_up"),
                         format!("at most {} days", MAX_CATCH_UP.as_secs() / 86_400),
                     ));
@@ -154,7 +173,7 @@ impl Schedule {
             .next_tick_after(crate::clock::now_micros())
             .is_none()
         {
-            return Err(ConfigError::new(key("cron"), "never ticks"));
+            return Err(InvalidSchedule::new(key("cron"), "never ticks"));
         }
         Ok(schedule)
     }

@@ -120,7 +120,7 @@ pub async fn connect_broker(
         kafka_linger_ms: surge_common::broker::kafka_tuning::DEFAULT_LINGER_MS,
         kafka_fetch_wait_ms: surge_common::broker::kafka_tuning::DEFAULT_FETCH_WAIT_MS,
     };
-    surge_common::broker::connect(&args)
+    surge_common::broker::connect(&args.target())
         .await
         .with_context(|| format!("connecting to {}", backend.name()))
 }

@@ -1,5 +1,5 @@
 //! The one place a backend is chosen: [`BrokerKind`] (the `--broker` / `SURGE_BROKER`
-//! value) and [`connect`].
+//! value), the [`BrokerTarget`] it connects to and [`connect`].
 //!
 //! # Adding a backend
 //!
@@ -9,7 +9,8 @@
 //!    re-exported by the `producer`, `worker` and `benches` crates, and
 //!    `#[cfg(feature = "<name>")] pub mod <name>;` in `broker/mod.rs`.
 //! 3. A [`BrokerKind`] variant, its [`BrokerKind::feature`], and one arm in [`connect`]
-//!    (plus its address flag in [`BrokerArgs`] if it needs one).
+//!    (plus its address in [`BrokerTarget`] and a flag in `crate::config::BrokerArgs` if
+//!    it needs one).
 //! 4. One fixture in `common/tests/conformance.rs` (`Fixture::open` / `second`, and a
 //!    `suite!` line): every test body of the contract then runs against it.
 //!
@@ -20,8 +21,7 @@
 
 use std::sync::Arc;
 
-use super::{memory, Broker, BrokerError};
-use crate::config::BrokerArgs;
+use super::{memory, Broker, BrokerError, KafkaTuning, QueueType};
 
 /// Which backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,27 +54,47 @@ impl BrokerKind {
     }
 }
 
-/// Connects the backend `args` names. For `memory`, a fresh in-process queue. A backend
+/// Which backend to connect, where and how: what the `--broker` flags describe
+/// (`crate::config::BrokerArgs::target`).
+#[derive(Debug, Clone)]
+pub struct BrokerTarget {
+    /// The backend.
+    pub kind: BrokerKind,
+    /// RabbitMQ URL(s), comma separated (may hold a password: never log it unredacted).
+    pub amqp_url: String,
+    /// RabbitMQ queue type of the main, retry and dead-letter queues.
+    pub rabbitmq_queue_type: QueueType,
+    /// Kafka bootstrap servers, comma separated.
+    pub kafka_brokers: String,
+    /// Queue (RabbitMQ) or topic (Kafka) name.
+    pub queue: String,
+    /// Partitions of the Kafka topic when Surge creates it.
+    pub kafka_partitions: i32,
+    /// The Kafka clients' tuning.
+    pub kafka_tuning: KafkaTuning,
+}
+
+/// Connects the backend `target` names. For `memory`, a fresh in-process queue. A backend
 /// compiled out of this build is a [`BrokerError::Config`] naming its cargo feature.
-pub async fn connect(args: &BrokerArgs) -> Result<Arc<dyn Broker>, BrokerError> {
-    Ok(match args.broker {
+pub async fn connect(target: &BrokerTarget) -> Result<Arc<dyn Broker>, BrokerError> {
+    Ok(match target.kind {
         BrokerKind::Memory => Arc::new(memory::MemoryBroker::new()),
         #[cfg(feature = "rabbitmq")]
         BrokerKind::Rabbitmq => Arc::new(
             super::rabbitmq::RabbitMqBroker::connect_with(
-                &args.amqp_url,
-                &args.queue,
-                args.rabbitmq_queue_type,
+                &target.amqp_url,
+                &target.queue,
+                target.rabbitmq_queue_type,
             )
             .await?,
         ),
         #[cfg(feature = "kafka")]
         BrokerKind::Kafka => Arc::new(
             super::kafka::KafkaBroker::connect_with(
-                &args.kafka_brokers,
-                &args.queue,
-                args.kafka_partitions,
-                args.kafka_tuning(),
+                &target.kafka_brokers,
+                &target.queue,
+                target.kafka_partitions,
+                target.kafka_tuning,
             )
             .await?,
         ),
@@ -96,18 +116,20 @@ fn not_compiled(kind: BrokerKind) -> BrokerError {
 mod tests {
     use super::*;
 
-    fn args(broker: BrokerKind) -> BrokerArgs {
-        BrokerArgs {
-            broker,
+    fn args(kind: BrokerKind) -> BrokerTarget {
+        BrokerTarget {
+            kind,
             // Unroutable addresses: these tests must not reach a real broker.
             amqp_url: "not a url".into(),
             rabbitmq_queue_type: Default::default(),
             kafka_brokers: String::new(),
             queue: String::new(),
             kafka_partitions: 1,
-            kafka_assignment: Default::default(),
-            kafka_linger_ms: 5,
-            kafka_fetch_wait_ms: 100,
+            kafka_tuning: KafkaTuning {
+                assignment: Default::default(),
+                linger_ms: 5,
+                fetch_wait_ms: 100,
+            },
         }
     }
 

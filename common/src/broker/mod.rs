@@ -8,7 +8,7 @@
 //!
 //! Backends: [`memory`] is always there; [`rabbitmq`] and [`kafka`] are each one folder
 //! behind the cargo feature of the same name (both on by default), so a build that needs
-//! only one does not compile the other's client library. [`factory`] picks one at
+//! only one does not compile the other's client library. `factory` ([`connect`]) picks one at
 //! start-up; see it for how to add a backend.
 
 mod factory;
@@ -20,7 +20,7 @@ mod queue_type;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 
-pub use factory::{connect, BrokerKind};
+pub use factory::{connect, BrokerKind, BrokerTarget};
 pub use kafka_tuning::{KafkaAssignment, KafkaTuning};
 pub use queue_type::QueueType;
 

@@ -47,6 +47,12 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl From<crate::recurring::InvalidSchedule> for ConfigError {
+    fn from(error: crate::recurring::InvalidSchedule) -> ConfigError {
+        ConfigError::new(error.key, error.message)
+    }
+}
+
 impl ConfigError {
     /// An error about `key`.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -5,7 +5,7 @@
 //! - the five built-in examples ([`builtin`]: `sleep`, `hash`, `echo`, `flaky`, `poison`);
 //! - Rust code: a team's own worker binary registers a [`Kind`] of its own
 //!   ([`KindRegistryBuilder::register`]), or a plain async function ([`handler_fn`]);
-//! - the configuration file ([`file`]): `[kinds.NAME]` with a `url` is an HTTP kind
+//! - the configuration file ([`file`](mod@file)): `[kinds.NAME]` with a `url` is an HTTP kind
 //!   ([`http`]), each job POSTed to an existing service, with flow control protecting it.
 //!
 //! The ingress and the workers build the same registry (same flags, same file), so a job
@@ -15,6 +15,7 @@
 
 pub mod builtin;
 pub mod file;
+pub mod flow_store;
 pub mod http;
 pub mod pause;
 pub mod schema;
@@ -30,8 +31,7 @@ use serde_json::Value;
 use crate::job::{InvalidJob, Job};
 use crate::retry::RetryPolicy;
 
-/// Longest kind name, in bytes.
-pub const MAX_KIND_NAME_LEN: usize = 64;
+pub use crate::job::{is_valid_kind_name, MAX_KIND_NAME_LEN};
 
 /// Why an attempt did not produce a result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,18 +156,6 @@ pub enum RegistryError {
     BadName(String),
 }
 
-/// Whether `name` can be a kind's name: 1 to [`MAX_KIND_NAME_LEN`] of `a-z 0-9 _ - .`,
-/// starting with a letter or digit (it appears in URLs, metrics labels and logs).
-pub fn is_valid_kind_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    let Some(first) = bytes.next() else {
-        return false;
-    };
-    name.len() <= MAX_KIND_NAME_LEN
-        && (first.is_ascii_lowercase() || first.is_ascii_digit())
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
-}
-
 /// The kinds a process knows, by name. Cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct KindRegistry {
@@ -278,6 +266,24 @@ pub struct KindRegistryBuilder {
     pauses: Option<Arc<pause::KindPauses>>,
 }
 
+impl crate::job::KindRules for KindRegistry {
+    fn validate(&self, kind: &str, payload: &Value) -> Result<(), InvalidJob> {
+        KindRegistry::validate(self, kind, payload)
+    }
+
+    fn key_from(&self, kind: &str) -> Option<&crate::job::KeySource> {
+        self.get(kind)?.key_from()
+    }
+
+    fn callback_url(&self, kind: &str) -> Option<String> {
+        self.get(kind)?.callback_url()
+    }
+
+    fn callback_policy(&self) -> &crate::job::CallbackPolicy {
+        KindRegistry::callback_policy(self)
+    }
+}
+
 impl KindRegistryBuilder {
     /// Adds `kind` as `name`. A duplicate or invalid name is reported by
     /// [`KindRegistryBuilder::try_build`] (and makes [`KindRegistryBuilder::build`] keep
@@ -295,20 +301,20 @@ impl KindRegistryBuilder {
 
     /// Adds what the configuration file declares: the built-in kinds when it turned them
     /// on (`builtin_kinds = true`; absent counts as off here: a process decides the
-    /// default, see [`crate::config::KindsArgs::registry`]), and its HTTP kinds. `storage`
-    /// (the results database every replica shares) holds the HTTP kinds' cross-replica
-    /// concurrency and rate state.
+    /// default, see [`crate::config::KindsArgs::registry`]), and its HTTP kinds. `store`
+    /// (the results database every replica shares, [`crate::storage::Storage`]) holds the
+    /// HTTP kinds' cross-replica concurrency and rate state.
     pub fn with_config(
         mut self,
         config: &file::SurgeConfig,
-        storage: &crate::storage::Storage,
+        store: &(impl flow_store::FlowStore + Clone + 'static),
     ) -> Result<Self, http::HttpKindError> {
         if config.builtin_kinds == Some(true) {
             self = self.with_builtins();
         }
         for kind in &config.http_kinds {
             let name = kind.name.clone();
-            let mut http = http::HttpKind::new(kind.clone(), storage.clone())?;
+            let mut http = http::HttpKind::new(kind.clone(), store.clone())?;
             if let Some(pauses) = &self.pauses {
                 http = http.with_pauses(pauses.clone());
             }

@@ -19,12 +19,11 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::flow_store::{FlowStore, KindPause, PauseSource};
 use super::{http, JobError, Kind};
 use crate::clock::now_micros;
 use crate::job::{InvalidJob, Job};
 use crate::retry::RetryPolicy;
-use crate::storage::pauses::{KindPause, PauseSource};
-use crate::storage::Storage;
 
 /// Longest a process goes on using the pauses it read.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -35,7 +34,7 @@ pub const MIN_DEFER: Duration = Duration::from_millis(100);
 
 /// The pauses this process knows, re-read from the database at most once per [`REFRESH`].
 pub struct KindPauses {
-    storage: Storage,
+    store: Arc<dyn FlowStore>,
     state: Mutex<State>,
     refreshing: tokio::sync::Mutex<()>,
 }
@@ -53,10 +52,11 @@ impl std::fmt::Debug for KindPauses {
 }
 
 impl KindPauses {
-    /// The cache of `storage`'s pauses (one per process, shared by its kinds).
-    pub fn new(storage: Storage) -> Arc<KindPauses> {
+    /// The cache of `store`'s pauses (one per process, shared by its kinds): the
+    /// results database every replica shares, [`crate::storage::Storage`].
+    pub fn new(store: impl FlowStore + 'static) -> Arc<KindPauses> {
         Arc::new(KindPauses {
-            storage,
+            store: Arc::new(store),
             state: Mutex::new(State::default()),
             refreshing: tokio::sync::Mutex::new(()),
         })
@@ -103,7 +103,7 @@ impl KindPauses {
     }
 
     /// Records a pause learned in this process: applied here at once, then written for
-    /// every replica (see [`Storage::pause_kind`] for which pause wins). A database error
+    /// every replica (see [`crate::storage::Storage::pause_kind`] for which pause wins). A database error
     /// is logged: the pause still holds here.
     pub async fn record(&self, pause: KindPause) {
         {
@@ -124,7 +124,7 @@ impl KindPauses {
                 state.pauses.insert(pause.kind.clone(), pause.clone());
             }
         }
-        if let Err(error) = self.storage.pause_kind(&pause).await {
+        if let Err(error) = self.store.pause_kind(&pause).await {
             tracing::warn!(kind = %pause.kind, %error, "could not store the kind's pause; it holds in this process only");
         }
     }
@@ -152,7 +152,7 @@ impl KindPauses {
             return;
         }
         let started_us = now_micros();
-        let read = self.storage.kind_pauses(started_us).await;
+        let read = self.store.kind_pauses(started_us).await;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.read_at = Some(Instant::now());
         match read {

@@ -28,39 +28,11 @@
 
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use super::flow::RateReservation;
 use super::{Storage, StorageError};
-
-/// The stored form of a fairness key: SHA-256 of its bytes, lower-case hex.
-pub fn key_hash(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    let mut out = String::with_capacity(64);
-    for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
-}
-
-/// Rows deleted by one [`Storage::sweep_dispatch_keys`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KeySweep {
-    /// Slot rows whose lease had run out.
-    pub slots: u64,
-    /// Rate rows whose time had passed.
-    pub rates: u64,
-    /// Key pauses that had ended.
-    pub pauses: u64,
-}
-
-impl KeySweep {
-    /// Rows deleted in all.
-    pub fn total(&self) -> u64 {
-        self.slots + self.rates + self.pauses
-    }
-}
+use crate::kinds::flow_store::RateReservation;
+pub use crate::kinds::flow_store::{key_hash, KeySweep};
 
 /// Rows in the per-key tables, live or not.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

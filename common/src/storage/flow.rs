@@ -32,35 +32,7 @@ use std::time::Duration;
 use sqlx::Row;
 
 use super::{Storage, StorageError, MAX_ROWS_PER_STATEMENT};
-
-/// What a rate reservation got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateReservation {
-    /// The request may start after this wait (zero: now).
-    StartAfter(Duration),
-    /// Too busy: the earliest start is this far ahead, later than the caller would wait.
-    Busy(Duration),
-}
-
-/// What [`Storage::ensure_dispatch_slots`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotsSetup {
-    /// The recorded concurrency is the one asked for; every slot row exists.
-    Ready,
-    /// Another concurrency was recorded but no slot was held: the one asked for is now
-    /// recorded and the slot rows resized.
-    Adopted {
-        /// The concurrency recorded before.
-        previous: u32,
-    },
-    /// Another concurrency is recorded and slots are held: nothing was changed.
-    Mismatch {
-        /// The concurrency recorded in the database.
-        recorded: u32,
-        /// Slots held when it looked.
-        held: u32,
-    },
-}
+pub use crate::kinds::flow_store::{RateReservation, SlotsSetup};
 
 impl Storage {
     /// The database clock as a µs-since-the-epoch SQL expression, stable within a statement.

@@ -13,7 +13,7 @@
 //! queries and one set of embedded migrations. Placeholders are the one difference:
 //! PostgreSQL needs `$n`; SQLite accepts them too, but sqlx then binds each `$n` by name
 //! with a linear search, so a 500-row insert spends most of its time finding parameters —
-//! SQLite gets positional `?` ([`Storage::placeholders`]).
+//! SQLite gets positional `?` (`Storage::placeholders`).
 //!
 //! A job whose publish failed (the client got a 503) may still have reached the broker, and
 //! a worker may finish a job before the ingress knows whether its publish succeeded. So the
@@ -35,6 +35,7 @@ pub mod callbacks;
 pub mod cancel;
 pub mod dispatch_keys;
 pub mod flow;
+mod flow_store;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod lifecycle;

@@ -8,55 +8,7 @@
 //! rows through a per-process cache ([`crate::kinds::pause::KindPauses`]), not per job.
 
 use super::{Storage, StorageError};
-
-/// Who paused a kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PauseSource {
-    /// The target answered `429`/`503` with `Retry-After`.
-    Target,
-    /// An operator, through the API.
-    Operator,
-}
-
-impl PauseSource {
-    /// `target` or `operator`, as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PauseSource::Target => "target",
-            PauseSource::Operator => "operator",
-        }
-    }
-
-    fn parse(text: &str) -> PauseSource {
-        if text == "target" {
-            PauseSource::Target
-        } else {
-            PauseSource::Operator
-        }
-    }
-}
-
-/// One kind's pause.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KindPause {
-    /// The kind.
-    pub kind: String,
-    /// When it ends (µs since the epoch); `None`: when resumed.
-    pub until_us: Option<i64>,
-    /// Why, for people (the target's status, or the operator's words).
-    pub reason: String,
-    /// Who set it.
-    pub source: PauseSource,
-    /// When it was set (µs since the epoch).
-    pub set_at_us: i64,
-}
-
-impl KindPause {
-    /// Whether the pause still holds at `now_us`.
-    pub fn holds_at(&self, now_us: i64) -> bool {
-        self.until_us.is_none_or(|until| until > now_us)
-    }
-}
+pub use crate::kinds::flow_store::{KindPause, PauseSource};
 
 impl Storage {
     /// Records `pause` for every replica. An operator's pause replaces any other; a

@@ -12,7 +12,7 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 
 use super::{BrokerError, Inner};
-use crate::config::{redact_url, redact_urls};
+use crate::redact::{redact_url, redact_urls};
 
 /// The AMQP frame size asked for when the URL sets no `frame_max`. lapin keeps a send and a
 /// receive buffer of 32 frames per connection, zero-filled up front: with RabbitMQ's default

@@ -59,8 +59,8 @@ use tokio::sync::Mutex;
 use super::{
     headers, Broker, BrokerError, BrokerStats, ConsumeOptions, Deliveries, Delivery, Settle,
 };
-use crate::config::redact_urls;
 use crate::job::Job;
+use crate::redact::redact_urls;
 
 pub use super::QueueType;
 pub use connection::DEFAULT_FRAME_MAX;

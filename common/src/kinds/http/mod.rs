@@ -59,13 +59,12 @@ use self::breaker::{Admission, Breaker};
 use self::config::HttpKindConfig;
 use self::per_key::{KeyRefusal, PerKeyLimits};
 use self::shared::{Refusal, SharedLimits};
+use super::flow_store::{FlowStore, KindPause, PauseSource};
 use crate::clock::now_micros;
 use crate::job::{InvalidJob, Job};
 use crate::kinds::pause::{KindPauses, MAX_DEFER, MIN_DEFER};
 use crate::kinds::{JobError, Kind};
 use crate::retry::RetryPolicy;
-use crate::storage::pauses::{KindPause, PauseSource};
-use crate::storage::Storage;
 
 /// How long a job deferred because the flow-control database failed waits in the broker.
 pub const DEFER_DATABASE: Duration = Duration::from_secs(1);
@@ -106,23 +105,27 @@ pub struct FlowSnapshot {
 }
 
 impl HttpKind {
-    /// A dispatcher for `config`. `storage` is the results database, shared by every
-    /// replica: it holds the cross-replica concurrency and rate state (its rows are written
-    /// by [`HttpKind::prepare`], at worker start-up).
-    pub fn new(config: HttpKindConfig, storage: Storage) -> Result<HttpKind, HttpKindError> {
+    /// A dispatcher for `config`. `store` is the results database, shared by every
+    /// replica ([`crate::storage::Storage`]): it holds the cross-replica concurrency and
+    /// rate state (its rows are written by [`HttpKind::prepare`], at worker start-up).
+    pub fn new(
+        config: HttpKindConfig,
+        store: impl FlowStore + 'static,
+    ) -> Result<HttpKind, HttpKindError> {
+        let store: Arc<dyn FlowStore> = Arc::new(store);
         let client = request::client(&config).map_err(|e| HttpKindError {
             kind: config.name.clone(),
             message: format!("building the HTTP client: {e}"),
         })?;
         let shared = SharedLimits::new(
-            storage.clone(),
+            store.clone(),
             &config.name,
             config.concurrency,
             config.rate,
             config.timeout,
         );
         let per_key = PerKeyLimits::new(
-            storage.clone(),
+            store,
             &config.name,
             config.concurrency_per_key,
             config.rate_per_key,

@@ -45,9 +45,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::shared::{LEASE_MARGIN, WAIT_BOUND};
-use crate::storage::dispatch_keys::key_hash;
-use crate::storage::flow::RateReservation;
-use crate::storage::{Storage, StorageError};
+use crate::kinds::flow_store::{key_hash, FlowStore, FlowStoreError, RateReservation};
 
 /// Longest an attempt waits for its key's slot and rate turn before being deferred.
 pub const KEY_WAIT_BOUND: Duration = Duration::from_millis(250);
@@ -79,7 +77,7 @@ pub enum KeyRefusal {
     Paused(Duration),
     /// The database did not answer.
     #[error("the flow-control database failed: {0}")]
-    Database(#[from] StorageError),
+    Database(#[from] FlowStoreError),
 }
 
 /// One kind's per-key limits.
@@ -93,7 +91,7 @@ pub struct PerKeyLimits {
 
 #[derive(Debug)]
 struct Inner {
-    storage: Storage,
+    store: Arc<dyn FlowStore>,
     kind: String,
     lease: Duration,
     /// Unique to this process and kind; holder tokens are it plus a sequence number.
@@ -121,7 +119,7 @@ impl PerKeyLimits {
     /// Limits for `kind`: `concurrency` slots per key, `rate` requests per second per key
     /// (either may be absent), for requests lasting at most `timeout`.
     pub fn new(
-        storage: Storage,
+        store: Arc<dyn FlowStore>,
         kind: &str,
         concurrency: Option<u32>,
         rate: Option<f64>,
@@ -132,7 +130,7 @@ impl PerKeyLimits {
             .map(|r| (1_000_000.0 / r).round().clamp(1.0, i64::MAX as f64) as i64);
         PerKeyLimits {
             inner: Arc::new(Inner {
-                storage,
+                store,
                 kind: kind.to_owned(),
                 lease: timeout + KEY_WAIT_BOUND + WAIT_BOUND + LEASE_MARGIN,
                 token: uuid::Uuid::new_v4().simple().to_string(),
@@ -166,7 +164,7 @@ impl PerKeyLimits {
         let hash = key_hash(key);
         if let Some(left) = self
             .inner
-            .storage
+            .store
             .key_paused_for(&self.inner.kind, &hash)
             .await?
         {
@@ -182,7 +180,7 @@ impl PerKeyLimits {
             loop {
                 let got = self
                     .inner
-                    .storage
+                    .store
                     .acquire_key_slot(&self.inner.kind, &hash, &holder, per_key, self.inner.lease)
                     .await?;
                 if let Some(slot) = got {
@@ -204,7 +202,7 @@ impl PerKeyLimits {
             let max_wait = deadline.saturating_duration_since(Instant::now());
             let reserved = self
                 .inner
-                .storage
+                .store
                 .reserve_key_start(&self.inner.kind, &hash, interval_us, max_wait)
                 .await;
             match reserved {
@@ -233,7 +231,7 @@ impl PerKeyLimits {
         };
         if let Err(error) = self
             .inner
-            .storage
+            .store
             .pause_key(&self.inner.kind, &key_hash(key), wait)
             .await
         {
@@ -246,7 +244,7 @@ impl PerKeyLimits {
 impl Inner {
     async fn free(&self, held: Held) {
         if let Err(error) = self
-            .storage
+            .store
             .release_key_slot(&self.kind, &held.key_hash, held.slot, &held.holder)
             .await
         {
@@ -267,7 +265,7 @@ impl Inner {
                 _ => *last = Some(Instant::now()),
             }
         }
-        match self.storage.sweep_dispatch_keys(SWEEP_LIMIT).await {
+        match self.store.sweep_dispatch_keys(SWEEP_LIMIT).await {
             Ok(swept) if swept.total() > 0 => {
                 tracing::debug!(kind = %self.kind, ?swept, "deleted expired per-key rows")
             }

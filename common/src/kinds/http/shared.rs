@@ -38,8 +38,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify, OnceCell};
 use tokio::time::Instant;
 
-use crate::storage::flow::{RateReservation, SlotsSetup};
-use crate::storage::{Storage, StorageError};
+use crate::kinds::flow_store::{FlowStore, FlowStoreError, RateReservation, SlotsSetup};
 
 /// Longest wait for a slot (or a rate turn) before the job is deferred.
 pub const WAIT_BOUND: Duration = Duration::from_secs(2);
@@ -69,14 +68,14 @@ pub enum Refusal {
     Rate(Duration),
     /// The database did not answer.
     #[error("the flow-control database failed: {0}")]
-    Database(Arc<StorageError>),
+    Database(Arc<FlowStoreError>),
     /// The kind's slots could not be set up (see [`PrepareError`]).
     #[error("the flow-control database refused this kind's set-up: {0}")]
     Setup(String),
 }
 
-impl From<StorageError> for Refusal {
-    fn from(error: StorageError) -> Refusal {
+impl From<FlowStoreError> for Refusal {
+    fn from(error: FlowStoreError) -> Refusal {
         Refusal::Database(Arc::new(error))
     }
 }
@@ -86,7 +85,7 @@ impl From<StorageError> for Refusal {
 pub enum PrepareError {
     /// The database did not answer.
     #[error("setting up the dispatch slots in the results database failed: {0}")]
-    Database(#[from] StorageError),
+    Database(#[from] FlowStoreError),
     /// Another replica set the kind up with another `concurrency` and is using it.
     #[error(
         "concurrency = {configured} here, but the results database records concurrency = \
@@ -117,7 +116,7 @@ pub struct SharedLimits {
 /// What the attempts, the leases and the poller of one kind share.
 #[derive(Debug)]
 struct Inner {
-    storage: Storage,
+    store: Arc<dyn FlowStore>,
     kind: String,
     concurrency: u32,
     lease: Duration,
@@ -131,7 +130,7 @@ struct Inner {
 }
 
 /// What a waiting attempt receives.
-type Handed = Result<SlotLease, Arc<StorageError>>;
+type Handed = Result<SlotLease, Arc<FlowStoreError>>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -170,7 +169,7 @@ impl SharedLimits {
     /// Limits for `kind`: `concurrency` slots, `rate` requests per second (if any), and
     /// requests lasting at most `timeout`.
     pub fn new(
-        storage: Storage,
+        store: Arc<dyn FlowStore>,
         kind: &str,
         concurrency: u32,
         rate: Option<f64>,
@@ -181,7 +180,7 @@ impl SharedLimits {
             .map(|r| (1_000_000.0 / r).round().clamp(1.0, i64::MAX as f64) as i64);
         SharedLimits {
             inner: Arc::new(Inner {
-                storage,
+                store,
                 kind: kind.to_owned(),
                 concurrency,
                 lease: timeout + HANDOFF_WINDOW + WAIT_BOUND + LEASE_MARGIN,
@@ -199,13 +198,13 @@ impl SharedLimits {
 
     /// Records the kind's concurrency and writes its slot rows (once per process; later
     /// calls return at once). Refused when another replica uses another concurrency (see
-    /// [`crate::storage::flow::SlotsSetup`]).
+    /// [`SlotsSetup`]).
     pub async fn prepare(&self) -> Result<(), PrepareError> {
         let inner = &self.inner;
         self.ready
             .get_or_try_init(|| async {
                 match inner
-                    .storage
+                    .store
                     .ensure_dispatch_slots(&inner.kind, inner.concurrency)
                     .await?
                 {
@@ -242,7 +241,7 @@ impl SharedLimits {
             let max_wait = deadline.saturating_duration_since(Instant::now());
             let reserved = self
                 .inner
-                .storage
+                .store
                 .reserve_dispatch_start(&self.inner.kind, interval_us, max_wait)
                 .await;
             match reserved {
@@ -376,7 +375,7 @@ async fn poll(inner: Weak<Inner>, wake: Arc<Notify>) {
         .into();
         let sent = Instant::now();
         match limits
-            .storage
+            .store
             .acquire_dispatch_slots(&limits.kind, &holder, want, limits.lease)
             .await
         {
@@ -456,7 +455,7 @@ impl Inner {
         }
     }
 
-    fn fail_waiters(&self, error: Arc<StorageError>) {
+    fn fail_waiters(&self, error: Arc<FlowStoreError>) {
         let waiters: Vec<_> = lock(&self.state).waiters.drain(..).collect();
         for waiter in waiters {
             // A lease is never sent back here: only an error was.
@@ -471,7 +470,7 @@ impl Inner {
         for group in slots.chunk_by(|a, b| a.holder == b.holder) {
             let numbers: Vec<u32> = group.iter().map(|s| s.slot).collect();
             if let Err(error) = self
-                .storage
+                .store
                 .release_dispatch_slots(&self.kind, &group[0].holder, &numbers)
                 .await
             {
