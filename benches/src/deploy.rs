@@ -151,7 +151,7 @@ impl Env {
 
     /// Connects a broker handle of this process to `queue`.
     pub async fn broker(&self, backend: Backend, queue: &str) -> anyhow::Result<Arc<dyn Broker>> {
-        crate::scenarios::connect_broker(backend, &self.amqp_url, &self.kafka_brokers, queue).await
+        connect_broker(backend, &self.amqp_url, &self.kafka_brokers, queue).await
     }
 
     fn flags(&self, backend: Backend, queue: &str) -> BrokerFlags {
@@ -446,4 +446,37 @@ impl Deployment {
         }
         self.db.remove().await;
     }
+}
+
+/// A broker handle of this process on `queue`, through the one backend factory
+/// ([`surge_common::broker::connect`]), so a backend compiled out of this build is a clear
+/// error naming its cargo feature.
+pub async fn connect_broker(
+    backend: Backend,
+    amqp_url: &str,
+    kafka_brokers: &str,
+    queue: &str,
+) -> anyhow::Result<Arc<dyn Broker>> {
+    use surge_common::broker::{kafka_tuning, BrokerKind, BrokerTarget, KafkaTuning};
+    let target = BrokerTarget {
+        kind: match backend {
+            Backend::Memory => BrokerKind::Memory,
+            Backend::Rabbitmq | Backend::RabbitmqQuorum => BrokerKind::Rabbitmq,
+            Backend::Kafka => BrokerKind::Kafka,
+        },
+        amqp_url: amqp_url.to_owned(),
+        rabbitmq_queue_type: backend.queue_type().unwrap_or_default(),
+        kafka_brokers: kafka_brokers.to_owned(),
+        queue: queue.to_owned(),
+        kafka_partitions: KAFKA_PARTITIONS,
+        // Surge's defaults; the processes under test read theirs from their flags / env.
+        kafka_tuning: KafkaTuning {
+            assignment: Default::default(),
+            linger_ms: kafka_tuning::DEFAULT_LINGER_MS,
+            fetch_wait_ms: kafka_tuning::DEFAULT_FETCH_WAIT_MS,
+        },
+    };
+    surge_common::broker::connect(&target)
+        .await
+        .with_context(|| format!("connecting to {}", backend.name()))
 }

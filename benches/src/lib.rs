@@ -20,6 +20,7 @@
 //! - [`procs`]: child processes and their CPU seconds and peak RSS.
 //! - [`db`]: the benchmark's databases and the commit timestamps read back from them.
 //! - [`results`]: the figures, as Markdown and JSON, and the targets checked.
+//! - [`rebalance_report`]: the Kafka rebalancing scenario's rows and section.
 //! - [`charts`]: SVG charts of the figures.
 
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod downstream;
 pub mod http;
 pub mod load;
 pub mod procs;
+pub mod rebalance_report;
 pub mod report;
 pub mod results;
 pub mod scenarios;

@@ -345,7 +345,7 @@ pub struct Results {
     /// Scenario 6.
     pub dispatch: Vec<DispatchRow>,
     /// Scenario 7 (Kafka only).
-    pub rebalance: Vec<crate::scenarios::RebalanceRow>,
+    pub rebalance: Vec<crate::rebalance_report::RebalanceRow>,
     /// Scenario 8.
     pub fairness: Vec<FairnessRow>,
     /// The targets.
@@ -550,7 +550,7 @@ impl Results {
                 }
             }
         }
-        crate::scenarios::rebalance::markdown(&mut md, &self.rebalance);
+        crate::rebalance_report::markdown(&mut md, &self.rebalance);
         if !self.errors.is_empty() {
             let _ = writeln!(md, "\n## Could not run\n");
             for e in &self.errors {

@@ -1,4 +1,4 @@
-//! No import circles between the top-level modules of `surge-common` and `surge-worker`:
+//! No import circles between the top-level modules of each crate of the workspace:
 //! each module may use the ones below it, never one that uses it back (`job` → `kinds` →
 //! `storage` → `job` was one: the HTTP kinds now reach the database through
 //! `kinds::flow_store`, and requests are checked against `job::KindRules`).
@@ -160,4 +160,9 @@ fn common_modules_import_without_circles() {
 #[test]
 fn worker_modules_import_without_circles() {
     assert_no_cycle(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker"));
+}
+
+#[test]
+fn benches_modules_import_without_circles() {
+    assert_no_cycle(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches"));
 }

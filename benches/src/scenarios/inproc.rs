@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::ms;
 use crate::db::{BenchDb, Engine};
-use crate::deploy::{Backend, Cost};
+use crate::deploy::{connect_broker, Backend, Cost};
 use crate::load::histogram;
 use crate::procs;
 use crate::results::CeilingRow;
@@ -92,37 +92,6 @@ pub async fn ceiling_here(args: &CeilingArgs) -> anyhow::Result<Vec<CeilingRow>>
             db_phases(duration, &engine).await
         }
     }
-}
-
-/// A broker handle of this process on `queue`, through the one backend factory
-/// ([`surge_common::broker::connect`]), so a backend compiled out of this build is a clear
-/// error naming its cargo feature.
-pub async fn connect_broker(
-    backend: Backend,
-    amqp_url: &str,
-    kafka_brokers: &str,
-    queue: &str,
-) -> anyhow::Result<Arc<dyn Broker>> {
-    use surge_common::broker::BrokerKind;
-    let args = surge_common::config::BrokerArgs {
-        broker: match backend {
-            Backend::Memory => BrokerKind::Memory,
-            Backend::Rabbitmq | Backend::RabbitmqQuorum => BrokerKind::Rabbitmq,
-            Backend::Kafka => BrokerKind::Kafka,
-        },
-        amqp_url: amqp_url.to_owned(),
-        rabbitmq_queue_type: backend.queue_type().unwrap_or_default(),
-        kafka_brokers: kafka_brokers.to_owned(),
-        queue: queue.to_owned(),
-        kafka_partitions: crate::deploy::KAFKA_PARTITIONS,
-        // Surge's defaults; the processes under test read theirs from their flags / env.
-        kafka_assignment: Default::default(),
-        kafka_linger_ms: surge_common::broker::kafka_tuning::DEFAULT_LINGER_MS,
-        kafka_fetch_wait_ms: surge_common::broker::kafka_tuning::DEFAULT_FETCH_WAIT_MS,
-    };
-    surge_common::broker::connect(&args.target())
-        .await
-        .with_context(|| format!("connecting to {}", backend.name()))
 }
 
 async fn publish_for(

@@ -45,9 +45,9 @@ pub use burst::{burst, peak_overlap};
 pub use ceilings::{broker_ceiling, db_ceiling, http_ceiling, ingress_ceiling};
 pub use dispatch::{dispatch, Target};
 pub use fairness::fairness;
-pub use inproc::{ceiling_here, connect_broker, CeilingArgs, CeilingKind};
+pub use inproc::{ceiling_here, CeilingArgs, CeilingKind};
 pub use rate::rate;
-pub use rebalance::{rebalance, RebalanceRow};
+pub use rebalance::rebalance;
 pub use scaling::scaling;
 pub use soak::soak;
 
