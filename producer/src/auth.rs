@@ -6,15 +6,13 @@
 //! open; with `all` only `/healthz`, `/readyz` and the dashboard page itself (static HTML
 //! and script, no data: it asks for a key) do. Keys are compared in constant time and
 //! never logged.
+//!
+//! This module holds the keys and what they protect; they are checked by the job handlers
+//! and, for the other endpoints, by the router's middleware
+//! ([`crate::app::require_key_beyond_jobs`]).
 
-use axum::extract::{Request, State};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
-
-use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Which endpoints the API keys protect.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -108,26 +106,6 @@ impl ApiKeys {
             Err("invalid API key")
         }
     }
-}
-
-/// Middleware: with keys configured and `--auth-scope all`, every request but those to
-/// [`OPEN_WITH_SCOPE_ALL`] must carry a valid key (401 otherwise). The job endpoints check
-/// their key themselves whatever the scope.
-pub async fn require_key_beyond_jobs(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let keys = &state.api_keys;
-    if keys.enabled()
-        && keys.scope == AuthScope::All
-        && !OPEN_WITH_SCOPE_ALL.contains(&request.uri().path())
-    {
-        if let Err(why) = keys.authenticate(request.headers()) {
-            return ApiError::Unauthorized(why).into_response();
-        }
-    }
-    next.run(request).await
 }
 
 #[cfg(test)]

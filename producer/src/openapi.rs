@@ -1,25 +1,18 @@
-//! `GET /openapi.json`: the API description.
+//! The schemas the OpenAPI document shares, named by the handlers' `#[utoipa::path]`
+//! annotations: a job request ([`JobRequestDoc`]) and an error ([`ErrorBody`]). The
+//! document itself, `GET /openapi.json`, is generated from the router
+//! ([`crate::app`](mod@crate::app)).
 //!
-//! - The operations come from the router itself: [`crate::app::routes`] registers every
-//!   handler through utoipa-axum's `OpenApiRouter`, which adds the handler's
-//!   `#[utoipa::path]` operation as it adds the route, so a route cannot be served
-//!   undocumented, nor documented and not served.
 //! - A job request is described per kind the ingress knows ([`for_kinds`]): a `oneOf`
 //!   discriminated by `kind`, each with its payload's JSON Schema as the kind declares it
 //!   (the built-ins' limits, a configured kind's `schema`), so a request valid by the
 //!   document is one the server accepts.
-//! - Path ids are declared `format: uuid`.
-//! - Every parameter and header says what the server takes (lengths, patterns, ranges),
-//!   and the optional request fields are nullable because the server reads `null` as
-//!   absent: a request valid by the document is never refused for its form.
-//! - The bounds that come from the configuration (the longest `wait`, the largest batch)
-//!   are those of this server ([`served`]).
+//! - Its optional fields are nullable because the server reads `null` as absent, and they
+//!   say what the server takes (lengths, ranges): a request valid by the document is never
+//!   refused for its form.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
 
-use axum::extract::State;
-use axum::Json;
 use serde::Serialize;
 use serde_json::json;
 use surge_common::job::{MAX_DELAY, MAX_KEY_LEN};
@@ -29,9 +22,7 @@ use utoipa::openapi::schema::{
     SchemaFormat, SchemaType, Type,
 };
 use utoipa::openapi::{Ref, RefOr};
-use utoipa::{OpenApi, PartialSchema, ToSchema};
-
-use crate::state::AppState;
+use utoipa::{PartialSchema, ToSchema};
 
 /// A job submission (component `JobRequest`). In the served document it is a `oneOf`
 /// with one variant per kind the ingress knows (built-in, `--config`, registered in
@@ -227,71 +218,4 @@ pub struct ErrorDetail {
     pub message: String,
     /// JSON path of the offending field, e.g. `payload.ms` or `[3].kind`.
     pub field: Option<String>,
-}
-
-/// The document's frame: title, description and the shared schemas. The operations are
-/// added by [`crate::app::routes`], one per route.
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Surge",
-        description = "Absorb request bursts without losing a job: 202 only once the broker holds the job durably."
-    ),
-    components(schemas(
-        JobRequestDoc,
-        ErrorBody,
-        ErrorDetail,
-        crate::routes::operations::ReplayStatus
-    ))
-)]
-pub struct ApiDoc;
-
-/// The document's operations and shared schemas, built once from the router.
-pub fn document() -> &'static utoipa::openapi::OpenApi {
-    static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOCUMENT.get_or_init(|| crate::app::routes().into_openapi())
-}
-
-/// The document this server serves: [`for_kinds`] with its kinds, the longest `wait` it
-/// allows (below its connections' idle timeout) and its batch bounds (1 to
-/// `--max-batch` jobs).
-pub fn served(state: &AppState) -> utoipa::openapi::OpenApi {
-    let mut doc = for_kinds(document().clone(), &state.kinds);
-    if let Some(operation) = doc
-        .paths
-        .paths
-        .get_mut("/jobs/{id}")
-        .and_then(|item| item.get.as_mut())
-    {
-        for parameter in operation.parameters.iter_mut().flatten() {
-            if let (true, Some(RefOr::T(Schema::Object(schema)))) =
-                (parameter.name == "wait", parameter.schema.as_mut())
-            {
-                let secs = usize::try_from(state.max_wait.as_secs()).unwrap_or(usize::MAX);
-                schema.maximum = Some(secs.into());
-            }
-        }
-    }
-    if let Some(body) = doc
-        .paths
-        .paths
-        .get_mut("/jobs/batch")
-        .and_then(|item| item.post.as_mut())
-        .and_then(|operation| operation.request_body.as_mut())
-    {
-        for content in body.content.values_mut() {
-            if let Some(RefOr::T(Schema::Array(array))) = content.schema.as_mut() {
-                array.min_items = Some(1);
-                array.max_items = Some(state.limits.max_batch);
-            }
-        }
-    }
-    doc
-}
-
-/// `GET /openapi.json`.
-#[utoipa::path(get, path = "/openapi.json", tag = "meta",
-    responses((status = 200, description = "This document", content_type = "application/json")))]
-pub async fn openapi_json(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
-    Json(state.openapi.get_or_init(|| served(&state)).clone())
 }

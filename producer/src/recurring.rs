@@ -169,7 +169,7 @@ pub async fn fire(
         .await?;
     if recorded {
         // Stored, it is accepted, like a job a client scheduled for later.
-        crate::routes::jobs::record_accepted(state, std::slice::from_ref(&job), Duration::ZERO);
+        state.record_accepted(std::slice::from_ref(&job), Duration::ZERO);
         metrics::counter!(surge_common::metrics::SCHEDULE_JOBS, "schedule" => schedule.name.clone(), "trigger" => if manual { "manual" } else { "tick" }).increment(1);
         tracing::debug!(schedule = %schedule.name, tick_us, job_id = %job.id, manual, "tick recorded");
     }

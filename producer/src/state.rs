@@ -4,13 +4,17 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use surge_common::broker::Broker;
+use surge_common::job::Job;
 use surge_common::kinds::KindRegistry;
+use surge_common::metrics as m;
 use surge_common::storage::batch::AcceptWriter;
 use surge_common::storage::Storage;
 
 use crate::admission::{Admission, AdmissionConfig};
 use crate::auth::ApiKeys;
-use crate::dashboard::live::Live;
+use crate::kind_counts::KindCountsCache;
+use crate::live::Live;
+use crate::observed::ObservedCache;
 
 /// Request limits.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +60,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Counters for the live dashboard.
     pub live: Arc<Live>,
+    /// The dashboard's look at the broker and the database, shared by viewers for a moment.
+    pub(crate) observed: Arc<ObservedCache>,
     /// Backlog bound and per-client rate limits.
     pub admission: Arc<Admission>,
     /// API keys for the job endpoints, or every endpoint (none: open).
@@ -75,7 +81,7 @@ pub struct AppState {
     /// `GET /openapi.json`, made once from the router and `kinds`.
     pub openapi: Arc<std::sync::OnceLock<utoipa::openapi::OpenApi>>,
     /// The dashboard's jobs per kind and status, shared by viewers for a few seconds.
-    pub kind_counts: Arc<crate::dashboard::kinds::KindCountsCache>,
+    pub kind_counts: Arc<KindCountsCache>,
     /// The recurring jobs of the config file (`[schedules.NAME]`), by name.
     pub schedules: Arc<Vec<surge_common::recurring::Schedule>>,
 }
@@ -91,6 +97,7 @@ impl AppState {
             storage,
             limits,
             live: Arc::default(),
+            observed: Arc::default(),
             admission: Arc::default(),
             api_keys: ApiKeys::default(),
             trusted_proxies: Default::default(),
@@ -149,5 +156,14 @@ impl AppState {
     pub fn with_trusted_proxies(mut self, proxies: crate::client_addr::TrustedProxies) -> AppState {
         self.trusted_proxies = proxies;
         self
+    }
+
+    /// Counts `jobs` accepted, their publish having taken `publish_time`, for admission
+    /// control, metrics and the dashboard.
+    pub(crate) fn record_accepted(&self, jobs: &[Job], publish_time: std::time::Duration) {
+        self.admission.accepted(jobs.len() as u64);
+        metrics::histogram!(m::PUBLISH_SECONDS).record(publish_time.as_secs_f64());
+        metrics::counter!(m::JOBS_ACCEPTED).increment(jobs.len() as u64);
+        self.live.accepted(jobs.len(), publish_time);
     }
 }

@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use surge_common::broker::BrokerError;
 use surge_common::job::{InvalidJob, Job, JobRequest};
-use surge_common::metrics as m;
 use surge_common::otlp::{Span, SpanKind};
 use surge_common::retry::reconnect;
 use surge_common::storage::acceptance::AcceptedJob;
@@ -448,7 +447,7 @@ async fn enqueue(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     }
     if now.is_empty() {
         state.storage.schedule(&later).await?;
-        record_accepted(state, &later, Duration::ZERO);
+        state.record_accepted(&later, Duration::ZERO);
         return Ok(());
     }
     let hold_us = i64::try_from(BATCH_HOLD.as_micros()).unwrap_or(i64::MAX);
@@ -458,7 +457,7 @@ async fn enqueue(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     match publish_new(state, &now).await {
         Ok(()) => {
             settle_held(state, ids, held_until, Settle::Release).await;
-            record_accepted(state, &later, Duration::ZERO);
+            state.record_accepted(&later, Duration::ZERO);
             Ok(())
         }
         Err(refused) => {
@@ -523,7 +522,7 @@ async fn publish_new(state: &AppState, jobs: &[Job]) -> Result<(), ApiError> {
     match tokio::time::timeout(CANCEL_TIMEOUT, state.storage.cancel(&ids)).await {
         Ok(Ok(accepted)) if !ids.is_empty() && accepted.len() == ids.len() => {
             tracing::warn!(error = %error, "publish reported failure but the jobs were accepted already; accepting");
-            record_accepted(state, jobs, std::time::Duration::ZERO);
+            state.record_accepted(jobs, std::time::Duration::ZERO);
             return Ok(());
         }
         Ok(Ok(accepted)) if !accepted.is_empty() => {
@@ -613,16 +612,8 @@ pub(crate) async fn publish_within(
                 timeout.as_millis()
             ))
         })??;
-    record_accepted(state, jobs, started.elapsed());
+    state.record_accepted(jobs, started.elapsed());
     Ok(())
-}
-
-/// Counts accepted jobs for admission control, metrics and the dashboard.
-pub(crate) fn record_accepted(state: &AppState, jobs: &[Job], publish_time: std::time::Duration) {
-    state.admission.accepted(jobs.len() as u64);
-    metrics::histogram!(m::PUBLISH_SECONDS).record(publish_time.as_secs_f64());
-    metrics::counter!(m::JOBS_ACCEPTED).increment(jobs.len() as u64);
-    state.live.accepted(jobs.len(), publish_time);
 }
 
 /// `?wait=N` on `GET /jobs/{id}`.

@@ -63,8 +63,6 @@ pub struct Live {
     accepted_total: AtomicU64,
     started_at_us: i64,
     ring: Mutex<Ring>,
-    /// The dashboard's shared look at the broker and database (see `super::REFRESH`).
-    pub(crate) observed: super::ObservedCache,
 }
 
 #[derive(Debug, Default)]
@@ -91,7 +89,6 @@ impl Live {
             accepted_total: AtomicU64::new(0),
             started_at_us,
             ring: Mutex::new(Ring::default()),
-            observed: super::ObservedCache::default(),
         }
     }
 
