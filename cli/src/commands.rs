@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 
 use crate::client::{CliError, Client};
+use crate::output::{print_json, text, write_line};
 
 /// Seconds one `GET /jobs/{id}?wait=` may hold the request (below every ingress's bound).
 const WAIT_STEP_SECS: u64 = 30;
@@ -323,10 +324,6 @@ pub fn since_time(text: &str) -> Result<String, CliError> {
     at.format(&Rfc3339).map_err(|_| bad())
 }
 
-pub(crate) fn text(value: &Value) -> String {
-    value.as_str().unwrap_or("").to_owned()
-}
-
 fn shorten(text: &str, most: usize) -> String {
     let line = text.lines().next().unwrap_or("");
     if line.chars().count() > most {
@@ -346,16 +343,6 @@ fn row<S: AsRef<str>>(cells: [S; 6]) -> String {
         .join("  ")
         .trim_end()
         .to_owned()
-}
-
-pub(crate) fn print_json(out: &mut dyn Write, value: &Value) -> Result<(), CliError> {
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| CliError::Unexpected(e.to_string()))?;
-    write_line(out, &text)
-}
-
-pub(crate) fn write_line(out: &mut dyn Write, line: &str) -> Result<(), CliError> {
-    writeln!(out, "{line}").map_err(|e| CliError::Unexpected(format!("cannot write: {e}")))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser};
 mod client;
 mod commands;
 mod kinds;
+mod output;
 mod schedules;
 
 use client::{CliError, Client};

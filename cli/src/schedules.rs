@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::client::{CliError, Client};
-use crate::commands::{print_json, text, write_line};
+use crate::output::{print_json, text, write_line};
 
 /// `surge schedules …`.
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,5 @@
 //! No import circles between the top-level modules of each crate of the workspace
-//! (`surge-common`, `surge-worker`, `surge-producer`, `surge-benches`): each module may use
+//! (common, worker, producer, benches, cli): each module may use
 //! the ones below it, never one that uses it back (`job` → `kinds` → `storage` → `job` was
 //! one: the HTTP kinds now reach the database through `kinds::flow_store`, and requests are
 //! checked against `job::KindRules`; in the ingress, `state` → `dashboard` → `state` was
@@ -172,4 +172,9 @@ fn benches_modules_import_without_circles() {
 #[test]
 fn producer_modules_import_without_circles() {
     assert_no_cycle(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../producer"));
+}
+
+#[test]
+fn cli_modules_import_without_circles() {
+    assert_no_cycle(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli"));
 }
