@@ -49,8 +49,12 @@ pub const POLL_MAX: Duration = Duration::from_millis(20);
 /// How long a job deferred for lack of a slot waits in the broker.
 pub const DEFER_BUSY: Duration = Duration::from_secs(1);
 /// How long after its database acquisition a slot may still be handed to another attempt
-/// of the same process instead of going back to the database.
-pub const HANDOFF_WINDOW: Duration = Duration::from_secs(1);
+/// of the same process instead of going back to the database. Longer than a 1 s request
+/// plus its dispatch, so the founding story's second wave of 1 s requests takes the first
+/// wave's slots in memory (with 1 s, every slot went back to the database between the waves
+/// and the cap refilled in 16–40 ms instead of 3–19 ms); short enough that a busy replica
+/// returns its slots to the other replicas' pollers every 2 s.
+pub const HANDOFF_WINDOW: Duration = Duration::from_secs(2);
 /// How long a freed slot that no attempt of this process wants stays with the process
 /// before going back to the database.
 pub const IDLE_HOLD: Duration = Duration::from_millis(20);
