@@ -61,6 +61,8 @@ pub struct BenchDb {
     pub url: String,
     engine: Engine,
     storage: Storage,
+    /// Whether `bench_pruned` counts the finished rows retention deleted.
+    pruned_counted: bool,
 }
 
 impl BenchDb {
@@ -82,7 +84,9 @@ impl BenchDb {
             .await
             .context("opening the benchmark database")?;
         // The commit stamp: set when a job's row first gets its outcome (an insert of a
-        // finished row, or the update that finishes it).
+        // finished row, or the update that finishes it). And a count of the finished rows
+        // retention deleted, so a run with a short `--retain-*` still counts every result
+        // (`count`), instead of calling the pruned ones lost.
         let statements: &[&str] = match engine {
             Engine::Postgres(_) => &[
                 "ALTER TABLE jobs ADD COLUMN bench_committed_us BIGINT",
@@ -93,6 +97,14 @@ impl BenchDb {
                  END IF; RETURN NEW; END $$",
                 "CREATE TRIGGER bench_commit_stamp BEFORE INSERT OR UPDATE ON jobs \
                  FOR EACH ROW EXECUTE FUNCTION bench_commit_stamp()",
+                "CREATE TABLE bench_pruned (n BIGINT NOT NULL)",
+                "INSERT INTO bench_pruned (n) VALUES (0)",
+                "CREATE FUNCTION bench_count_pruned() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN UPDATE bench_pruned SET n = n + (SELECT COUNT(*) FROM gone \
+                 WHERE state IN ('succeeded', 'dead', 'cancelled')); RETURN NULL; END $$",
+                "CREATE TRIGGER bench_count_pruned AFTER DELETE ON jobs \
+                 REFERENCING OLD TABLE AS gone FOR EACH STATEMENT \
+                 EXECUTE FUNCTION bench_count_pruned()",
             ],
             Engine::Sqlite => &[
                 "ALTER TABLE jobs ADD COLUMN bench_committed_us BIGINT",
@@ -106,6 +118,11 @@ impl BenchDb {
                  UPDATE jobs SET bench_committed_us = \
                  CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER) \
                  WHERE rowid = NEW.rowid; END",
+                "CREATE TABLE bench_pruned (n BIGINT NOT NULL)",
+                "INSERT INTO bench_pruned (n) VALUES (0)",
+                "CREATE TRIGGER bench_count_pruned AFTER DELETE ON jobs \
+                 WHEN OLD.state IN ('succeeded', 'dead', 'cancelled') BEGIN \
+                 UPDATE bench_pruned SET n = n + 1; END",
             ],
         };
         for statement in statements.iter().filter(|_| stamp) {
@@ -118,6 +135,7 @@ impl BenchDb {
             url,
             engine: engine.clone(),
             storage,
+            pruned_counted: stamp,
         })
     }
 
@@ -126,9 +144,21 @@ impl BenchDb {
         &self.storage
     }
 
-    /// Results stored so far.
+    /// Results stored so far: the finished rows, plus those retention has deleted since.
     pub async fn count(&self) -> anyhow::Result<u64> {
-        Ok(self.storage.count().await?)
+        Ok(self.storage.count().await? + self.pruned().await?)
+    }
+
+    /// Finished rows retention has deleted (0 when not counted).
+    pub async fn pruned(&self) -> anyhow::Result<u64> {
+        if !self.pruned_counted {
+            return Ok(0);
+        }
+        let n: i64 = sqlx::query_scalar("SELECT n FROM bench_pruned")
+            .fetch_one(self.storage.pool())
+            .await
+            .context("reading the pruned-rows count")?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Waits until at least `n` results are stored, or `timeout`; returns the count.
