@@ -3,32 +3,13 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use surge_benches::db::{BenchDb, Engine};
 use surge_common::clock::now_micros;
 use surge_common::storage::retention::RetentionPolicy;
 use surge_common::storage::{JobResult, JobStatus};
 use surge_common::testing::{self, POSTGRES_URL_VAR};
-use uuid::Uuid;
 
 const MINUTE: i64 = 60_000_000;
-
-fn succeeded(finished_at_us: i64) -> JobResult {
-    JobResult {
-        job_id: Uuid::now_v7(),
-        kind: "echo".into(),
-        status: JobStatus::Succeeded,
-        result: Some(json!({"ok": true})),
-        error: None,
-        attempts: 1,
-        deliveries: 1,
-        worker: "w".into(),
-        enqueued_at_us: finished_at_us - 10,
-        started_at_us: finished_at_us - 5,
-        finished_at_us,
-        job: None,
-    }
-}
 
 async fn pruned_results_still_count(engine: Engine) {
     let db = BenchDb::create(&engine)
@@ -37,7 +18,7 @@ async fn pruned_results_still_count(engine: Engine) {
     let now = now_micros();
     let rows: Vec<JobResult> = [90, 80, 70, 1]
         .iter()
-        .map(|minutes_ago| succeeded(now - minutes_ago * MINUTE))
+        .map(|minutes_ago| testing::finished_row(JobStatus::Succeeded, now - minutes_ago * MINUTE))
         .collect();
     db.storage().record_many(&rows).await.unwrap();
     assert_eq!(db.count().await.unwrap(), 4);

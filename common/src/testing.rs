@@ -126,3 +126,26 @@ pub fn accepted(ids: &[Uuid]) -> Vec<crate::storage::acceptance::AcceptedJob> {
         })
         .collect()
 }
+
+/// The outcome row of a fresh `echo` job that ended with `status` at `finished_at_us`
+/// (a result when it succeeded, an error when it died), for tests that store results.
+pub fn finished_row(
+    status: crate::storage::JobStatus,
+    finished_at_us: i64,
+) -> crate::storage::JobResult {
+    use crate::storage::JobStatus;
+    crate::storage::JobResult {
+        job_id: Uuid::now_v7(),
+        kind: "echo".into(),
+        status,
+        result: (status == JobStatus::Succeeded).then(|| serde_json::json!({"ok": true})),
+        error: (status == JobStatus::Dead).then(|| "boom".to_owned()),
+        attempts: 1,
+        deliveries: 1,
+        worker: "w".into(),
+        enqueued_at_us: finished_at_us - 10,
+        started_at_us: finished_at_us - 5,
+        finished_at_us,
+        job: None,
+    }
+}

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use surge_common::clock::now_micros;
 use surge_common::storage::idempotency::Claim;
 use surge_common::storage::retention::RetentionPolicy;
@@ -17,20 +16,7 @@ use uuid::Uuid;
 const MINUTE: i64 = 60_000_000;
 
 fn result(status: JobStatus, finished_at_us: i64) -> JobResult {
-    JobResult {
-        job_id: Uuid::now_v7(),
-        kind: "echo".into(),
-        status,
-        result: (status == JobStatus::Succeeded).then(|| json!({"ok": true})),
-        error: (status == JobStatus::Dead).then(|| "boom".to_owned()),
-        attempts: 1,
-        deliveries: 1,
-        worker: "w".into(),
-        enqueued_at_us: finished_at_us - 10,
-        started_at_us: finished_at_us - 5,
-        finished_at_us,
-        job: None,
-    }
+    testing::finished_row(status, finished_at_us)
 }
 
 async fn exec(storage: &Storage, sql: &str, binds: &[&str]) {
