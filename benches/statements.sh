@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Counts what one job costs PostgreSQL on the happy path (POST /jobs -> run -> result):
 # statements (pg_stat_statements), commits (pg_stat_database.xact_commit) and row writes
-# (pg_stat_user_tables), per job, for the surge-producer and surge-worker binaries in BIN.
+# (pg_stat_user_tables) and the server's CPU time, per job, for the surge-producer and surge-worker binaries in BIN.
 #
 #   benches/statements.sh BIN [JOBS] [BROKER]
 #
@@ -21,6 +21,17 @@ PORT=${STATEMENTS_PORT:-18090}
 DB="surge_statements_$$"
 QUEUE="surge.statements.$$"
 psql_() { psql "$PG/postgres" -Atq "$@"; }
+# CPU ticks the server's processes have used: the postmaster's own and its exited children's,
+# plus every live child's (backends, WAL writer, autovacuum), from /proc.
+pg_ticks() {
+    local data postmaster
+    data=$(psql_ -c "SHOW data_directory")
+    postmaster=$(head -1 "$data/postmaster.pid")
+    { awk '{print $14 + $15 + $16 + $17}' "/proc/$postmaster/stat"
+      for child in $(pgrep -P "$postmaster"); do
+          awk '{print $14 + $15}' "/proc/$child/stat" 2>/dev/null || true
+      done; } | awk '{t += $1} END {print t}'
+}
 
 psql_ -c "CREATE DATABASE $DB"
 URL="$PG/$DB"
@@ -59,10 +70,14 @@ psql_ -c "SELECT pg_stat_statements_reset()" >/dev/null
 psql "$URL" -Atqc "SELECT pg_stat_reset()" >/dev/null
 sleep 1
 
+ticks_before=$(pg_ticks)
 seq 1 "$JOBS" | xargs -P 32 -I{} curl -fsS -o /dev/null -X POST "http://127.0.0.1:$PORT/jobs" \
     -H 'content-type: application/json' -d '{"kind":"echo","payload":{"n":{}}}'
 until [ "$(psql "$URL" -Atqc "$FINISHED")" = $((JOBS + 1)) ]; do sleep 0.2; done
 sleep 3 # let stage writes and pg_stat flushes land
+ticks_after=$(pg_ticks)
+echo -e "PostgreSQL CPU-ms/job\t$(awk -v a="$ticks_before" -v b="$ticks_after" -v hz="$(getconf CLK_TCK)" -v n="$JOBS" \
+    'BEGIN {printf "%.3f (all server processes, the 3 s settle included)", (b - a) * 1000 / hz / n}')"
 
 psql_ -F $'\t' <<SQL
 SELECT 'statements/job', round(SUM(calls)::numeric / $JOBS, 2)
@@ -77,7 +92,7 @@ SELECT 'rows written/job', round(SUM(n_tup_ins + n_tup_upd + n_tup_del)::numeric
 SELECT 'by table (ins/upd/del per job)', string_agg(relname || ' ' || round(n_tup_ins::numeric / $JOBS, 2) || '/' || round(n_tup_upd::numeric / $JOBS, 2) || '/' || round(n_tup_del::numeric / $JOBS, 2), ', ' ORDER BY relname)
   FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > 0;
 SQL
-echo "top statements (calls per job):"
-psql_ -F $'\t' -c "SELECT round(calls::numeric / $JOBS, 2), left(regexp_replace(query, '\s+', ' ', 'g'), 110)
+echo "top statements (calls per job, execution ms per job):"
+psql_ -F $'\t' -c "SELECT round(calls::numeric / $JOBS, 2), round((total_exec_time / $JOBS)::numeric, 3), left(regexp_replace(query, '\s+', ' ', 'g'), 100)
   FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
  WHERE d.datname = '$DB' AND calls >= $JOBS / 20 ORDER BY calls DESC LIMIT 12"

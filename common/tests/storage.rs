@@ -4,6 +4,7 @@
 use serde_json::json;
 use surge_common::storage::acceptance::ACCEPTANCE_OVERDUE;
 use surge_common::storage::batch::ResultWriter;
+use surge_common::storage::driver::DriverChoice;
 use surge_common::storage::{JobResult, JobStatus, PendingResult, Recorded, Storage};
 use surge_common::testing::{self};
 use uuid::Uuid;
@@ -68,6 +69,84 @@ async fn behaves(storage: Storage) {
 
     cancellation(&storage).await;
     acceptance(&storage).await;
+    stages_and_settled(&storage).await;
+}
+
+/// Stage marks (the newest wins, a `queued` mark only fills a missing row, nothing over a
+/// finished row) and the check before an attempt (only terminal rows count).
+async fn stages_and_settled(storage: &Storage) {
+    use surge_common::storage::cancel::Settled;
+    use surge_common::storage::lifecycle::{Lifecycle, Stage, StageUpdate};
+    let mark = |id: Uuid, stage: Stage, attempt: u32, at_us: i64| StageUpdate {
+        job_id: id,
+        kind: "echo".into(),
+        stage,
+        attempt,
+        error: (stage == Stage::Retrying).then(|| "boom".to_owned()),
+        at_us,
+    };
+    let stage_of = |lifecycle: Option<Lifecycle>| match lifecycle {
+        Some(Lifecycle::Pending(update)) => Some((update.stage, update.attempt)),
+        other => panic!("expected a pending job, got {other:?}"),
+    };
+    let (running, finished, unknown) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    storage
+        .record_stages(&[
+            mark(running, Stage::Running, 1, 10),
+            mark(finished, Stage::Running, 1, 10),
+            // Of two marks for one job in a batch, the last wins.
+            mark(running, Stage::Retrying, 1, 20),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        stage_of(storage.lifecycle(running).await.unwrap()),
+        Some((Stage::Retrying, 1))
+    );
+    // An older mark, and a `queued` one over a worker's mark, change nothing.
+    storage
+        .record_stages(&[mark(running, Stage::Running, 2, 15)])
+        .await
+        .unwrap();
+    storage
+        .record_stages(&[mark(running, Stage::Queued, 1, 30)])
+        .await
+        .unwrap();
+    assert_eq!(
+        stage_of(storage.lifecycle(running).await.unwrap()),
+        Some((Stage::Retrying, 1))
+    );
+    storage
+        .record_stages(&[mark(running, Stage::Running, 2, 40)])
+        .await
+        .unwrap();
+    assert_eq!(
+        stage_of(storage.lifecycle(running).await.unwrap()),
+        Some((Stage::Running, 2))
+    );
+    // A finished row keeps its outcome whatever mark comes late.
+    assert_eq!(
+        storage.record(&row(finished, "w")).await.unwrap(),
+        Recorded::New
+    );
+    storage
+        .record_stages(&[mark(finished, Stage::Running, 3, i64::MAX)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        storage.lifecycle(finished).await.unwrap(),
+        Some(Lifecycle::Finished(_))
+    ));
+    let settled = storage
+        .settled(&[running, finished, unknown])
+        .await
+        .unwrap();
+    assert_eq!(settled.get(&finished), Some(&Settled::Succeeded));
+    assert_eq!(
+        settled.len(),
+        1,
+        "only the finished job is settled: {settled:?}"
+    );
 }
 
 /// A result of a job awaiting acceptance, stamped `enqueued_at_us`.
@@ -296,7 +375,9 @@ async fn cancellation(storage: &Storage) {
 
 #[tokio::test]
 async fn sqlite() {
-    behaves(Storage::connect(&testing::temp_sqlite_url()).await.unwrap()).await;
+    let storage = Storage::connect(&testing::temp_sqlite_url()).await.unwrap();
+    assert_eq!(storage.driver_name(), "portable");
+    behaves(storage).await;
 }
 
 #[tokio::test]
@@ -308,7 +389,27 @@ async fn postgres() {
     let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    behaves(Storage::connect(&url).await.unwrap()).await;
+    let storage = Storage::connect(&url).await.unwrap();
+    assert_eq!(storage.driver_name(), "postgres", "PostgreSQL's own driver");
+    behaves(storage).await;
+}
+
+/// The conformance check of the two drivers: the portable one (SQLite's) gives the same
+/// answers on PostgreSQL as PostgreSQL's own driver above.
+#[tokio::test]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn postgres_with_the_portable_driver() {
+    let Some(url) = testing::fresh_postgres().await else {
+        return;
+    };
+    let storage = Storage::connect_with(&url, DriverChoice::Portable)
+        .await
+        .unwrap();
+    assert_eq!(storage.driver_name(), "portable");
+    behaves(storage).await;
 }
 
 /// Heartbeats upsert per worker; the dashboard's queries count, rate and rank results.
@@ -563,5 +664,76 @@ async fn postgres_a_job_finishing_while_it_is_read_is_never_missing() {
     assert_eq!(
         missing, 0,
         "lookups of running or finished jobs found nothing"
+    );
+}
+
+/// PostgreSQL's driver keeps one generic plan per statement and connection, made at first
+/// use: on a fresh deployment, while the table is small. Such a plan must find rows by key
+/// and keep doing so once the table is large, never read it whole (a plan made on an
+/// analyzed 100-row table scanned the table on every check before an attempt, for as long
+/// as the plan lived). Each of the driver's statements is prepared in a session with the
+/// driver's settings, planned on a small analyzed table, and its cached plan read again
+/// once the table holds 20,000 rows.
+#[tokio::test]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn postgres_driver_plans_find_rows_by_key_whatever_the_table_size() {
+    use sqlx::Connection;
+    use surge_common::storage::driver::postgres::{PostgresDriver, STATEMENTS};
+    let Some(url) = testing::fresh_postgres().await else {
+        return;
+    };
+    drop(Storage::connect(&url).await.unwrap()); // the schema
+    let options = PostgresDriver::connect_options(&url).unwrap();
+    let mut session = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let fill = |rows: usize| {
+        format!(
+            "INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, \
+             updated_at_us) SELECT gen_random_uuid()::text, 'echo', 'queued', 1, 1, 0, 1 \
+             FROM generate_series(1, {rows})"
+        )
+    };
+    sqlx::raw_sql(&fill(100))
+        .execute(&mut session)
+        .await
+        .unwrap();
+    sqlx::raw_sql("ANALYZE jobs")
+        .execute(&mut session)
+        .await
+        .unwrap();
+    for (i, (sql, _)) in STATEMENTS.iter().enumerate() {
+        sqlx::raw_sql(&format!("PREPARE s{i} AS {sql}"))
+            .execute(&mut session)
+            .await
+            .unwrap();
+    }
+    let mut plans = Vec::new();
+    for table in ["100 rows", "20,100 rows"] {
+        if table != "100 rows" {
+            // The table grows without an ANALYZE: the cached plans stay.
+            sqlx::raw_sql(&fill(20_000))
+                .execute(&mut session)
+                .await
+                .unwrap();
+        }
+        for (i, (sql, params)) in STATEMENTS.iter().enumerate() {
+            let nulls = vec!["NULL"; *params].join(", ");
+            let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE s{i}({nulls})"))
+                .fetch_all(&mut session)
+                .await
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                !plan.contains("Seq Scan"),
+                "at {table}, a cached plan reads the whole table for\n{sql}\n{plan}"
+            );
+            plans.push(plan);
+        }
+    }
+    assert!(
+        plans.iter().any(|plan| plan.contains("jobs_pkey")),
+        "the statements find rows by the primary key: {plans:#?}"
     );
 }

@@ -35,7 +35,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
-use super::{bind_nulls, padded, Storage, StorageError, MAX_ROWS_PER_STATEMENT};
+use super::{padded, Storage, StorageError, MAX_ROWS_PER_STATEMENT};
 use crate::clock::now_micros;
 use crate::job::Job;
 
@@ -80,7 +80,7 @@ impl Storage {
     /// Records `jobs` accepted (the broker confirmed them; their clients get a 202): writes
     /// each job's row as `queued`, or, where a worker already wrote it (it got the job
     /// first), records the decision alone. A job refused already stays refused. One
-    /// statement per 512 jobs, one commit.
+    /// commit (see [`super::driver::Driver::accept`]).
     pub async fn accept(&self, jobs: &[AcceptedJob]) -> Result<(), StorageError> {
         let at_us = now_micros();
         // Rows in id order, as every multi-row write here takes them: statements that lock
@@ -89,34 +89,7 @@ impl Storage {
         jobs.sort_by_key(|job| job.job_id);
         // And once each: PostgreSQL refuses an upsert touching a row twice.
         jobs.dedup_by_key(|job| job.job_id);
-        let mut tx = self.pool().begin().await?;
-        for chunk in jobs.chunks(MAX_ROWS_PER_STATEMENT) {
-            let rows = padded(chunk.len());
-            let sql = format!(
-                "INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, \
-                 enqueued_at_us, updated_at_us) \
-                 SELECT v.column1, v.column2, 'queued', 1, 1, 0, v.column3, v.column4 \
-                 FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
-                 ON CONFLICT (job_id) DO UPDATE SET accepted = 1, \
-                 enqueued_at_us = excluded.enqueued_at_us WHERE jobs.accepted IS NULL",
-                self.placeholders(1, rows, 4)
-            );
-            let mut query = sqlx::query(&sql);
-            for job in chunk {
-                query = query
-                    .bind(job.job_id.to_string())
-                    .bind(job.kind.clone())
-                    .bind(job.enqueued_at_us)
-                    .bind(at_us);
-            }
-            for _ in chunk.len()..rows {
-                let (text, int) = (None::<String>, None::<i64>);
-                query = query.bind(text.clone()).bind(text).bind(int).bind(int);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.driver.accept(&jobs, at_us).await
     }
 
     /// Records `ids` refused (their publish failed; their clients get an error), unless a
@@ -190,48 +163,15 @@ impl Storage {
         Ok(out)
     }
 
-    /// The state of each of `ids` that has a row, inside a running transaction.
-    pub(crate) async fn states_in(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        ids: &[String],
-    ) -> Result<HashMap<String, String>, StorageError> {
-        let mut out = HashMap::new();
-        for row in self
-            .rows_for_ids(Some(tx), "job_id, state FROM jobs", ids)
-            .await?
-        {
-            out.insert(row.try_get("job_id")?, row.try_get("state")?);
-        }
-        Ok(out)
-    }
-
     /// `SELECT <columns_from> WHERE job_id IN (ids)`, in padded chunks (so the server and
     /// sqlx cache a few statement texts), inside a running transaction, or on the pool
     /// when `tx` is `None`.
     pub(crate) async fn rows_for_ids(
         &self,
-        mut tx: Option<&mut Transaction<'static, Any>>,
+        tx: Option<&mut Transaction<'static, Any>>,
         columns_from: &str,
         ids: &[String],
     ) -> Result<Vec<AnyRow>, StorageError> {
-        let mut out = Vec::new();
-        for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
-            let rows = padded(chunk.len());
-            let sql = format!(
-                "SELECT {columns_from} WHERE job_id IN ({})",
-                self.list(1, rows)
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            query = bind_nulls(query, rows - chunk.len());
-            out.extend(match tx.as_deref_mut() {
-                Some(tx) => query.fetch_all(&mut **tx).await?,
-                None => query.fetch_all(self.pool()).await?,
-            });
-        }
-        Ok(out)
+        self.portable.rows_for_ids(tx, columns_from, ids).await
     }
 }

@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::{JobResult, JobStatus, Storage, StorageError};
@@ -85,27 +84,13 @@ impl Storage {
     /// Which of `ids` already have a terminal state (see [`Settled`]); the others are
     /// absent. A dead job being replayed is not settled: its replay must run.
     pub async fn settled(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Settled>, StorageError> {
-        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let rows = self
-            .rows_for_ids(
-                None,
-                "job_id, state, error, replaying_since_us FROM jobs",
-                &ids,
-            )
-            .await?;
         let mut out = HashMap::new();
-        for row in rows {
-            let id: String = row.try_get("job_id")?;
-            let state: String = row.try_get("state")?;
-            let replaying: Option<i64> = row.try_get("replaying_since_us")?;
-            let error: Option<String> = row.try_get("error")?;
-            let Ok(id) = Uuid::parse_str(&id) else {
-                continue;
-            };
+        for row in self.driver.settled_rows(ids).await? {
+            let (id, state, replaying, error) = (row.job_id, row.state, row.replaying, row.error);
             let settled = match state.as_str() {
                 "succeeded" => Settled::Succeeded,
                 "cancelled" | "refused" => Settled::Cancelled,
-                "dead" if replaying.is_none() => Settled::Dead(error.unwrap_or_default()),
+                "dead" if !replaying => Settled::Dead(error.unwrap_or_default()),
                 _ => continue,
             };
             out.insert(id, settled);

@@ -9,9 +9,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
-use sqlx::{Any, Row};
+use sqlx::Row;
 use uuid::Uuid;
 
 use super::{decode, JobResult, JobStatus, Storage, StorageError, COLUMNS};
@@ -110,24 +108,7 @@ impl Storage {
         // multi-row upserts that lock rows in different orders deadlock on PostgreSQL.
         let mut latest: Vec<&StageUpdate> = last.into_values().collect();
         latest.sort_by_key(|update| update.job_id);
-        // One upsert for every stage: a `queued` update only ever fills a missing row.
-        for chunk in latest.chunks(super::MAX_ROWS_PER_STATEMENT) {
-            let rows = super::padded(chunk.len());
-            let sql = format!(
-                "INSERT INTO jobs (job_id, kind, state, attempts, error, updated_at_us) \
-                 SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
-                 ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, \
-                 attempts = excluded.attempts, error = excluded.error, \
-                 updated_at_us = excluded.updated_at_us \
-                 WHERE excluded.state <> 'queued' AND jobs.finished_at_us IS NULL \
-                 AND jobs.state <> 'refused' AND jobs.updated_at_us <= excluded.updated_at_us",
-                self.placeholders(1, rows, 6)
-            );
-            bind_stages(&sql, chunk, rows - chunk.len())
-                .execute(self.pool())
-                .await?;
-        }
-        Ok(())
+        self.driver.record_stages(&latest).await
     }
 
     /// Where a job is: its outcome if it finished, else its stage, else `None` (unknown,
@@ -233,29 +214,4 @@ impl Storage {
     pub async fn abandon_replay(&self, job_id: Uuid) -> Result<(), StorageError> {
         self.abandon_replays(&[job_id]).await
     }
-}
-
-/// `sql`'s parameters bound to `updates`, six per row in the column order of the upsert,
-/// then `padding` rows of NULLs (see [`super::padded`]).
-fn bind_stages<'q>(
-    sql: &'q str,
-    updates: &[&StageUpdate],
-    padding: usize,
-) -> Query<'q, Any, AnyArguments<'q>> {
-    let mut query = sqlx::query(sql);
-    for u in updates {
-        query = query
-            .bind(u.job_id.to_string())
-            .bind(u.kind.clone())
-            .bind(u.stage.as_str())
-            .bind(i64::from(u.attempt))
-            .bind(u.error.clone())
-            .bind(u.at_us);
-    }
-    for _ in 0..padding {
-        let (text, int) = (None::<String>, None::<i64>);
-        query = query.bind(text.clone()).bind(text.clone()).bind(text);
-        query = query.bind(int).bind(None::<String>).bind(int);
-    }
-    query
 }

@@ -9,8 +9,11 @@
 //! delivery count changes — so results are effectively-once even though delivery is
 //! at-least-once.
 //!
-//! Both databases go through sqlx's `Any` driver with portable SQL, so there is one set of
-//! queries and one set of embedded migrations. Placeholders are the one difference:
+//! The statements every job pays for (its row at acceptance, its outcome, the check before
+//! an attempt, stage marks) go through a [`driver::Driver`], one per database: arrays and
+//! `unnest` on PostgreSQL, multi-row `VALUES` on SQLite. Everything else goes through
+//! sqlx's `Any` driver with portable SQL, so there is one set of those queries and one set
+//! of embedded migrations. Placeholders are the one difference:
 //! PostgreSQL needs `$n`; SQLite accepts them too, but sqlx then binds each `$n` by name
 //! with a linear search, so a 500-row insert spends most of its time finding parameters —
 //! SQLite gets positional `?` (`Storage::placeholders`).
@@ -34,6 +37,7 @@ pub mod batch;
 pub mod callbacks;
 pub mod cancel;
 pub mod dispatch_keys;
+pub mod driver;
 pub mod flow;
 mod flow_store;
 pub mod heartbeat;
@@ -47,6 +51,8 @@ pub mod retention;
 pub mod schedule;
 pub mod totals;
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -206,6 +212,10 @@ pub struct PendingResult {
 pub struct Storage {
     pool: AnyPool,
     sqlite: bool,
+    /// The per-job statements (see [`driver`]).
+    driver: Arc<dyn driver::Driver>,
+    /// The portable SQL on `pool`, for the statements both databases share.
+    portable: driver::portable::PortableDriver,
 }
 
 /// Most rows per multi-row statement (a power of two): 12 parameters each stays far below
@@ -244,43 +254,43 @@ pub(crate) const COLUMNS: &str =
     "job_id, kind, state AS status, result, error, attempts, deliveries, worker, \
      enqueued_at_us, started_at_us, finished_at_us, job";
 
-/// Parameters per row of the outcome upsert ([`Storage::record_pending`]).
-const OUTCOME_PARAMS: usize = 12;
-
-/// The outcome upsert for `rows` rows (see [`Storage::record_pending`]). Column 4 is the
-/// acceptance the outcome brings: 1 when the job does not await the ingress's decision or
-/// that decision is overdue, NULL otherwise. A job with no row is inserted only in the
-/// first case (without a row, an awaiting job's acceptance is not recorded yet); an
-/// existing row takes the outcome only where it is accepted (or the outcome brings the
-/// acceptance) and not finished, or finished dead and being replayed.
-fn outcome_upsert(placeholders: &str) -> String {
-    format!(
-        "INSERT INTO jobs (job_id, kind, state, accepted, attempts, result, error, deliveries, \
-         worker, enqueued_at_us, started_at_us, finished_at_us, updated_at_us, job) \
-         SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, 1, \
-         v.column8, v.column9, v.column10, v.column11, v.column11, v.column12 \
-         FROM (VALUES {placeholders}) AS v WHERE v.column1 IS NOT NULL \
-         AND (v.column4 = 1 OR EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = v.column1)) \
-         ON CONFLICT (job_id) DO UPDATE SET kind = excluded.kind, state = excluded.state, \
-         accepted = 1, attempts = excluded.attempts, result = excluded.result, \
-         error = excluded.error, deliveries = 1, worker = excluded.worker, \
-         enqueued_at_us = excluded.enqueued_at_us, started_at_us = excluded.started_at_us, \
-         finished_at_us = excluded.finished_at_us, updated_at_us = excluded.updated_at_us, \
-         job = excluded.job, replaying_since_us = NULL \
-         WHERE (jobs.accepted = 1 OR (jobs.accepted IS NULL AND excluded.accepted = 1)) \
-         AND (jobs.finished_at_us IS NULL OR jobs.replaying_since_us IS NOT NULL) \
-         RETURNING job_id"
-    )
-}
-
 /// A count read from the database (`BIGINT`) as `u64`; a negative one (never stored) is 0.
 pub(crate) fn from_db(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// `rows` parenthesised groups of `columns` placeholders, numbered from `first`
+/// (1-based): `($1, $2), ($3, $4)` on PostgreSQL, `(?, ?), (?, ?)` on SQLite (see the
+/// module docs). Bind the values in the same order.
+pub(crate) fn placeholders(sqlite: bool, first: usize, rows: usize, columns: usize) -> String {
+    let group = |row: usize| {
+        let params: Vec<String> = (0..columns)
+            .map(|c| {
+                if sqlite {
+                    "?".to_owned()
+                } else {
+                    format!("${}", first + row * columns + c)
+                }
+            })
+            .collect();
+        format!("({})", params.join(", "))
+    };
+    (0..rows).map(group).collect::<Vec<_>>().join(", ")
+}
+
 impl Storage {
-    /// Connects (creating a SQLite file if needed) and runs the embedded migrations.
+    /// Connects (creating a SQLite file if needed) and runs the embedded migrations. The
+    /// per-job statements use the database's own driver ([`driver::DriverChoice::Native`]).
     pub async fn connect(url: &str) -> Result<Storage, StorageError> {
+        Storage::connect_with(url, driver::DriverChoice::Native).await
+    }
+
+    /// [`Storage::connect`] with the per-job statements on the driver `choice` picks (the
+    /// conformance suite runs the portable one on PostgreSQL too).
+    pub async fn connect_with(
+        url: &str,
+        choice: driver::DriverChoice,
+    ) -> Result<Storage, StorageError> {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
         let url = if is_sqlite && !url.contains("mode=") {
@@ -312,29 +322,30 @@ impl Storage {
                 }
                 other => StorageError::Migration(other),
             })?;
+        let portable = driver::portable::PortableDriver::new(pool.clone(), is_sqlite);
+        let driver: Arc<dyn driver::Driver> = match choice {
+            driver::DriverChoice::Native if !is_sqlite => {
+                Arc::new(driver::postgres::PostgresDriver::connect(&url).await?)
+            }
+            _ => Arc::new(portable.clone()),
+        };
         Ok(Storage {
             pool,
             sqlite: is_sqlite,
+            driver,
+            portable,
         })
     }
 
-    /// `rows` parenthesised groups of `columns` placeholders, numbered from
-    /// `first` (1-based): `($1, $2), ($3, $4)` on PostgreSQL, `(?, ?), (?, ?)` on SQLite
-    /// (see the module docs). Bind the values in the same order.
+    /// The name of the driver the per-job statements use (`postgres`, `portable`).
+    pub fn driver_name(&self) -> &'static str {
+        self.driver.name()
+    }
+
+    /// `rows` parenthesised groups of `columns` placeholders, numbered from `first`
+    /// (1-based); see [`placeholders`].
     pub(crate) fn placeholders(&self, first: usize, rows: usize, columns: usize) -> String {
-        let group = |row: usize| {
-            let params: Vec<String> = (0..columns)
-                .map(|c| {
-                    if self.sqlite {
-                        "?".to_owned()
-                    } else {
-                        format!("${}", first + row * columns + c)
-                    }
-                })
-                .collect();
-            format!("({})", params.join(", "))
-        };
-        (0..rows).map(group).collect::<Vec<_>>().join(", ")
+        placeholders(self.sqlite, first, rows, columns)
     }
 
     /// A comma-separated list of `count` placeholders from `first`, for `IN (…)`.
@@ -403,98 +414,17 @@ impl Storage {
                 "the ingress never recorded these jobs accepted; taking them as accepted"
             );
         }
-        let mut tx = self.pool.begin().await?;
-        let mut inserted = std::collections::HashSet::new();
-        for chunk in firsts.chunks(MAX_ROWS_PER_STATEMENT) {
-            let sql = outcome_upsert(&self.placeholders(1, padded(chunk.len()), OUTCOME_PARAMS));
-            let mut query = sqlx::query(&sql);
-            for (r, awaits) in chunk {
-                let brings_acceptance = !*awaits || r.enqueued_at_us < cutoff;
-                query = query
-                    .bind(r.job_id.to_string())
-                    .bind(r.kind.clone())
-                    .bind(r.status.as_str())
-                    .bind(brings_acceptance.then_some(1_i64))
-                    .bind(i64::from(r.attempts))
-                    .bind(r.result.as_ref().map(|v| v.to_string()))
-                    .bind(r.error.clone())
-                    .bind(r.worker.clone())
-                    .bind(r.enqueued_at_us)
-                    .bind(r.started_at_us)
-                    .bind(r.finished_at_us)
-                    .bind(
-                        r.job
-                            .as_ref()
-                            .map(|j| String::from_utf8_lossy(&j.encode()).into_owned()),
-                    );
-            }
-            for _ in chunk.len()..padded(chunk.len()) {
-                let (text, int) = (None::<String>, None::<i64>);
-                query = query
-                    .bind(text.clone())
-                    .bind(text.clone())
-                    .bind(text.clone());
-                query = query
-                    .bind(int)
-                    .bind(int)
-                    .bind(text.clone())
-                    .bind(text.clone());
-                query = query.bind(text.clone()).bind(int).bind(int).bind(int);
-                query = query.bind(text);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                let id: String = row.try_get("job_id")?;
-                inserted.insert(id);
-            }
-        }
-        let skipped: Vec<String> = firsts
+        let outcomes: Vec<driver::Outcome<'_>> = firsts
             .iter()
-            .map(|(r, _)| r.job_id.to_string())
-            .filter(|id| !inserted.contains(id))
+            .map(|(r, awaits)| driver::Outcome {
+                row: r,
+                brings_acceptance: !*awaits || r.enqueued_at_us < cutoff,
+            })
             .collect();
-        // Why each skipped row was skipped, read after the upsert: a row committed in
-        // between is visible here although the upsert did not see it, so only a finished
-        // row makes a repeat; anything else is tried again.
-        let found = self.states_in(&mut tx, &skipped).await?;
-        let mut outcome = Vec::with_capacity(rows.len());
-        let mut repeated = Vec::new();
-        let mut written = std::collections::HashSet::new();
-        for (r, _) in rows {
-            let id = r.job_id.to_string();
-            // The first row of an id that was stored is new; any other is a repeat.
-            if inserted.remove(&id) {
-                outcome.push(Recorded::New);
-                written.insert(id);
-                continue;
-            }
-            if written.contains(&id) {
-                outcome.push(Recorded::Duplicate);
-                repeated.push(id);
-                continue;
-            }
-            match found.get(&id).map(String::as_str) {
-                // Refused at the ingress, or cancelled by an operator before this result.
-                Some("refused" | "cancelled") => outcome.push(Recorded::Cancelled),
-                Some("succeeded" | "dead") => {
-                    outcome.push(Recorded::Duplicate);
-                    repeated.push(id);
-                }
-                // Not yet accepted (or accepted just after the upsert looked): nothing
-                // stored, try again.
-                _ => outcome.push(Recorded::Unaccepted),
-            }
-        }
-        for id in repeated {
-            sqlx::query(&format!(
-                "UPDATE jobs SET deliveries = deliveries + 1 WHERE job_id = {}",
-                self.list(1, 1)
-            ))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(outcome)
+        let classify = |inserted: &HashSet<Uuid>, found: &HashMap<Uuid, String>| {
+            classify(rows, inserted, found)
+        };
+        self.driver.store_outcomes(&outcomes, &classify).await
     }
 
     /// The stored result of one job.
@@ -537,6 +467,42 @@ impl Storage {
         .await?;
         Ok(from_db(n))
     }
+}
+
+/// The answer for each of `rows` (in order) once the outcome upsert stored `inserted`,
+/// given the states `found` of the rows it skipped; and the repeats, whose deliveries
+/// count. The first row of an id that was stored is new, any other a repeat; a skipped
+/// row is cancelled (refused, or cancelled by an operator), a repeat (finished), or
+/// unaccepted (not yet accepted, or accepted just after the upsert looked: try again).
+fn classify(
+    rows: &[(&JobResult, bool)],
+    inserted: &HashSet<Uuid>,
+    found: &HashMap<Uuid, String>,
+) -> driver::Classified {
+    let mut outcome = Vec::with_capacity(rows.len());
+    let mut repeated = Vec::new();
+    let mut written = HashSet::new();
+    for (r, _) in rows {
+        let id = r.job_id;
+        if inserted.contains(&id) && written.insert(id) {
+            outcome.push(Recorded::New);
+            continue;
+        }
+        if written.contains(&id) {
+            outcome.push(Recorded::Duplicate);
+            repeated.push(id);
+            continue;
+        }
+        match found.get(&id).map(String::as_str) {
+            Some("refused" | "cancelled") => outcome.push(Recorded::Cancelled),
+            Some("succeeded" | "dead") => {
+                outcome.push(Recorded::Duplicate);
+                repeated.push(id);
+            }
+            _ => outcome.push(Recorded::Unaccepted),
+        }
+    }
+    driver::Classified { outcome, repeated }
 }
 
 pub(crate) fn decode(row: &AnyRow) -> Result<JobResult, StorageError> {
