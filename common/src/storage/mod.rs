@@ -218,6 +218,12 @@ pub struct Storage {
     portable: driver::portable::PortableDriver,
 }
 
+/// Connections one process keeps to PostgreSQL at most, both pools together (the `Any`
+/// pool and the native driver's): as many as before the driver had a pool of its own,
+/// since a deployment's replicas share the server's limit (100 by default; the test suite
+/// runs six workers and their test processes against one server at once).
+const POSTGRES_CONNECTIONS: u32 = 16;
+
 /// Most rows per multi-row statement (a power of two): 12 parameters each stays far below
 /// SQLite's and PostgreSQL's parameter limits.
 pub(crate) const MAX_ROWS_PER_STATEMENT: usize = 512;
@@ -299,8 +305,15 @@ impl Storage {
         } else {
             url.to_owned()
         };
-        // SQLite serialises writers anyway; one connection avoids SQLITE_BUSY storms.
-        let max_connections = if is_sqlite { 1 } else { 16 };
+        // SQLite serialises writers anyway; one connection avoids SQLITE_BUSY storms. On
+        // PostgreSQL a process holds at most `POSTGRES_CONNECTIONS`, the native driver's
+        // share included: replicas share the server's connection limit.
+        let native = choice == driver::DriverChoice::Native && !is_sqlite;
+        let max_connections = match (is_sqlite, native) {
+            (true, _) => 1,
+            (false, true) => POSTGRES_CONNECTIONS - driver::postgres::MAX_CONNECTIONS,
+            (false, false) => POSTGRES_CONNECTIONS,
+        };
         // Keeps sqlx's ping before each checkout: it costs a round trip, but after a
         // database restart it discards dead connections instead of failing a write on each.
         let pool = AnyPoolOptions::new()
@@ -323,11 +336,10 @@ impl Storage {
                 other => StorageError::Migration(other),
             })?;
         let portable = driver::portable::PortableDriver::new(pool.clone(), is_sqlite);
-        let driver: Arc<dyn driver::Driver> = match choice {
-            driver::DriverChoice::Native if !is_sqlite => {
-                Arc::new(driver::postgres::PostgresDriver::connect(&url).await?)
-            }
-            _ => Arc::new(portable.clone()),
+        let driver: Arc<dyn driver::Driver> = if native {
+            Arc::new(driver::postgres::PostgresDriver::connect(&url).await?)
+        } else {
+            Arc::new(portable.clone())
         };
         Ok(Storage {
             pool,

@@ -19,12 +19,11 @@ use crate::storage::acceptance::AcceptedJob;
 use crate::storage::lifecycle::StageUpdate;
 use crate::storage::{Recorded, StorageError};
 
-/// Connections of the driver's own pool (besides the `Any` pool's 16 for everything else).
-/// Each batched writer is one task writing one batch at a time (the ingress's acceptances;
-/// a worker's outcomes, stages and checks), so a process keeps at most four busy; more
-/// would only hold server connections, which replicas share (PostgreSQL's default limit is
-/// 100).
-const MAX_CONNECTIONS: u32 = 6;
+/// Connections of the driver's own pool, taken from the process's share (the `Any` pool
+/// gets the rest). Each batched writer is one task writing one batch at a time: the
+/// ingress's acceptances; a worker's outcomes, stage marks and checks before an attempt. So
+/// a process keeps at most four busy.
+pub const MAX_CONNECTIONS: u32 = 4;
 
 /// Writes accepted jobs `queued` (or records the acceptance of a row a worker wrote first).
 const ACCEPT: &str = "INSERT INTO jobs (job_id, kind, state, accepted, attempts, deliveries, \
