@@ -89,13 +89,27 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+    /// Most connections this process keeps to PostgreSQL, all pools together. Replicas
+    /// share the server's limit (`max_connections`, 100 by default): keep the sum over
+    /// every ingress and worker below it. One connection on SQLite, whatever this says.
+    #[arg(
+        long,
+        env = "SURGE_DATABASE_CONNECTIONS",
+        default_value_t = crate::storage::DEFAULT_POSTGRES_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(4..=10_000)
+    )]
+    pub database_connections: u32,
 }
 
 impl DatabaseArgs {
     /// Opens the results database (running its migrations). The error names the database
     /// by its redacted URL.
     pub async fn open(&self) -> Result<crate::storage::Storage, OpenError> {
-        crate::storage::Storage::connect(&self.database_url)
+        let options = crate::storage::StorageOptions {
+            max_connections: self.database_connections,
+            ..Default::default()
+        };
+        crate::storage::Storage::connect_with(&self.database_url, options)
             .await
             .map_err(|source| OpenError::Database {
                 url: redact_url(&self.database_url),

@@ -5,7 +5,9 @@ use serde_json::json;
 use surge_common::storage::acceptance::ACCEPTANCE_OVERDUE;
 use surge_common::storage::batch::ResultWriter;
 use surge_common::storage::driver::DriverChoice;
-use surge_common::storage::{JobResult, JobStatus, PendingResult, Recorded, Storage};
+use surge_common::storage::{
+    JobResult, JobStatus, PendingResult, Recorded, Storage, StorageOptions,
+};
 use surge_common::testing::{self};
 use uuid::Uuid;
 
@@ -405,9 +407,11 @@ async fn postgres_with_the_portable_driver() {
     let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let storage = Storage::connect_with(&url, DriverChoice::Portable)
-        .await
-        .unwrap();
+    let options = StorageOptions {
+        driver: DriverChoice::Portable,
+        ..Default::default()
+    };
+    let storage = Storage::connect_with(&url, options).await.unwrap();
     assert_eq!(storage.driver_name(), "portable");
     behaves(storage).await;
 }
@@ -736,4 +740,49 @@ async fn postgres_driver_plans_find_rows_by_key_whatever_the_table_size() {
         plans.iter().any(|plan| plan.contains("jobs_pkey")),
         "the statements find rows by the primary key: {plans:#?}"
     );
+}
+
+/// A process keeps to its connection budget (`--database-connections`), both pools
+/// together, however many statements run at once: replicas share PostgreSQL's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(surge_postgres),
+    ignore = "set SURGE_TEST_POSTGRES_URL to run (scripts/test.sh does)"
+)]
+async fn postgres_connections_stay_within_the_budget() {
+    let Some(url) = testing::fresh_postgres().await else {
+        return;
+    };
+    let budget = 6;
+    let options = StorageOptions {
+        max_connections: budget,
+        ..Default::default()
+    };
+    let storage = Storage::connect_with(&url, options).await.unwrap();
+    // Many reads on the portable pool and many writes on the driver's, all at once.
+    let reads = (0..40).map(|_| {
+        let storage = storage.clone();
+        tokio::spawn(async move { storage.count().await.map(|_| ()) })
+    });
+    let writes = (0..40).map(|_| {
+        let storage = storage.clone();
+        tokio::spawn(async move { storage.record(&row(Uuid::now_v7(), "w")).await.map(|_| ()) })
+    });
+    for task in reads.chain(writes).collect::<Vec<_>>() {
+        task.await.unwrap().unwrap();
+    }
+    use sqlx::Connection;
+    let mut counter = sqlx::PgConnection::connect(&url).await.unwrap();
+    let others: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut counter)
+    .await
+    .unwrap();
+    assert!(
+        others <= i64::from(budget),
+        "{others} connections to the database, budget {budget}"
+    );
+    assert!(others >= 2, "the load opened connections: {others}");
 }

@@ -122,7 +122,16 @@ async fn per_key_cap_holds(broker: &dyn Broker, database: &str, args: &[&str]) {
     }
     let mut args: Vec<&str> = args.to_vec();
     let config_arg = config.display().to_string();
-    args.extend(["--config", &config_arg, "--capacity", CAPACITY]);
+    // Six workers at once (this test on both brokers): within PostgreSQL's 100
+    // connections, as an operator sizes replicas.
+    args.extend([
+        "--config",
+        &config_arg,
+        "--capacity",
+        CAPACITY,
+        "--database-connections",
+        "10",
+    ]);
     let mut workers: Vec<Child> = ["key-a", "key-b", "key-c"]
         .iter()
         .map(|name| spawn_worker(name, database, &args))

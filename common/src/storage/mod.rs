@@ -218,11 +218,31 @@ pub struct Storage {
     portable: driver::portable::PortableDriver,
 }
 
-/// Connections one process keeps to PostgreSQL at most, both pools together (the `Any`
-/// pool and the native driver's): as many as before the driver had a pool of its own,
-/// since a deployment's replicas share the server's limit (100 by default; the test suite
-/// runs six workers and their test processes against one server at once).
-const POSTGRES_CONNECTIONS: u32 = 16;
+/// Connections one process keeps to PostgreSQL at most, all pools together, unless told
+/// otherwise ([`StorageOptions::max_connections`], `--database-connections`): the `Any`
+/// pool's 16 before the native driver had a pool of its own. Replicas share the server's
+/// limit (100 by default).
+pub const DEFAULT_POSTGRES_CONNECTIONS: u32 = 16;
+
+/// How [`Storage::connect_with`] connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageOptions {
+    /// Which driver runs the per-job statements.
+    pub driver: driver::DriverChoice,
+    /// Most connections to PostgreSQL, all pools together (at least 4; SQLite always has
+    /// one). The native driver takes a quarter of them, at most 4: each of its batched
+    /// writers writes one batch at a time.
+    pub max_connections: u32,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            driver: driver::DriverChoice::Native,
+            max_connections: DEFAULT_POSTGRES_CONNECTIONS,
+        }
+    }
+}
 
 /// Most rows per multi-row statement (a power of two): 12 parameters each stays far below
 /// SQLite's and PostgreSQL's parameter limits.
@@ -288,15 +308,12 @@ impl Storage {
     /// Connects (creating a SQLite file if needed) and runs the embedded migrations. The
     /// per-job statements use the database's own driver ([`driver::DriverChoice::Native`]).
     pub async fn connect(url: &str) -> Result<Storage, StorageError> {
-        Storage::connect_with(url, driver::DriverChoice::Native).await
+        Storage::connect_with(url, StorageOptions::default()).await
     }
 
-    /// [`Storage::connect`] with the per-job statements on the driver `choice` picks (the
-    /// conformance suite runs the portable one on PostgreSQL too).
-    pub async fn connect_with(
-        url: &str,
-        choice: driver::DriverChoice,
-    ) -> Result<Storage, StorageError> {
+    /// [`Storage::connect`] with `options`: a connection budget, and the driver of the
+    /// per-job statements (the conformance suite runs the portable one on PostgreSQL too).
+    pub async fn connect_with(url: &str, options: StorageOptions) -> Result<Storage, StorageError> {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
         let url = if is_sqlite && !url.contains("mode=") {
@@ -306,13 +323,14 @@ impl Storage {
             url.to_owned()
         };
         // SQLite serialises writers anyway; one connection avoids SQLITE_BUSY storms. On
-        // PostgreSQL a process holds at most `POSTGRES_CONNECTIONS`, the native driver's
-        // share included: replicas share the server's connection limit.
-        let native = choice == driver::DriverChoice::Native && !is_sqlite;
+        // PostgreSQL the budget covers both pools: replicas share the server's limit.
+        let native = options.driver == driver::DriverChoice::Native && !is_sqlite;
+        let budget = options.max_connections.max(4);
+        let native_connections = (budget / 4).min(driver::postgres::MAX_CONNECTIONS);
         let max_connections = match (is_sqlite, native) {
             (true, _) => 1,
-            (false, true) => POSTGRES_CONNECTIONS - driver::postgres::MAX_CONNECTIONS,
-            (false, false) => POSTGRES_CONNECTIONS,
+            (false, true) => budget - native_connections,
+            (false, false) => budget,
         };
         // Keeps sqlx's ping before each checkout: it costs a round trip, but after a
         // database restart it discards dead connections instead of failing a write on each.
@@ -337,7 +355,7 @@ impl Storage {
             })?;
         let portable = driver::portable::PortableDriver::new(pool.clone(), is_sqlite);
         let driver: Arc<dyn driver::Driver> = if native {
-            Arc::new(driver::postgres::PostgresDriver::connect(&url).await?)
+            Arc::new(driver::postgres::PostgresDriver::connect(&url, native_connections).await?)
         } else {
             Arc::new(portable.clone())
         };

@@ -19,10 +19,10 @@ use crate::storage::acceptance::AcceptedJob;
 use crate::storage::lifecycle::StageUpdate;
 use crate::storage::{Recorded, StorageError};
 
-/// Connections of the driver's own pool, taken from the process's share (the `Any` pool
-/// gets the rest). Each batched writer is one task writing one batch at a time: the
-/// ingress's acceptances; a worker's outcomes, stage marks and checks before an attempt. So
-/// a process keeps at most four busy.
+/// Most connections of the driver's own pool, taken from the process's budget (the `Any`
+/// pool gets the rest). Each batched writer is one task writing one batch at a time: the
+/// ingress's acceptances; a worker's outcomes, stage marks and checks before an attempt.
+/// So a process keeps at most four busy.
 pub const MAX_CONNECTIONS: u32 = 4;
 
 /// Writes accepted jobs `queued` (or records the acceptance of a row a worker wrote first).
@@ -113,10 +113,11 @@ pub struct PostgresDriver {
 }
 
 impl PostgresDriver {
-    /// Connects to `url` (the schema must be migrated already).
-    pub async fn connect(url: &str) -> Result<PostgresDriver, StorageError> {
+    /// Connects to `url` with a pool of `connections` (at least 1, at most
+    /// [`MAX_CONNECTIONS`]); the schema must be migrated already.
+    pub async fn connect(url: &str, connections: u32) -> Result<PostgresDriver, StorageError> {
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(connections.clamp(1, MAX_CONNECTIONS))
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(PostgresDriver::connect_options(url)?)
             .await?;
