@@ -99,6 +99,16 @@ pub struct DatabaseArgs {
         value_parser = clap::value_parser!(u32).range(4..=10_000)
     )]
     pub database_connections: u32,
+    /// Which driver runs the statements every job pays for on PostgreSQL: `portable`
+    /// (multi-row `VALUES`, as on SQLite) or `native` (arrays and `unnest`: faster
+    /// acceptance, but slower big-tenant drains in the fairness benchmark; see README).
+    #[arg(
+        long,
+        env = "SURGE_DATABASE_DRIVER",
+        value_enum,
+        default_value = "portable"
+    )]
+    pub database_driver: crate::storage::driver::DriverChoice,
 }
 
 impl DatabaseArgs {
@@ -107,7 +117,7 @@ impl DatabaseArgs {
     pub async fn open(&self) -> Result<crate::storage::Storage, OpenError> {
         let options = crate::storage::StorageOptions {
             max_connections: self.database_connections,
-            ..Default::default()
+            driver: self.database_driver,
         };
         crate::storage::Storage::connect_with(&self.database_url, options)
             .await

@@ -391,7 +391,11 @@ async fn postgres() {
     let Some(url) = testing::fresh_postgres().await else {
         return;
     };
-    let storage = Storage::connect(&url).await.unwrap();
+    let options = StorageOptions {
+        driver: DriverChoice::Native,
+        ..Default::default()
+    };
+    let storage = Storage::connect_with(&url, options).await.unwrap();
     assert_eq!(storage.driver_name(), "postgres", "PostgreSQL's own driver");
     behaves(storage).await;
 }
@@ -756,7 +760,7 @@ async fn postgres_connections_stay_within_the_budget() {
     let budget = 6;
     let options = StorageOptions {
         max_connections: budget,
-        ..Default::default()
+        driver: DriverChoice::Native,
     };
     let storage = Storage::connect_with(&url, options).await.unwrap();
     // Many reads on the portable pool and many writes on the driver's, all at once.

@@ -305,8 +305,8 @@ pub(crate) fn placeholders(sqlite: bool, first: usize, rows: usize, columns: usi
 }
 
 impl Storage {
-    /// Connects (creating a SQLite file if needed) and runs the embedded migrations. The
-    /// per-job statements use the database's own driver ([`driver::DriverChoice::Native`]).
+    /// Connects (creating a SQLite file if needed) and runs the embedded migrations, with
+    /// [`StorageOptions::default`] (the portable driver, 16 connections at most).
     pub async fn connect(url: &str) -> Result<Storage, StorageError> {
         Storage::connect_with(url, StorageOptions::default()).await
     }
