@@ -101,31 +101,32 @@ async fn stages_and_settled(storage: &Storage) {
         ])
         .await
         .unwrap();
-    assert_eq!(
-        stage_of(storage.lifecycle(running).await.unwrap()),
-        Some((Stage::Retrying, 1))
-    );
-    // An older mark, and a `queued` one over a worker's mark, change nothing.
-    storage
-        .record_stages(&[mark(running, Stage::Running, 2, 15)])
-        .await
-        .unwrap();
-    storage
-        .record_stages(&[mark(running, Stage::Queued, 1, 30)])
-        .await
-        .unwrap();
-    assert_eq!(
-        stage_of(storage.lifecycle(running).await.unwrap()),
-        Some((Stage::Retrying, 1))
-    );
-    storage
-        .record_stages(&[mark(running, Stage::Running, 2, 40)])
-        .await
-        .unwrap();
-    assert_eq!(
-        stage_of(storage.lifecycle(running).await.unwrap()),
-        Some((Stage::Running, 2))
-    );
+    // Then: an older mark, and a `queued` one over a worker's mark, change nothing; a
+    // newer one wins.
+    let expected = [
+        (None, (Stage::Retrying, 1)),
+        (
+            Some(mark(running, Stage::Running, 2, 15)),
+            (Stage::Retrying, 1),
+        ),
+        (
+            Some(mark(running, Stage::Queued, 1, 30)),
+            (Stage::Retrying, 1),
+        ),
+        (
+            Some(mark(running, Stage::Running, 2, 40)),
+            (Stage::Running, 2),
+        ),
+    ];
+    for (update, stage) in expected {
+        if let Some(update) = update {
+            storage.record_stages(&[update]).await.unwrap();
+        }
+        assert_eq!(
+            stage_of(storage.lifecycle(running).await.unwrap()),
+            Some(stage)
+        );
+    }
     // A finished row keeps its outcome whatever mark comes late.
     assert_eq!(
         storage.record(&row(finished, "w")).await.unwrap(),

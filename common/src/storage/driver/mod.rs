@@ -26,6 +26,25 @@
 pub mod portable;
 pub mod postgres;
 
+/// The outcome upsert's conflict clause, the same in both drivers: an existing row takes
+/// the outcome only where it is accepted (or the outcome brings the acceptance) and not
+/// finished, or finished dead and being replayed. A macro so each driver's statement stays
+/// one literal (`concat!`).
+macro_rules! outcome_on_conflict {
+    () => {
+        "ON CONFLICT (job_id) DO UPDATE SET kind = excluded.kind, state = excluded.state, \
+         accepted = 1, attempts = excluded.attempts, result = excluded.result, \
+         error = excluded.error, deliveries = 1, worker = excluded.worker, \
+         enqueued_at_us = excluded.enqueued_at_us, started_at_us = excluded.started_at_us, \
+         finished_at_us = excluded.finished_at_us, updated_at_us = excluded.updated_at_us, \
+         job = excluded.job, replaying_since_us = NULL \
+         WHERE (jobs.accepted = 1 OR (jobs.accepted IS NULL AND excluded.accepted = 1)) \
+         AND (jobs.finished_at_us IS NULL OR jobs.replaying_since_us IS NOT NULL) \
+         RETURNING job_id"
+    };
+}
+pub(crate) use outcome_on_conflict;
+
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
@@ -121,6 +140,46 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// The rows of `ids` that exist, for the check before an attempt.
     async fn settled_rows(&self, ids: &[Uuid]) -> Result<Vec<SettledRow>, StorageError>;
 }
+
+/// What both drivers read back from their own row types: the columns are the same.
+pub(crate) trait JobRow: sqlx::Row
+where
+    for<'a> &'a str: sqlx::ColumnIndex<Self>,
+    String: for<'r> sqlx::Decode<'r, Self::Database> + sqlx::Type<Self::Database>,
+    i64: for<'r> sqlx::Decode<'r, Self::Database> + sqlx::Type<Self::Database>,
+{
+    /// The row's `job_id`, or `None` when it is not a uuid (never written by Surge).
+    fn job_id(&self) -> Result<Option<Uuid>, StorageError> {
+        let id: String = self.try_get("job_id")?;
+        Ok(Uuid::parse_str(&id).ok())
+    }
+
+    /// The row's `job_id` and `state`.
+    fn id_and_state(&self) -> Result<Option<(Uuid, String)>, StorageError> {
+        let Some(id) = self.job_id()? else {
+            return Ok(None);
+        };
+        Ok(Some((id, self.try_get("state")?)))
+    }
+
+    /// The row as the check before an attempt reads it.
+    fn settled_row(&self) -> Result<Option<SettledRow>, StorageError> {
+        let Some(job_id) = self.job_id()? else {
+            return Ok(None);
+        };
+        Ok(Some(SettledRow {
+            job_id,
+            state: self.try_get("state")?,
+            error: self.try_get("error")?,
+            replaying: self
+                .try_get::<Option<i64>, _>("replaying_since_us")?
+                .is_some(),
+        }))
+    }
+}
+
+impl JobRow for sqlx::any::AnyRow {}
+impl JobRow for sqlx::postgres::PgRow {}
 
 /// Counts of each id in `ids`, sorted by id: the deliveries a batch of repeats adds.
 pub(crate) fn counted(ids: &[Uuid]) -> Vec<(Uuid, i64)> {

@@ -9,10 +9,10 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{Any, AnyPool, Transaction};
 use uuid::Uuid;
 
-use super::{counted, Classify, Driver, Outcome, SettledRow};
+use super::{counted, Classify, Driver, JobRow, Outcome, SettledRow};
 use crate::storage::acceptance::AcceptedJob;
 use crate::storage::lifecycle::StageUpdate;
 use crate::storage::{
@@ -83,15 +83,8 @@ fn outcome_upsert(placeholders: &str) -> String {
          v.column8, v.column9, v.column10, v.column11, v.column11, v.column12 \
          FROM (VALUES {placeholders}) AS v WHERE v.column1 IS NOT NULL \
          AND (v.column4 = 1 OR EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = v.column1)) \
-         ON CONFLICT (job_id) DO UPDATE SET kind = excluded.kind, state = excluded.state, \
-         accepted = 1, attempts = excluded.attempts, result = excluded.result, \
-         error = excluded.error, deliveries = 1, worker = excluded.worker, \
-         enqueued_at_us = excluded.enqueued_at_us, started_at_us = excluded.started_at_us, \
-         finished_at_us = excluded.finished_at_us, updated_at_us = excluded.updated_at_us, \
-         job = excluded.job, replaying_since_us = NULL \
-         WHERE (jobs.accepted = 1 OR (jobs.accepted IS NULL AND excluded.accepted = 1)) \
-         AND (jobs.finished_at_us IS NULL OR jobs.replaying_since_us IS NOT NULL) \
-         RETURNING job_id"
+         {}",
+        super::outcome_on_conflict!()
     )
 }
 
@@ -203,10 +196,7 @@ impl Driver for PortableDriver {
                 query = query.bind(text);
             }
             for row in query.fetch_all(&mut *tx).await? {
-                let id: String = row.try_get("job_id")?;
-                if let Ok(id) = Uuid::parse_str(&id) {
-                    inserted.insert(id);
-                }
+                inserted.extend(row.job_id()?);
             }
         }
         // Why each skipped row was skipped, read after the upsert: a row committed in
@@ -221,10 +211,7 @@ impl Driver for PortableDriver {
             .rows_for_ids(Some(&mut tx), "job_id, state FROM jobs", &skipped)
             .await?
         {
-            let id: String = row.try_get("job_id")?;
-            if let Ok(id) = Uuid::parse_str(&id) {
-                found.insert(id, row.try_get::<String, _>("state")?);
-            }
+            found.extend(row.id_and_state()?);
         }
         let classified = classify(&inserted, &found);
         for (id, count) in counted(&classified.repeated) {
@@ -274,18 +261,7 @@ impl Driver for PortableDriver {
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let id: String = row.try_get("job_id")?;
-            let Ok(job_id) = Uuid::parse_str(&id) else {
-                continue;
-            };
-            out.push(SettledRow {
-                job_id,
-                state: row.try_get("state")?,
-                error: row.try_get("error")?,
-                replaying: row
-                    .try_get::<Option<i64>, _>("replaying_since_us")?
-                    .is_some(),
-            });
+            out.extend(row.settled_row()?);
         }
         Ok(out)
     }

@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::Row;
 use uuid::Uuid;
 
-use super::{counted, Classify, Driver, Outcome, SettledRow};
+use super::{counted, Classify, Driver, JobRow, Outcome, SettledRow};
 use crate::storage::acceptance::AcceptedJob;
 use crate::storage::lifecycle::StageUpdate;
 use crate::storage::{Recorded, StorageError};
@@ -34,7 +33,7 @@ const ACCEPT: &str = "INSERT INTO jobs (job_id, kind, state, accepted, attempts,
              enqueued_at_us = excluded.enqueued_at_us WHERE jobs.accepted IS NULL";
 
 /// The outcome upsert: the portable one's conditions (see `portable::outcome_upsert`), over arrays.
-const STORE_OUTCOMES: &str =
+const STORE_OUTCOMES: &str = concat!(
     "INSERT INTO jobs (job_id, kind, state, accepted, attempts, result, error, \
              deliveries, worker, enqueued_at_us, started_at_us, finished_at_us, updated_at_us, \
              job) \
@@ -45,16 +44,9 @@ const STORE_OUTCOMES: &str =
              $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], \
              $12::text[]) AS v(job_id, kind, state, accepted, attempts, result, error, worker, \
              enqueued_at_us, started_at_us, finished_at_us, job) \
-             WHERE v.accepted = 1 OR EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = v.job_id) \
-             ON CONFLICT (job_id) DO UPDATE SET kind = excluded.kind, state = excluded.state, \
-             accepted = 1, attempts = excluded.attempts, result = excluded.result, \
-             error = excluded.error, deliveries = 1, worker = excluded.worker, \
-             enqueued_at_us = excluded.enqueued_at_us, started_at_us = excluded.started_at_us, \
-             finished_at_us = excluded.finished_at_us, updated_at_us = excluded.updated_at_us, \
-             job = excluded.job, replaying_since_us = NULL \
-             WHERE (jobs.accepted = 1 OR (jobs.accepted IS NULL AND excluded.accepted = 1)) \
-             AND (jobs.finished_at_us IS NULL OR jobs.replaying_since_us IS NOT NULL) \
-             RETURNING job_id";
+             WHERE v.accepted = 1 OR EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = v.job_id) ",
+    super::outcome_on_conflict!()
+);
 
 /// The states of the rows the upsert skipped.
 const STATES: &str = "SELECT job_id, state FROM jobs WHERE job_id = ANY($1)";
@@ -224,10 +216,7 @@ impl Driver for PostgresDriver {
                 .fetch_all(&mut *tx)
                 .await?
             {
-                let id: String = row.try_get("job_id")?;
-                if let Ok(id) = Uuid::parse_str(&id) {
-                    found.insert(id, row.try_get::<String, _>("state")?);
-                }
+                found.extend(row.id_and_state()?);
             }
         }
         let classified = classify(&inserted, &found);
@@ -276,18 +265,7 @@ impl Driver for PostgresDriver {
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let id: String = row.try_get("job_id")?;
-            let Ok(job_id) = Uuid::parse_str(&id) else {
-                continue;
-            };
-            out.push(SettledRow {
-                job_id,
-                state: row.try_get("state")?,
-                error: row.try_get("error")?,
-                replaying: row
-                    .try_get::<Option<i64>, _>("replaying_since_us")?
-                    .is_some(),
-            });
+            out.extend(row.settled_row()?);
         }
         Ok(out)
     }
