@@ -10,8 +10,8 @@
 //! at-least-once.
 //!
 //! The statements every job pays for (its row at acceptance, its outcome, the check before
-//! an attempt, stage marks) go through a [`driver::Driver`], one per database: arrays and
-//! `unnest` on PostgreSQL, multi-row `VALUES` on SQLite. Everything else goes through
+//! an attempt, stage marks) go through a [`driver::Driver`]: multi-row `VALUES` (SQLite's,
+//! and PostgreSQL's by default) or, opted into, PostgreSQL's arrays and `unnest`. Everything else goes through
 //! sqlx's `Any` driver with portable SQL, so there is one set of those queries and one set
 //! of embedded migrations. Placeholders are the one difference:
 //! PostgreSQL needs `$n`; SQLite accepts them too, but sqlx then binds each `$n` by name

@@ -5,14 +5,15 @@
 //! Those are behind one trait, [`Driver`], with one implementation per database, as the
 //! brokers are behind `Broker` (and as River keeps a driver per database):
 //!
-//! - [`postgres::PostgresDriver`] (PostgreSQL): sqlx's native PostgreSQL driver, so a batch
-//!   binds one array per column and runs one statement text (`INSERT … SELECT … FROM
-//!   unnest($1::text[], …)`, `WHERE job_id = ANY($1)`), whatever its size;
-//! - [`portable::PortableDriver`] (SQLite, the embedded default): portable SQL through
-//!   sqlx's `Any` driver, multi-row `VALUES` padded to a power of two (SQLite has no
-//!   arrays). It runs on PostgreSQL too ([`DriverChoice::Portable`]), which is how the
-//!   conformance suite (`common/tests/storage.rs`) checks that both drivers give the same
-//!   answers on the same database.
+//! - [`postgres::PostgresDriver`] (PostgreSQL, opt-in: [`DriverChoice::Native`]): sqlx's
+//!   native PostgreSQL driver, so a batch binds one array per column and runs one
+//!   statement text (`INSERT … SELECT … FROM unnest($1::text[], …)`, `WHERE job_id =
+//!   ANY($1)`), whatever its size;
+//! - [`portable::PortableDriver`] (SQLite's, and PostgreSQL's by default): portable SQL
+//!   through sqlx's `Any` driver, multi-row `VALUES` padded to a power of two (SQLite has
+//!   no arrays). The conformance suite (`common/tests/storage.rs`) runs it on both
+//!   databases and the native one on PostgreSQL, so both drivers give the same answers on
+//!   the same database.
 //!
 //! Everything else (listing, operations, flow control, retention) is portable SQL on the
 //! `Any` pool, shared by both databases: those statements run per request or per second,
