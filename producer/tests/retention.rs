@@ -67,20 +67,28 @@ async fn scenario(database_url: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
+    // The pass counts what it pruned after its delete commits: the 404 can come first.
+    let metrics = loop {
+        let metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let counted = metrics
             .lines()
-            .any(|l| l.starts_with("surge_storage_pruned_rows_total{what=\"succeeded\"}")),
-        "{metrics}"
-    );
+            .any(|l| l.starts_with("surge_storage_pruned_rows_total{what=\"succeeded\"}"));
+        if counted {
+            break metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pruned job was never counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         metrics.contains("surge_storage_oldest_result_seconds"),
         "{metrics}"
